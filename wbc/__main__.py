@@ -1,0 +1,5 @@
+import sys
+
+from wbc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,202 @@
+"""``wbc``: make, import, check and decode datasets in the report's layout.
+
+Exit status: 0 success; 1 the tree is not usable (``check``); 2 a usage or input error, said in
+one line that names the path or value and what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from wbc.imageio import ImageError
+
+__all__ = ["main"]
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; printed without a traceback."""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _image_size(text: str) -> int:
+    value = int(text)
+    if not 16 <= value <= 2048:
+        raise argparse.ArgumentTypeError(f"must be between 16 and 2048 pixels, got {text}")
+    return value
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from wbc.synth import synthesize
+
+    if args.scale > 1.0:
+        raise UserError(f"--scale {args.scale}: at most 1.0 (the report's full counts)")
+    try:
+        summary = synthesize(args.out, scale=args.scale, image_size=args.image_size,
+                             seed=args.seed, workers=args.workers, overwrite=args.overwrite,
+                             progress=None if args.quiet else _say)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    print(f"wrote {summary.images} images to {summary.out} in {summary.seconds:.1f} s "
+          f"(scale {args.scale}, {args.image_size} px, seed {args.seed})")
+    return 0
+
+
+def _print_problems(tree_problems: Sequence[object]) -> None:
+    for problem in tree_problems:
+        _say(str(problem))
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from wbc.check import format_tables, tree_summary
+    from wbc.datasets import scan_tree
+
+    tree = scan_tree(args.root, verify=not args.no_verify, exclude_bad=args.exclude_bad,
+                     subset_seed=args.subset_seed, workers=args.workers,
+                     progress=None if args.quiet or args.json else _say)
+    summary = tree_summary(tree)
+    _print_problems(tree.problems)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_tables(summary))
+        print()
+        n_wbc = sum(len(v) for k, v in tree.wbc.items() if k.startswith("WBC_100/"))
+        n_cam = sum(len(v) for v in tree.cam16.values())
+        excluded = len(tree.excluded_files)
+        verdict = "usable" if tree.usable else f"NOT usable: {len(tree.errors)} error(s)"
+        print(f"{verdict}: {n_wbc} WBC_100, {n_cam} CAM16 and {len(tree.prcc)} pRCC images"
+              f"{' decoded' if tree.verified else ' (not decoded: --no-verify)'}; "
+              f"{len(tree.warnings)} warning(s); {excluded} file(s) excluded")
+        if not tree.usable and not args.exclude_bad and any(p.excludes for p in tree.errors):
+            print("rerun with --exclude-bad to leave the named files out")
+    return 0 if tree.usable else 1
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from wbc.importer import import_imagefolder
+
+    if not 0 < args.val_fraction < 1:
+        raise UserError(f"--val-fraction {args.val_fraction}: must be between 0 and 1")
+    result = import_imagefolder(args.src, args.root, masks=args.masks,
+                                val_fraction=args.val_fraction, seed=args.seed,
+                                exclude_bad=args.exclude_bad, workers=args.workers,
+                                progress=None if args.quiet else _say)
+    _print_problems(result.warnings)
+    subsets = ", ".join(f"WBC_{p}: {n}" for p, n in result.subsets.items())
+    print(f"imported into {result.root}: {result.train} train, {result.val} val, "
+          f"{result.masks} masks; {subsets}; {len(result.excluded)} file(s) excluded")
+    return 0
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from wbc.cache import decode_samples
+    from wbc.datasets import scan_tree
+
+    tree = scan_tree(args.root, exclude_bad=args.exclude_bad, workers=args.workers,
+                     progress=None if args.quiet else _say)
+    if not tree.usable:
+        _print_problems(tree.errors)
+        raise UserError(f"{args.root}: not usable ({len(tree.errors)} error(s) above); fix them "
+                        "or add --exclude-bad")
+    groups = {"WBC": [s for g in tree.wbc.values() for s in g],
+              "CAM16": [s for g in tree.cam16.values() for s in g], "pRCC": list(tree.prcc)}
+    for name, samples in groups.items():
+        if not samples:
+            continue
+        started = time.perf_counter()
+        decoded = decode_samples(samples, args.image_size, name=name, cache_dir=args.cache_dir,
+                                 workers=args.workers, progress=None if args.quiet else _say)
+        seconds = time.perf_counter() - started
+        rate = f"{decoded.decoded_now / seconds:.0f} images/s" if decoded.decoded_now else \
+            "already decoded"
+        print(f"{name}: {len(decoded)} images at {args.image_size} px in {decoded.directory} "
+              f"({decoded.decoded_now} decoded now, {seconds:.2f} s, {rate})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wbc", description="Make, import, check and decode white-blood-cell datasets in the "
+                                "report's layout (WBC_100/50/10/1, CAM16, pRCC).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workers", type=int, default=None,
+                        help="processes for decoding (default: all cores)")
+    common.add_argument("--quiet", action="store_true", help="no progress messages")
+
+    p = sub.add_parser("synth", parents=[common], help="generate a synthetic WBC + CAM16 + pRCC tree")
+    p.add_argument("out", type=Path, help="folder to create")
+    p.add_argument("--scale", type=_positive_float, default=1.0,
+                   help="fraction of the report's counts; 1.0 gives exactly its Table 1 and 2")
+    p.add_argument("--image-size", type=_image_size, default=128, help="side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same files")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing tree at OUT")
+    p.set_defaults(run=_cmd_synth)
+
+    p = sub.add_parser("check", parents=[common],
+                       help="validate a tree and print the report's Table 1 and 2 counts")
+    p.add_argument("root", type=Path, help="dataset root (holds WBC_100/)")
+    p.add_argument("--json", action="store_true", help="print the counts and problems as JSON")
+    p.add_argument("--exclude-bad", action="store_true",
+                   help="leave out the files named by errors instead of failing")
+    p.add_argument("--subset-seed", type=int, default=0,
+                   help="seed for subsets derived when only WBC_100 is on disk")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip decoding every file (faster; misses corrupt files)")
+    p.set_defaults(run=_cmd_check)
+
+    p = sub.add_parser("import", parents=[common],
+                       help="turn an ImageFolder set (SRC/<Class>/*) into the report's layout")
+    p.add_argument("src", type=Path, help="ImageFolder source; only read")
+    p.add_argument("root", type=Path, help="new dataset root to create")
+    p.add_argument("--masks", type=Path, default=None,
+                   help="masks folder shaped like SRC (default: SRC/masks if present)")
+    p.add_argument("--val-fraction", type=float, default=0.17,
+                   help="share of each class for validation (the report's 17%%)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the val split and subsets")
+    p.add_argument("--exclude-bad", action="store_true", help="skip unreadable files")
+    p.set_defaults(run=_cmd_import)
+
+    p = sub.add_parser("decode", parents=[common],
+                       help="decode a tree once into the memory-mapped cache")
+    p.add_argument("root", type=Path, help="dataset root")
+    p.add_argument("--image-size", type=_image_size, default=128, help="working resolution")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="cache folder (default: $WBC_CACHE_DIR or ~/.cache/wbc)")
+    p.add_argument("--exclude-bad", action="store_true", help="leave out bad files")
+    p.set_defaults(run=_cmd_decode)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``wbc`` console script and ``python -m wbc``."""
+    from wbc.datasets import DatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (UserError, DatasetError, ImageError) as err:
+        _say(f"wbc {args.command}: error: {err}")
+        return 2
+    except KeyboardInterrupt:
+        _say(f"wbc {args.command}: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
