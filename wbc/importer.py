@@ -115,6 +115,8 @@ def write_subsets(root: Path, *, seed: int, percents: Sequence[int] = SUBSET_PER
     written: dict[int, int] = {}
     for percent, indices in drawn.items():
         dest = root / subset_name(percent) / "train"
+        # Created even when the rule leaves the subset empty: on disk it is the subset as drawn.
+        (dest / "data").mkdir(parents=True, exist_ok=True)
         for i in indices:
             sample = full[i]
             link_or_copy(sample.path, dest / sample.path.relative_to(train_dir))
