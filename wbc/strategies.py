@@ -1,0 +1,97 @@
+"""The training strategies the study compares, as a registry that later work can extend.
+
+A strategy says how a WBC model starts and whether it sees the mask-based copy-paste
+augmentation; the study crosses every strategy with every subset. The report's three
+experiments are built in (its section 3); self-supervised pRCC pretraining, which the report
+proposes in its conclusion, is meant to be added with :func:`register_strategy`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Strategy", "get_strategy", "register_strategy", "strategy_names"]
+
+# Names end up in cell ids, trial names, file paths and Parquet values: keep them to one
+# spelling that needs no quoting anywhere.
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How a WBC classifier is initialised and augmented."""
+
+    name: str  # registry key, e.g. "pretrain_aug"; lowercase letters, digits and "_"
+    description: str  # one line for reports and --help
+    pretrain: str | None  # pretraining source it needs (e.g. "cam16"), None = random init
+    mask_augment: bool  # uses the report's 2.3 mask-based cell copy-paste augmentation
+
+    def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.name):
+            raise ValueError(
+                f"strategy name {self.name!r} must be lowercase letters, digits and '_', "
+                "starting with a letter"
+            )
+        if self.pretrain is not None and not _NAME.fullmatch(self.pretrain):
+            raise ValueError(
+                f"strategy {self.name!r}: pretrain source {self.pretrain!r} must be None or a "
+                "lowercase name such as 'cam16'"
+            )
+
+
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def register_strategy(strategy: Strategy) -> Strategy:
+    """Add ``strategy`` to the registry and return it; a name already taken is an error."""
+    if strategy.name in _REGISTRY:
+        raise ValueError(
+            f"strategy {strategy.name!r} is already registered "
+            f"({_REGISTRY[strategy.name].description!r}); choose another name"
+        )
+    _REGISTRY[strategy.name] = strategy
+    return strategy
+
+
+def get_strategy(name: str) -> Strategy:
+    """The registered strategy called ``name``; ValueError listing the valid names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown strategy {name!r}; valid strategies: {', '.join(strategy_names())}"
+        ) from None
+
+
+def strategy_names() -> tuple[str, ...]:
+    """Registered strategy names, in registration order (the report's row order first)."""
+    return tuple(_REGISTRY)
+
+
+# The report's Table 1 rows, in its order.
+register_strategy(
+    Strategy(
+        name="scratch",
+        description="ResNet-18 from random initialisation, trained on WBC",
+        pretrain=None,
+        mask_augment=False,
+    )
+)
+register_strategy(
+    Strategy(
+        name="pretrain",
+        description="ResNet-18 pretrained as a CAM16 tumour/normal classifier, head replaced "
+        "by a 5-way layer, fine-tuned on WBC",
+        pretrain="cam16",
+        mask_augment=False,
+    )
+)
+register_strategy(
+    Strategy(
+        name="pretrain_aug",
+        description="CAM16 pretraining plus the mask-based cell copy-paste augmentation",
+        pretrain="cam16",
+        mask_augment=True,
+    )
+)
