@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from wbc.imageio import ImageError
@@ -180,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache folder (default: $WBC_CACHE_DIR or ~/.cache/wbc)")
     p.add_argument("--exclude-bad", action="store_true", help="leave out bad files")
     p.set_defaults(run=_cmd_decode)
+
+    # Commands from other installed packages (the Ray layer adds ``train``): wbc itself never
+    # imports them.
+    for entry in sorted(entry_points(group="wbc.commands"), key=lambda e: e.name):
+        entry.load()(sub, common)
     return parser
 
 

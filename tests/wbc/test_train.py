@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.treegen import make_cam16_prcc, make_wbc_tree
+from wbc.config import OptimConfig, TrainConfig
+from wbc.data import PreparedData, load_plan, plan_cam16, plan_wbc
+from wbc.datasets import DatasetError, scan_tree
+from wbc.layout import WBC_CLASSES
+from wbc.model import build_resnet18
+from wbc.seeding import seed_everything
+from wbc.train import (
+    fit,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    selection_reporting_split,
+)
+
+FAST = {"image_size": 32, "batch_size": 16, "lr": 0.02, "color_jitter": 0.0,
+        "warmup_epochs": 0.5}
+
+
+@pytest.fixture(scope="module")
+def tiny_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    make_wbc_tree(root, {c: (16, 4, 8) for c in WBC_CLASSES})
+    make_cam16_prcc(root, n=6)
+    return root
+
+
+def _prepared(root: Path, config: TrainConfig, cache: Path) -> PreparedData:
+    return load_plan(plan_wbc(scan_tree(root), config), cache_dir=cache)
+
+
+def test_lr_schedules_are_pure_functions_of_the_step() -> None:
+    cosine = OptimConfig(lr=1.0, schedule="cosine")
+    values = [lr_at(s, total_steps=100, warmup_steps=10, optim=cosine, steps_per_epoch=10)
+              for s in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0) and values[-1] < 0.01
+    assert all(a >= b for a, b in itertools.pairwise(values[10:]))
+    step = OptimConfig(lr=1.0, schedule="step", step_every=2, step_gamma=0.5)
+    assert [lr_at(s, total_steps=60, warmup_steps=0, optim=step, steps_per_epoch=10)
+            for s in (0, 19, 20, 40)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_selection_and_reporting_halves_are_disjoint_stratified_and_fixed() -> None:
+    labels = np.repeat(np.arange(5), [3, 10, 20, 4, 50])
+    sel, rep = selection_reporting_split(labels)
+    assert not set(sel) & set(rep) and len(sel) + len(rep) == labels.size
+    for cls in range(5):
+        assert abs((labels[sel] == cls).sum() - (labels[rep] == cls).sum()) <= 1
+    again = selection_reporting_split(labels)
+    np.testing.assert_array_equal(sel, again[0])
+
+
+def test_the_loop_learns(tiny_tree: Path, tmp_path: Path) -> None:
+    config = TrainConfig().replace(epochs=6, **FAST)
+    data = _prepared(tiny_tree, config, tmp_path)
+    seed_everything(0)
+    epochs: list[dict[str, Any]] = []
+    result = fit(build_resnet18(5), config, data.train, data.selection, data.reporting,
+                 on_epoch=lambda m, _c: epochs.append(m))
+    losses = [e["train_loss"] for e in epochs]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.selection["accuracy"] >= 0.6  # chance is 0.2
+    assert result.reporting["macro_f1"] >= 0.5
+    assert result.metrics["test_n"] == data.reporting.labels.numel()
+    assert [e["epoch"] for e in epochs] == list(range(1, 7))
+    assert "test_accuracy" in epochs[-1] and "test_accuracy" not in epochs[0]
+    assert set(result.metrics) >= {"val_accuracy", "val_macro_f1", "val_balanced_accuracy",
+                                   "test_recall_Basophil", "best_epoch", "train_images"}
+
+
+def test_resume_continues_at_the_next_epoch(tiny_tree: Path, tmp_path: Path) -> None:
+    config = TrainConfig().replace(epochs=3, **FAST)
+    data = _prepared(tiny_tree, config, tmp_path)
+    saved: dict[int, Path] = {}
+
+    def keep(metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
+        if checkpoint is not None:
+            saved[metrics["epoch"]] = tmp_path / f"e{metrics['epoch']}.pt"
+            save_checkpoint(checkpoint, saved[metrics["epoch"]])
+
+    seed_everything(1)
+    full = fit(build_resnet18(5), config, data.train, data.selection, data.reporting,
+               on_epoch=keep)
+    state = load_checkpoint(saved[2])  # weights_only=True inside
+    assert state["epoch"] == 2 and state["config"]["epochs"] == 3
+    seen: list[int] = []
+    seed_everything(2)  # a different init: everything must come from the checkpoint
+    resumed = fit(build_resnet18(5), config, data.train, data.selection, data.reporting,
+                  on_epoch=lambda m, _c: seen.append(m["epoch"]), resume=state)
+    assert seen == [3]
+    assert resumed.resumed_from_epoch == 2
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    # The same data order and augmentation streams: epoch 3 trains like the first run's.
+    assert resumed.history[2]["train_loss"] == pytest.approx(full.history[2]["train_loss"],
+                                                             rel=0.05)
+
+
+def test_mask_augmentation_adds_factor_images_per_mask(tiny_tree: Path, tmp_path: Path,
+                                                       ) -> None:
+    config = TrainConfig().replace(epochs=1, strategy="pretrain_aug", aug_factor=3,
+                                   background="other", **FAST)
+    data = _prepared(tiny_tree, config, tmp_path)
+    seed_everything(0)
+    result = fit(build_resnet18(5), config, data.train, data.selection, data.reporting)
+    masked = int(data.train.has_mask.sum())
+    assert masked == 20
+    assert result.train_images == data.train.labels.numel() + 3 * masked
+
+
+@pytest.mark.parametrize("overrides", [{"precision": "bf16"}, {"imbalance": "weighted"},
+                                       {"imbalance": "balanced", "optimizer": "adamw",
+                                        "lr": 1e-3}])
+def test_options_run(tiny_tree: Path, tmp_path: Path, overrides: dict[str, Any]) -> None:
+    config = TrainConfig().replace(epochs=1, **{**FAST, **overrides})
+    data = _prepared(tiny_tree, config, tmp_path)
+    result = fit(build_resnet18(5), config, data.train, data.selection, data.reporting)
+    assert np.isfinite(result.history[0]["train_loss"])
+
+
+def test_bad_inputs_say_what_to_do(tmp_path: Path) -> None:
+    no_masks = make_wbc_tree(tmp_path / "a", {c: (4, 0, 2) for c in WBC_CLASSES})
+    tree = scan_tree(no_masks)
+    with pytest.raises(DatasetError, match="pretrains on CAM16"):
+        plan_wbc(tree, TrainConfig().replace(strategy="pretrain"))
+    make_cam16_prcc(no_masks)
+    tree = scan_tree(no_masks)
+    with pytest.raises(DatasetError, match="has no masks"):
+        plan_wbc(tree, TrainConfig().replace(strategy="pretrain_aug"))
+    assert plan_wbc(tree, TrainConfig().replace(strategy="pretrain")).train
+    (no_masks / "WBC_100/val/data/Monocyte/va0000.png").write_bytes(b"")
+    with pytest.raises(DatasetError, match="not usable"):
+        plan_wbc(scan_tree(no_masks), TrainConfig())
+    # A subset without a class trains, and says so.
+    root = make_wbc_tree(tmp_path / "b", {c: (4, 1, 2) for c in WBC_CLASSES})
+    plan = plan_wbc(scan_tree(root), TrainConfig().replace(subset="WBC_50"))
+    assert len(plan.train) == 10
+    plan = plan_wbc(scan_tree(root), TrainConfig().replace(subset="WBC_10"))
+    assert not plan.train and any("no training images of Basophil" in n for n in plan.notes)
+
+
+def test_cam16_plan_reports_on_its_test_split(tiny_tree: Path, tmp_path: Path) -> None:
+    data = load_plan(plan_cam16(scan_tree(tiny_tree), image_size=32), cache_dir=tmp_path)
+    assert data.train.class_names == ("normal", "tumor")
+    assert data.reporting.name == "CAM16/test" and data.selection.name == "CAM16/val"
+    assert torch.equal(torch.unique(data.train.labels), torch.tensor([0, 1]))

@@ -1,0 +1,168 @@
+"""From a scanned tree and the decode cache to the tensors a training run needs.
+
+Which split does what:
+
+- train: ``<subset>/train`` (a subset redrawn from WBC_100/train when ``subset_seed`` is set).
+- selection (chooses the best epoch) and reporting (the figures reported): the tree's test split
+  when it has one (selection = val, reporting = test); otherwise a fixed stratified half of val
+  each (``wbc.train.selection_reporting_split``, seed 0 for every trial of every study).
+
+Documented behaviour for awkward inputs:
+
+- A training subset that lacks a class (WBC_1 often lacks Basophils) trains anyway: the head keeps
+  all classes, the class cannot be learnt, and its recall shows it. ``PreparedData.notes`` says so.
+- A mask-augmenting strategy on a subset with no masks trains without pastes (noted); on a tree
+  with no masks at all it is an error, since the strategy could never do what it says.
+- A strategy that needs CAM16 on a tree without it is an error naming the folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wbc.cache import DecodedSet, decode_samples
+from wbc.config import TrainConfig
+from wbc.datasets import DatasetError, Sample, Tree
+from wbc.layout import CAM16_CLASSES, WBC_CLASSES, subset_percent
+from wbc.strategies import get_strategy
+from wbc.subsets import derive_subsets
+from wbc.train import EvalData, TrainData, selection_reporting_split
+
+__all__ = ["PreparedData", "SplitPlan", "load_plan", "plan_cam16", "plan_wbc", "train_samples"]
+
+SELECTION_SEED = 0  # the val halves are fixed across trials and seeds: comparable figures
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Which files make each split: small, picklable, sent to every training worker."""
+
+    dataset: str  # "WBC" or "CAM16": names the decode cache
+    classes: tuple[str, ...]
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+    test: tuple[Sample, ...]
+    image_size: int
+    excluded_files: int = 0  # files left out by --exclude-bad, carried into results
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class PreparedData:
+    train: TrainData
+    selection: EvalData
+    reporting: EvalData
+    fingerprint: str  # the decode cache's: identifies the exact files and resolution
+    plan: SplitPlan
+
+    def to(self, device: torch.device) -> PreparedData:
+        return PreparedData(self.train.to(device), self.selection.to(device),
+                            self.reporting.to(device), self.fingerprint, self.plan)
+
+
+def train_samples(tree: Tree, config: TrainConfig) -> tuple[Sample, ...]:
+    """The training samples of ``config.data.subset``, redrawn when ``subset_seed`` is set."""
+    subset = config.data.subset
+    percent = subset_percent(subset)
+    if percent is None:
+        raise DatasetError(f"subset {subset!r} is not a WBC subset name (WBC_100, WBC_50, ...)")
+    if config.data.subset_seed is not None and percent != 100:
+        full = tree.wbc.get("WBC_100/train", ())
+        drawn = derive_subsets([s.label for s in full], [s.mask is not None for s in full],
+                               [percent], seed=config.data.subset_seed)[percent]
+        return tuple(full[i] for i in drawn)
+    key = f"WBC_{percent}/train"
+    if key not in tree.wbc:
+        have = ", ".join(k.split("/")[0] for k in tree.wbc if k.endswith("/train"))
+        raise DatasetError(f"{tree.root}: no {subset} in this tree (it has {have})")
+    return tree.wbc[key]
+
+
+def _train_data(decoded: DecodedSet, samples: Sequence[Sample], classes: tuple[str, ...]
+                ) -> TrainData:
+    rows = decoded.rows(samples)
+    has_mask = np.array([s.mask is not None for s in samples], dtype=bool)
+    mask_rows = decoded.mask_row[rows[has_mask]]
+    masks = (np.asarray(decoded.masks[mask_rows]) if mask_rows.size
+             else np.zeros((0, decoded.image_size, decoded.image_size), bool))
+    return TrainData(
+        images=torch.from_numpy(np.ascontiguousarray(decoded.images[rows])),
+        labels=torch.from_numpy(decoded.labels[rows].astype(np.int64)),
+        has_mask=torch.from_numpy(has_mask),
+        masks=torch.from_numpy(np.ascontiguousarray(masks)),
+        class_names=classes,
+    )
+
+
+def _eval_data(decoded: DecodedSet, samples: Sequence[Sample], name: str) -> EvalData:
+    rows = decoded.rows(samples)
+    return EvalData(name, torch.from_numpy(np.ascontiguousarray(decoded.images[rows])),
+                    torch.from_numpy(decoded.labels[rows].astype(np.int64)))
+
+
+def _missing_classes(samples: Sequence[Sample], classes: tuple[str, ...]) -> list[str]:
+    present = {s.label for s in samples}
+    return [c for i, c in enumerate(classes) if i not in present]
+
+
+def plan_wbc(tree: Tree, config: TrainConfig) -> SplitPlan:
+    """The WBC splits for ``config`` (see the module docstring); errors name what is missing."""
+    if not tree.usable:
+        raise DatasetError(f"{tree.root}: not usable ({len(tree.errors)} error(s)); run "
+                           "`wbc check` on it, fix them or exclude the files")
+    strategy = get_strategy(config.model.strategy)
+    if strategy.pretrain == "cam16" and not tree.cam16.get("train"):
+        raise DatasetError(f"strategy {strategy.name!r} pretrains on CAM16, but "
+                           f"{tree.root / 'CAM16'} has no train split; add CAM16 "
+                           "(CAM16/train/data/{normal,tumor}) or use --strategy scratch")
+    train = train_samples(tree, config)
+    notes = []
+    if strategy.mask_augment and config.augment.aug_factor > 0:
+        if not any(s.mask is not None for s in tree.wbc.get("WBC_100/train", ())):
+            raise DatasetError(f"strategy {strategy.name!r} pastes masked cells, but "
+                               f"{tree.root} has no masks (WBC_100/train/mask/<Class>/); add "
+                               "masks or use --strategy pretrain")
+        if not any(s.mask is not None for s in train):
+            notes.append(f"{config.data.subset} has no masked images: no pastes are made")
+    missing = _missing_classes(train, WBC_CLASSES)
+    if missing:
+        notes.append(f"{config.data.subset} has no training images of {', '.join(missing)}; "
+                     "the model cannot learn them (their recall will show it)")
+    return SplitPlan("WBC", WBC_CLASSES, train, tree.wbc.get("WBC_100/val", ()),
+                     tree.wbc.get("WBC_100/test", ()), config.data.image_size,
+                     len(tree.excluded_files), tuple(notes))
+
+
+def plan_cam16(tree: Tree, *, image_size: int) -> SplitPlan:
+    """The CAM16 splits for pretraining: train; val selects; test (or half of val) reports."""
+    train = tree.cam16.get("train", ())
+    val = tree.cam16.get("val", ())
+    if not train or not val:
+        raise DatasetError(f"{tree.root / 'CAM16'}: pretraining needs CAM16/train and CAM16/val "
+                           "with normal and tumor images")
+    return SplitPlan("CAM16", CAM16_CLASSES, train, val, tree.cam16.get("test", ()), image_size,
+                     len(tree.excluded_files))
+
+
+def load_plan(plan: SplitPlan, *, cache_dir: Path | str | None = None,
+              workers: int | None = None) -> PreparedData:
+    """Decode the plan's files (once per cache) and assemble CPU tensors for each split."""
+    decoded = decode_samples([*plan.train, *plan.val, *plan.test], plan.image_size,
+                             name=plan.dataset, cache_dir=cache_dir, workers=workers)
+    prefix = "WBC_100" if plan.dataset == "WBC" else plan.dataset
+    if plan.test:
+        selection = _eval_data(decoded, plan.val, f"{prefix}/val")
+        reporting = _eval_data(decoded, plan.test, f"{prefix}/test")
+    else:
+        sel, rep = selection_reporting_split([s.label for s in plan.val], seed=SELECTION_SEED)
+        selection = _eval_data(decoded, [plan.val[i] for i in sel],
+                               f"{prefix}/val half A (selection)")
+        reporting = _eval_data(decoded, [plan.val[i] for i in rep],
+                               f"{prefix}/val half B (reporting)")
+    return PreparedData(_train_data(decoded, plan.train, plan.classes), selection, reporting,
+                        decoded.fingerprint, plan)
