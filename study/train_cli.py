@@ -93,6 +93,13 @@ def format_metrics(metrics: dict[str, Any], class_names: tuple[str, ...]) -> str
     for label, key in rows:
         lines.append(f"{label:22}{_pct(metrics.get('val_' + key)):>12}"
                      f"{_pct(metrics.get('test_' + key)):>12}")
+    matrix = metrics.get("test_confusion_matrix")
+    if matrix:
+        width = max(6, *(len(c) for c in class_names)) + 1
+        lines.append("reporting confusion matrix (rows: true class, columns: predicted)")
+        lines.append(" " * width + "".join(f"{c[:5]:>7}" for c in class_names))
+        for name, row in zip(class_names, matrix, strict=True):
+            lines.append(f"{name:<{width}}" + "".join(f"{v:>7}" for v in row))
     n = int(metrics.get("test_n", 0) or 0)
     if n:
         low, high = wilson_interval(round(float(metrics["test_accuracy"]) * n), n)
@@ -165,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         metrics["pretrain_test_accuracy"] = pretrain_metrics.get("test_accuracy")
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items()
-                          if isinstance(v, int | float | str | None)}, indent=2))
+                          if isinstance(v, int | float | str | list | None)}, indent=2))
         return 0
     print(f"wbc train: {args.strategy} on {args.subset} of {root} "
           f"({metrics.get('train_images')} training images incl. pastes), "

@@ -453,7 +453,10 @@ def fit(
 
     def final_record(reporting_scores: dict[str, Any]) -> dict[str, Any]:
         return {"best_epoch": best_epoch, **flatten_metrics("val", best_selection),
-                **flatten_metrics("test", reporting_scores), "train_images": int(labels.numel()),
+                **flatten_metrics("test", reporting_scores),
+                "val_confusion_matrix": best_selection.get("confusion_matrix"),
+                "test_confusion_matrix": reporting_scores.get("confusion_matrix"),
+                "train_images": int(labels.numel()),
                 "wall_seconds": time.perf_counter() - started,
                 "selection_split": selection.name, "reporting_split": reporting.name}
 
