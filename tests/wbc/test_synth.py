@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wbc.layout import CAM16_CLASSES, REPORT_TABLE1, WBC_CLASSES
+from wbc.subsets import floor_count
+from wbc.synth import (
+    SynthSummary,
+    planned_counts,
+    render_cam16,
+    render_prcc,
+    render_wbc,
+    synthesize,
+)
+
+# The report's Table 1 for the subsets: class -> (data, mask) in WBC_50, WBC_10, WBC_1.
+REPORT_SUBSETS = {
+    "WBC_50": {"Basophil": (88, 8), "Eosinophil": (309, 30), "Lymphocyte": (1007, 100),
+               "Monocyte": (233, 23), "Neutrophil": (2586, 258)},
+    "WBC_10": {"Basophil": (17, 1), "Eosinophil": (61, 6), "Lymphocyte": (201, 20),
+               "Monocyte": (46, 4), "Neutrophil": (517, 51)},
+    "WBC_1": {"Basophil": (1, 0), "Eosinophil": (6, 0), "Lymphocyte": (20, 2),
+              "Monocyte": (4, 0), "Neutrophil": (51, 5)},
+}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _on_disk(root: Path) -> dict[str, dict[str, dict[str, tuple[int, int]]]]:
+    """dataset -> split -> class -> (data, mask) counted from the files."""
+    counts: dict[str, dict[str, dict[str, tuple[int, int]]]] = {}
+    for image in root.rglob("*.jpg"):
+        rel = image.relative_to(root).parts
+        dataset, split = rel[0], rel[1]
+        cls = rel[3] if len(rel) == 5 else ""
+        mask = image.parents[2] / "mask" / cls / f"{image.stem}.png"
+        d, m = counts.setdefault(dataset, {}).setdefault(split, {}).get(cls, (0, 0))
+        counts[dataset][split][cls] = (d + 1, m + mask.is_file())
+    return counts
+
+
+def _nonzero(counts: dict[str, dict[str, dict[str, tuple[int, int]]]]
+             ) -> dict[str, dict[str, dict[str, tuple[int, int]]]]:
+    # A subset may lack a class entirely; then its folder does not exist.
+    kept = {d: {s: {c: v for c, v in pc.items() if v[0]} for s, pc in sp.items()}
+            for d, sp in counts.items()}
+    kept = {d: {s: pc for s, pc in sp.items() if pc} for d, sp in kept.items()}
+    return {d: sp for d, sp in kept.items() if sp}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
+    messages: list[str] = []
+    summary = synthesize(tmp_path_factory.mktemp("synth") / "tree", scale=0.01, image_size=48,
+                         seed=5, workers=1, progress=messages.append)
+    assert messages and "images" in messages[-1]
+    return summary
+
+
+def test_full_scale_counts_are_the_reports_tables() -> None:
+    counts = planned_counts(1.0)
+    for cls, (n_train, n_mask, n_val) in REPORT_TABLE1.items():
+        assert counts["WBC_100"]["train"][cls] == (n_train, n_mask)
+        assert counts["WBC_100"]["val"][cls] == (n_val, 0)
+    for subset, per_class in REPORT_SUBSETS.items():
+        assert counts[subset]["train"] == per_class
+    totals = {s: tuple(map(sum, zip(*counts[s]["train"].values(), strict=True)))
+              for s in REPORT_SUBSETS}
+    assert totals == {"WBC_50": (4223, 419), "WBC_10": (842, 82), "WBC_1": (82, 7)}
+    assert counts["CAM16"] == {
+        "train": {"normal": (379, 37), "tumor": (378, 37)},
+        "val": {"normal": (54, 0), "tumor": (54, 0)},
+        "test": {"normal": (108, 0), "tumor": (108, 0)},
+    }
+    assert counts["pRCC"] == {"train": {"": (1419, 0)}}
+
+
+@pytest.mark.parametrize("scale", [0.001, 0.01, 0.05, 0.3, 0.5])
+def test_small_scale_counts_follow_the_rule(scale: float) -> None:
+    counts = planned_counts(scale)
+    for cls, (n_train, n_mask, n_val) in REPORT_TABLE1.items():
+        images, masks = counts["WBC_100"]["train"][cls]
+        assert images == max(1, int(n_train * scale + 0.5))
+        assert counts["WBC_100"]["val"][cls][0] == max(1, int(n_val * scale + 0.5))
+        assert masks <= images
+        assert masks >= int(n_mask * scale + 0.5) or masks == images
+        if scale >= 0.05 and images >= 2:
+            assert masks >= 1
+        for p in (50, 10, 1):
+            assert counts[f"WBC_{p}"]["train"][cls] == (floor_count(images, p),
+                                                        floor_count(masks, p))
+    for cls in CAM16_CLASSES:
+        for split in ("train", "val", "test"):
+            assert counts["CAM16"][split][cls][0] >= 1
+    assert counts["pRCC"]["train"][""][0] >= 1
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan")])
+def test_bad_scale_is_refused(scale: float) -> None:
+    with pytest.raises(ValueError, match="scale"):
+        planned_counts(scale)
+
+
+def test_files_on_disk_match_the_plan(tree: SynthSummary) -> None:
+    expected = _nonzero({d: {s: dict(pc) for s, pc in sp.items()}
+                         for d, sp in planned_counts(0.01).items()})
+    assert _on_disk(tree.out) == expected
+    assert _nonzero({d: {s: dict(pc) for s, pc in sp.items()}
+                     for d, sp in tree.counts.items()}) == expected
+    wbc = planned_counts(0.01)["WBC_100"]
+    assert tree.images == sum(len(list((tree.out / d).rglob("*.jpg")))
+                              for d in ("WBC_100", "CAM16", "pRCC"))
+    assert tree.masks == sum(m for pc in wbc.values() for _, m in pc.values()) + sum(
+        m for _, m in planned_counts(0.01)["CAM16"]["train"].values())
+    assert not list(tree.out.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_images_decode_at_the_requested_size(tree: SynthSummary) -> None:
+    for image in tree.out.rglob("*.jpg"):
+        with Image.open(image) as im:
+            assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (48, 48))
+
+
+def test_masks_pair_with_images_and_have_three_levels(tree: SynthSummary) -> None:
+    masks = list((tree.out / "WBC_100").rglob("*.png"))
+    assert masks
+    for mask_path in masks:
+        image = mask_path.parents[2] / "data" / mask_path.parent.name / f"{mask_path.stem}.jpg"
+        assert image.is_file(), f"{mask_path} has no image"
+        mask = np.asarray(Image.open(mask_path))
+        assert mask.shape == (48, 48)
+        assert set(np.unique(mask).tolist()) == {0, 128, 255}
+    for mask_path in (tree.out / "CAM16").rglob("*.png"):
+        image = mask_path.parents[2] / "data" / mask_path.parent.name / f"{mask_path.stem}.jpg"
+        assert image.is_file()
+        assert set(np.unique(np.asarray(Image.open(mask_path))).tolist()) <= {0, 255}
+
+
+def test_subsets_are_links_to_wbc100_and_nested(tree: SynthSummary) -> None:
+    names: dict[str, set[str]] = {}
+    for subset in ("WBC_50", "WBC_10", "WBC_1"):
+        files = [p for p in (tree.out / subset).rglob("*") if p.is_file()]
+        for p in files:
+            original = tree.out / "WBC_100" / p.relative_to(tree.out / subset)
+            assert original.is_file(), f"{p} is not a WBC_100 file"
+            assert p.samefile(original) or p.read_bytes() == original.read_bytes()
+        names[subset] = {str(p.relative_to(tree.out / subset)) for p in files}
+    assert names["WBC_1"] <= names["WBC_10"] <= names["WBC_50"]
+    assert names["WBC_50"]
+
+
+def _contrast(feature: np.ndarray, region: np.ndarray) -> float:
+    return float(feature[region].mean() - feature[~region].mean())
+
+
+@pytest.mark.parametrize("cls", WBC_CLASSES)
+def test_mask_marks_the_drawn_cell(cls: str) -> None:
+    rng = np.random.default_rng(11)
+    at_mask, shifted = 0.0, np.zeros(4)
+    for _ in range(4):
+        image, mask = render_wbc(cls, rng, 64)
+        assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+        assert mask.shape == (64, 64) and mask.dtype == np.uint8
+        nucleus, cell = mask == 255, mask > 0
+        assert nucleus.sum() > 20 and (mask == 128).sum() > 20
+        # One connected cell: its centroid lies inside it.
+        ys, xs = np.nonzero(cell)
+        assert cell[round(ys.mean()), round(xs.mean())]
+        # Blue minus red picks out the stained nucleus against red cells and plasma.
+        blue = image[..., 2].astype(float) - image[..., 0].astype(float)
+        at_mask += _contrast(blue, nucleus)
+        shifted += [_contrast(blue, np.roll(nucleus, s, axis=a)) for s in (-3, 3) for a in (0, 1)]
+    # Summed over a few crops, because a basophil's granules may hide its nucleus in one: a mask
+    # off by 3 px would lose contrast.
+    assert at_mask > shifted.max()
+
+
+def test_tissue_renderers() -> None:
+    rng = np.random.default_rng(3)
+    for cls in CAM16_CLASSES:
+        image, mask = render_cam16(cls, rng, 64)
+        assert image.shape == (64, 64, 3) and mask.shape == (64, 64)
+        assert set(np.unique(mask).tolist()) == {0, 255}
+    assert render_prcc(rng, 64).shape == (64, 64, 3)
+    with pytest.raises(ValueError, match="Basophil"):
+        render_wbc("Platelet", rng, 64)
+
+
+def test_same_seed_same_bytes_across_worker_counts(tmp_path: Path) -> None:
+    one = synthesize(tmp_path / "one", scale=0.003, image_size=48, seed=2, workers=1)
+    two = synthesize(tmp_path / "two", scale=0.003, image_size=48, seed=2, workers=2)
+    other = synthesize(tmp_path / "other", scale=0.003, image_size=48, seed=3, workers=1)
+    a, b, c = _files(one.out), _files(two.out), _files(other.out)
+    assert a == b
+    # Another seed draws other images (and other masks and subsets) under the same names.
+    images = [k for k in a if k.endswith(".jpg") and not k.startswith(("WBC_50", "WBC_10", "WBC_1/"))]
+    assert images and all(k in c and a[k] != c[k] for k in images)
+
+
+def test_non_empty_out_is_refused_unless_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match=str(out)):
+        synthesize(out, scale=0.001, image_size=32, workers=1)
+    first = synthesize(out, scale=0.001, image_size=32, workers=1, overwrite=True)
+    again = synthesize(out, scale=0.001, image_size=32, workers=1, overwrite=True)
+    assert _on_disk(first.out) == _on_disk(again.out)
+    assert (out / "keep.txt").read_text() == "mine"
