@@ -143,16 +143,18 @@ def _unique_entries(samples: Sequence[Sample]) -> tuple[list[_Entry], dict[str, 
 
 
 def _fingerprint(samples: Sequence[Sample], size: int) -> str:
-    paths = [s.path for s in samples] + [s.mask for s in samples if s.mask is not None]
-    base = Path(os.path.commonpath([str(p.resolve().parent) for p in paths])) if paths else Path()
+    # Absolute (not resolved) paths: resolving every component of every file costs seconds on
+    # a large tree, and a symlinked root is the same tree either way for this purpose.
+    paths = [os.path.abspath(p) for s in samples for p in (s.path, s.mask) if p is not None]
+    base = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
     digest = hashlib.sha256(f"v{CACHE_VERSION} size={size}\n".encode())
     for sample in samples:
         for path in (sample.path, sample.mask):
             if path is None:
                 digest.update(b"-\n")
                 continue
-            stat = path.stat()
-            rel = path.resolve().relative_to(base)
+            stat = os.stat(path)
+            rel = os.path.relpath(os.path.abspath(path), base)
             digest.update(f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}\t".encode())
         digest.update(f"{sample.label}\n".encode())
     return digest.hexdigest()
