@@ -63,7 +63,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 class RunSpec:
     """Where and on what a run executes."""
 
-    storage_path: Path  # absolute; shared storage (NFS, s3://) on a multi-node cluster
+    storage_path: str  # absolute path or URI; shared (NFS, EFS, s3://) on a multi-node cluster
     name: str  # stable and unique per run: the same name resumes the same run
     workers: int = 1  # Ray Train workers (DDP ranks)
     use_gpu: bool = False
@@ -160,7 +160,7 @@ def build_trainer(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
                                      resources_per_worker=resources),
         run_config=RunConfig(  # type: ignore[call-arg]
             name=spec.name,
-            storage_path=str(spec.storage_path),
+            storage_path=spec.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=spec.max_failures),
             callbacks=callbacks,
@@ -172,7 +172,7 @@ def build_trainer(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
 def run_training(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
                  pretrained: Path | None = None) -> TrainOutcome:
     """Run one training to completion (or resume it) and return its final record."""
-    if not spec.storage_path.is_absolute() and "://" not in str(spec.storage_path):
+    if not (Path(spec.storage_path).is_absolute() or "://" in spec.storage_path):
         raise ValueError(f"storage path {spec.storage_path} must be absolute: under `ray job "
                          "submit` the working directory is a temporary copy")
     result = build_trainer(plan, config, spec, pretrained=pretrained).fit()

@@ -64,8 +64,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--imagenet-weights", type=Path, default=None,
                    help="local torchvision resnet18 ImageNet weights file (never downloaded)")
     p.add_argument("--report-every", type=int, default=1, help="epochs between Ray reports")
-    p.add_argument("--storage", type=Path, default=Path("runs"),
-                   help="Ray storage folder for runs and checkpoints (default ./runs)")
+    p.add_argument("--storage", default="runs",
+                   help="Ray storage for runs and checkpoints: a folder (default ./runs) or a "
+                        "URI such as s3://bucket/path (shared storage on a cluster)")
     p.add_argument("--name", default=None,
                    help="run name; reusing a name resumes that run from its checkpoint")
     p.add_argument("--cache-dir", type=Path, default=None, help="decode and pretraining cache")
@@ -155,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = str(args.cache_dir) if args.cache_dir else None
     warm_cache(plan, cache_dir)
     name = args.name or f"train-{args.strategy}-{args.subset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    spec = RunSpec(storage_path=args.storage.resolve(), name=name, workers=args.workers or 1,
+    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    spec = RunSpec(storage_path=storage, name=name, workers=args.workers or 1,
                    use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker, cache_dir=cache_dir)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING, log_to_driver=not args.quiet)

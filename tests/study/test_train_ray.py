@@ -28,7 +28,7 @@ def test_two_worker_ddp_on_cpu_runs_and_reports(ray_local: None, tiny_root: Path
     config = TrainConfig().replace(epochs=2, **FAST)
     plan = plan_wbc(scan_tree(tiny_root), config)
     warm_cache(plan)
-    spec = RunSpec(storage_path=tmp_path, name="ddp", workers=2)
+    spec = RunSpec(storage_path=str(tmp_path), name="ddp", workers=2)
     outcome = run_training(plan, config, spec)
     assert outcome.metrics["world_size"] == 2
     assert outcome.metrics["epoch"] == 2
@@ -41,7 +41,7 @@ def test_two_worker_ddp_on_cpu_runs_and_reports(ray_local: None, tiny_root: Path
 def test_a_run_resumes_by_name_at_the_next_epoch(ray_local: None, tiny_root: Path,
                                                  tmp_path: Path) -> None:
     plan = plan_wbc(scan_tree(tiny_root), TrainConfig().replace(**FAST))
-    spec = RunSpec(storage_path=tmp_path, name="resume-me")
+    spec = RunSpec(storage_path=str(tmp_path), name="resume-me")
     first = run_training(plan, TrainConfig().replace(epochs=2, **FAST), spec)
     assert first.metrics["resumed_from_epoch"] == 0
     second = run_training(plan, TrainConfig().replace(epochs=3, **FAST), spec)
@@ -54,7 +54,7 @@ def test_cam16_pretraining_runs_once_and_is_reused(ray_local: None, tiny_root: P
                                                    tmp_path: Path) -> None:
     tree = scan_tree(tiny_root)
     config = TrainConfig().replace(strategy="pretrain", **FAST)
-    spec = RunSpec(storage_path=tmp_path, name="unused", cache_dir=str(tmp_path / "cache"))
+    spec = RunSpec(storage_path=str(tmp_path), name="unused", cache_dir=str(tmp_path / "cache"))
     first = ensure_cam16_pretrain(tree, config, spec, epochs=1)
     assert first.weights.exists() and "val_accuracy" in first.metrics
     assert "test_accuracy" in first.metrics  # CAM16's own test split reports

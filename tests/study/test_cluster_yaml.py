@@ -1,0 +1,125 @@
+"""cluster.yaml: a valid Ray cluster-launcher config that keeps the dashboard private, turns token
+auth on, has GPU workers and installs the project as pyproject.toml pins it.
+
+Validation is Ray's own, offline: ``prepare_config`` merges the AWS defaults file and
+``validate_config`` checks ``ray/autoscaler/ray-schema.json``; neither calls AWS.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_YAML = REPO_ROOT / "cluster.yaml"
+
+
+@pytest.fixture
+def config(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """cluster.yaml as parsed; any network connection in the test fails it."""
+
+    def no_network(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("cluster.yaml validation tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def _validate(config: dict[str, Any]) -> dict[str, Any]:
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+def _ray_start(commands: list[str]) -> list[str]:
+    """The arguments of the one ``ray start`` among ``commands``."""
+    starts = [c for c in commands if "ray start" in c]
+    assert len(starts) == 1, commands
+    words = shlex.split(starts[0].split(";")[-1])
+    return words[words.index("start") + 1:]
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+        if arg == name:
+            return args[i + 1]
+    return None
+
+
+def test_cluster_yaml_validates_offline(config: dict[str, Any]) -> None:
+    prepared = _validate(config)
+    assert prepared["provider"]["type"] == "aws"
+    assert prepared["available_node_types"][prepared["head_node_type"]]["max_workers"] == 0
+
+
+def test_dashboard_listens_on_loopback_only(config: dict[str, Any]) -> None:
+    head = _ray_start(config["head_start_ray_commands"])
+    assert "--head" in head
+    assert _flag(head, "--dashboard-host") == "127.0.0.1"
+    assert "0.0.0.0" not in yaml.safe_dump(config)
+
+
+def test_token_auth_on_every_node(config: dict[str, Any]) -> None:
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in config[key] if "ray start" in c)
+        assert re.search(r"\bRAY_AUTH_MODE=token\s+ray start\b", start), start
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    # Ray reads the token from ~/.ray/auth_token; the same file reaches every node.
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+def test_gpu_workers_autoscale_from_zero(config: dict[str, Any]) -> None:
+    head_type = config["head_node_type"]
+    gpu_types = {name: spec for name, spec in config["available_node_types"].items()
+                 if name != head_type and spec["resources"].get("GPU", 0) >= 1}
+    assert gpu_types
+    for spec in gpu_types.values():
+        assert spec.get("min_workers", 0) == 0
+        assert spec["max_workers"] >= 1
+    assert config["available_node_types"][head_type]["resources"].get("GPU", 0) == 0
+
+
+def test_project_is_synced_and_installed_with_pinned_torch(config: dict[str, Any]) -> None:
+    remote = next(r for r, local in config["file_mounts"].items() if local == ".")
+    setup = " ; ".join(config["setup_commands"])
+    assert f"pip install --no-cache-dir -e {remote}" in setup
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    pins = {}
+    for dep in pyproject["project"]["dependencies"]:
+        match = re.fullmatch(r"(torch|torchvision)>=[\d.]+,<=([\d.]+)", dep.replace(" ", ""))
+        if match:
+            pins[match[1]] = match[2]
+    assert set(pins) == {"torch", "torchvision"}
+    for package, version in pins.items():
+        assert f"{package}=={version}" in setup
+
+
+@pytest.mark.parametrize(("break_it", "error"), [
+    (lambda c: c.update(head_start_ray_command=c.pop("head_start_ray_commands")),
+     jsonschema.ValidationError),
+    (lambda c: c["available_node_types"]["gpu_worker"].update(
+        min_worker=c["available_node_types"]["gpu_worker"].pop("min_workers")),
+     jsonschema.ValidationError),
+    (lambda c: c["docker"].update(run_option=c["docker"].pop("run_options")),
+     jsonschema.ValidationError),
+    (lambda c: c.update(head_node_type="cpu_head"), ValueError),
+], ids=["top-level-key", "node-type-key", "docker-key", "unknown-head-type"])
+def test_broken_copy_fails_validation(config: dict[str, Any], break_it: Any,
+                                      error: type[Exception]) -> None:
+    broken = copy.deepcopy(config)
+    break_it(broken)
+    with pytest.raises(error):
+        _validate(broken)
