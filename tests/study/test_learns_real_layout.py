@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from study.train import RunSpec, ensure_cam16_pretrain, run_training, warm_cache
 from wbc.config import TrainConfig
-from wbc.data import plan_wbc
+from wbc.data import load_plan, plan_wbc
 from wbc.datasets import scan_tree
 from wbc.synth import synthesize
 
@@ -53,5 +54,10 @@ def test_every_strategy_learns_on_a_real_shaped_tree(ray_local: None, tmp_path: 
         outcome = run_training(plan, config, RunSpec(**{**spec.__dict__, "name": strategy}),
                                pretrained=pretrained if strategy != "scratch" else None)
         scores[strategy] = outcome.metrics["test_macro_f1"]
-    # Five classes, 61% Neutrophils: always answering "Neutrophil" scores a macro-F1 of 0.15.
-    assert min(scores.values()) > 0.4, scores
+    # Chance here: always answering the commonest class (Neutrophil, 61%) scores a macro-F1 of
+    # about 0.15 (one class at F1 0.76, four at 0). Every strategy must at least double it. The
+    # reporting half of val holds 26 images at this scale, so the strategies are not compared.
+    counts = torch.bincount(load_plan(plan_wbc(tree, base), cache_dir=spec.cache_dir)
+                            .reporting.labels, minlength=5).double()
+    majority = float(2 * counts.max() / (counts.sum() + counts.max()) / 5)
+    assert min(scores.values()) >= max(0.3, 2 * majority), (scores, majority)
