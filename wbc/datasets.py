@@ -50,9 +50,11 @@ __all__ = [
     "Sample",
     "Tree",
     "class_counts",
+    "exclude_problem_files",
     "find_class_folders",
     "find_images",
     "pair_masks",
+    "problems_from_decoding",
     "scan_tree",
     "verify_files",
 ]
@@ -354,7 +356,7 @@ def _find_named(root: Path, name: str) -> Path | None:
     return _find_dir(root, [name])
 
 
-def _apply_verification(
+def problems_from_decoding(
     samples: dict[str, list[Sample]],
     results: dict[Path, ImageInfo | str],
     problems: list[Problem],
@@ -393,7 +395,7 @@ def _apply_verification(
                 )
 
 
-def _exclude(
+def exclude_problem_files(
     samples: dict[str, list[Sample]], problems: list[Problem]
 ) -> tuple[list[Problem], list[Problem]]:
     """Leave out the files named by excludable errors; returns (remaining, excluded)."""
@@ -513,14 +515,14 @@ def scan_tree(
         progress(f"found {count} images in {root}")
     if verify:
         files = [p for g in samples.values() for s in g for p in (s.path, s.mask) if p is not None]
-        _apply_verification(samples, verify_files(files, workers=workers), problems)
+        problems_from_decoding(samples, verify_files(files, workers=workers), problems)
 
     excluded: list[Problem] = []
     if exclude_bad:
         before: dict[str, set[int]] = {
             k: {s.label for s in samples[k]} for k in ("WBC_100/train", "WBC_100/val")
             if k in samples}
-        problems, excluded = _exclude(samples, problems)
+        problems, excluded = exclude_problem_files(samples, problems)
         _check_required_classes(before, samples, root, problems)
 
     derived: dict[str, int] = {}

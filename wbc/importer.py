@@ -20,13 +20,14 @@ from wbc.datasets import (
     DatasetError,
     Problem,
     Sample,
+    exclude_problem_files,
     find_class_folders,
     find_images,
     pair_masks,
+    problems_from_decoding,
     scan_tree,
     verify_files,
 )
-from wbc.imageio import ImageInfo
 from wbc.layout import SUBSET_PERCENTS, WBC_CLASSES, subset_name
 from wbc.subsets import derive_subsets
 
@@ -185,28 +186,16 @@ def import_imagefolder(
     if progress is not None:
         progress(f"verifying {len(samples)} images in {src}")
     files = [p for s in samples for p in (s.path, s.mask) if p is not None]
-    results = verify_files(files, workers=workers)
-    bad: dict[Path, str] = {p: r for p, r in results.items() if isinstance(r, str)}
-    for sample in samples:
-        info, mask_info = results[sample.path], results.get(sample.mask) if sample.mask else None
-        if (isinstance(info, ImageInfo) and isinstance(mask_info, ImageInfo)
-                and (info.width, info.height) != (mask_info.width, mask_info.height)):
-            assert sample.mask is not None
-            bad[sample.mask] = (f"mask is {mask_info.width}x{mask_info.height} but its image is "
-                                f"{info.width}x{info.height}")
-    errors = [Problem(p, r) for p, r in bad.items()] + [
-        p for p in problems if p.severity == "error"]
+    groups = {"source": samples}
+    problems_from_decoding(groups, verify_files(files, workers=workers), problems)
+    errors = [p for p in problems if p.severity == "error"]
     if errors and not exclude_bad:
         lines = "\n".join(str(p) for p in errors)
         raise DatasetError(f"{src}: {len(errors)} problem(s); fix them or rerun with "
                            f"--exclude-bad to leave those files out:\n{lines}")
-    excluded = tuple(bad) + tuple(f for p in problems if p.severity == "error" for f in p.excludes)
-    kept = []
-    for sample in samples:
-        if sample.path in bad:
-            continue
-        kept.append(Sample(sample.path, sample.label,
-                           None if sample.mask in bad else sample.mask))
+    problems, dropped = exclude_problem_files(groups, problems)
+    excluded = tuple(dict.fromkeys(f for p in dropped for f in p.excludes))
+    kept = groups["source"]
 
     is_val = stratified_val_split([s.label for s in kept], val_fraction, seed=seed)
     staging = root.with_name(f".{root.name}.importing-{os.getpid()}")
