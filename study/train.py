@@ -97,6 +97,7 @@ def warm_cache(plan: SplitPlan, cache_dir: str | None = None) -> str:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs."""
+    started = time.perf_counter()
     config = TrainConfig.from_flat(loop_config["config"])
     plan: SplitPlan = loop_config["plan"]
     context = ray.train.get_context()
@@ -121,12 +122,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
 
     resumed_from = int(resume["epoch"]) if resume is not None else 0
+    extra = {**loop_config.get("extra", {}), "notes": "; ".join(plan.notes),
+             "excluded_files": plan.excluded_files, "data_fingerprint": data.fingerprint,
+             "world_size": context.get_world_size(), "resumed_from_epoch": resumed_from,
+             "device": str(device), "setup_seconds": time.perf_counter() - started}
 
     def on_epoch(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-        metrics = {**metrics, "notes": "; ".join(plan.notes),
-                   "excluded_files": plan.excluded_files, "data_fingerprint": data.fingerprint,
-                   "world_size": context.get_world_size(), "resumed_from_epoch": resumed_from,
-                   "device": str(device)}
+        metrics = {**metrics, **extra}
+        if resume is not None and metrics["epoch"] == config.optim.epochs:
+            # Epochs before the resume: the caller's record of them may be gone.
+            metrics["epoch_history"] = [{k: v for k, v in row.items()
+                                         if isinstance(v, int | float | str)}
+                                        for row in resume["history"]]
         if state is not None and rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
@@ -140,8 +147,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def build_trainer(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
-                  pretrained: Path | None = None, callbacks: list[Any] | None = None
-                  ) -> TorchTrainer:
+                  pretrained: Path | None = None, callbacks: list[Any] | None = None,
+                  extra_metrics: dict[str, Any] | None = None) -> TorchTrainer:
     """A ``TorchTrainer`` for one run; Tune trials add their report callback."""
     resources: dict[str, float] = {"CPU": spec.cpus_per_worker}
     if spec.use_gpu:
@@ -155,6 +162,7 @@ def build_trainer(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
             "pretrained": str(pretrained) if pretrained else None,
             "cache_dir": spec.cache_dir,
             "threads": max(1, int(spec.cpus_per_worker)),
+            "extra": dict(extra_metrics or {}),  # added to every report
         },
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
                                      resources_per_worker=resources),
@@ -182,18 +190,23 @@ def run_training(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
 
 
 def ensure_cam16_pretrain(tree: Tree, wbc_config: TrainConfig, spec: RunSpec, *, epochs: int,
-                          lr: float | None = None, log: Any = print) -> PretrainResult:
-    """The report's step A, once: reuse a stored CAM16 run with the same data and settings."""
+                          lr: float | None = None, log: Any = print,
+                          store_dir: Path | str | None = None) -> PretrainResult:
+    """The report's step A, once: reuse a stored CAM16 run with the same data and settings.
+
+    Results are stored under ``store_dir`` (default: the cache, ``spec.cache_dir``).
+    """
+    store = store_dir if store_dir is not None else spec.cache_dir
     config = pretrain_config(wbc_config, epochs=epochs, lr=lr)
     plan = plan_cam16(tree, image_size=wbc_config.data.image_size)
     key = pretrain_key(warm_cache(plan, spec.cache_dir), config)
-    found = cached_pretrain(key, spec.cache_dir)
+    found = cached_pretrain(key, store)
     if found is not None:
         log(f"CAM16 pretraining {key}: reused (val accuracy "
             f"{found.metrics.get('val_accuracy', float('nan')):.4f})")
         return found
-    with pretrain_lock(key, spec.cache_dir):
-        found = cached_pretrain(key, spec.cache_dir)
+    with pretrain_lock(key, store):
+        found = cached_pretrain(key, store)
         if found is not None:
             return found
         started = time.perf_counter()
@@ -202,4 +215,4 @@ def ensure_cam16_pretrain(tree: Tree, wbc_config: TrainConfig, spec: RunSpec, *,
                                                          "name": f"pretrain-cam16-{key}"}))
         state = outcome.load_checkpoint()["best_state"]
         metrics = {**outcome.metrics, "pretrain_seconds": time.perf_counter() - started}
-        return store_pretrain(key, state, metrics, spec.cache_dir)
+        return store_pretrain(key, state, metrics, store)

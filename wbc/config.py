@@ -70,9 +70,13 @@ class OptimConfig:
     imbalance: Imbalance = "none"  # Neutrophils are 61%: weighted loss or balanced sampling
     batch_size: int = 64  # per worker
     epochs: int = 10
+    # An epoch passes over the training set as often as it takes to see this many images:
+    # WBC_1 (82 images at full scale, a handful on a small synthetic tree) would otherwise get
+    # one or two optimiser steps per epoch. 0: one pass, as the report.
+    min_epoch_images: int = 0
 
     def __post_init__(self) -> None:
-        _check(self, lr=(1e-8, 10.0), weight_decay=(0.0, 1.0), momentum=(0.0, 1.0),
+        _check(self, min_epoch_images=(0, 1 << 30), lr=(1e-8, 10.0), weight_decay=(0.0, 1.0), momentum=(0.0, 1.0),
                warmup_epochs=(0.0, 1e6), label_smoothing=(0.0, 0.5), batch_size=(1, 1 << 16),
                epochs=(1, 100_000), step_every=(1, 100_000), step_gamma=(0.0, 1.0))
 

@@ -17,7 +17,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-__all__ = ["ClassificationMetrics", "classification_metrics", "flatten_metrics", "wilson_interval"]
+__all__ = ["ClassificationMetrics", "classification_metrics", "flatten_metrics", "mean_interval",
+           "wilson_interval"]
 
 
 class ClassificationMetrics(TypedDict):
@@ -153,3 +154,22 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     lo = 0.0 if successes == 0 else max(0.0, centre - half)
     hi = 1.0 if successes == n else min(1.0, centre + half)
     return lo, hi
+
+
+def mean_interval(values: ArrayLike, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of repeated runs (seeds) with a Student-t interval: ``(mean, low, high)``.
+
+    One value gives an interval of NaN width (one run says nothing about run-to-run spread).
+    """
+    from scipy import stats
+
+    data = np.asarray(values, dtype=float)
+    data = data[np.isfinite(data)]
+    if data.size == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(data.mean())
+    if data.size < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, data.size - 1)
+                 * data.std(ddof=1) / math.sqrt(data.size))
+    return mean, mean - half, mean + half

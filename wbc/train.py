@@ -211,19 +211,29 @@ def make_pastes(data: TrainData, config: TrainConfig, *, seed: int) -> tuple[Ten
     return torch.cat(out_images).contiguous(), torch.cat(out_labels)
 
 
+def _passes(n: int, optim: OptimConfig) -> int:
+    """Passes over ``n`` training images that make one epoch (``min_epoch_images``)."""
+    return max(1, math.ceil(optim.min_epoch_images / max(n, 1)))
+
+
 def _epoch_order(labels: Tensor, *, config: TrainConfig, epoch: int, rank: int, world: int
                  ) -> Tensor:
-    """This rank's indices for ``epoch``: the same permutation on every rank, then a stride."""
+    """This rank's indices for ``epoch``: the same permutation on every rank, then a stride.
+
+    An epoch of several passes (``min_epoch_images``) concatenates fresh permutations.
+    """
     n = labels.numel()
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "order", epoch))
+    passes = _passes(n, config.optim)
     if config.optim.imbalance == "balanced":
         weights = 1.0 / torch.bincount(labels.cpu()).float()[labels.cpu()]
-        order = torch.multinomial(weights, n, replacement=True, generator=generator)
+        order = torch.multinomial(weights, n * passes, replacement=True, generator=generator)
     else:
-        order = torch.randperm(n, generator=generator)
-    per_rank = math.ceil(n / world)
-    if per_rank * world > n:  # pad by wrapping, as DistributedSampler does
-        order = torch.cat([order, order[: per_rank * world - n]])
+        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])
+    total = order.numel()
+    per_rank = math.ceil(total / world)
+    if per_rank * world > total:  # pad by wrapping, as DistributedSampler does
+        order = torch.cat([order, order[: per_rank * world - total]])
     return order[rank::world].to(labels.device)
 
 
@@ -433,7 +443,9 @@ def fit(
         return torch.cat([train.images, images]), torch.cat([train.labels, labels])
 
     images, labels = epoch_data(0)
-    steps_per_epoch = math.ceil(math.ceil(labels.numel() / world) / config.optim.batch_size)
+    passes = _passes(labels.numel(), config.optim)
+    steps_per_epoch = math.ceil(math.ceil(labels.numel() * passes / world)
+                                / config.optim.batch_size)
     total_steps = steps_per_epoch * config.optim.epochs
     first_epoch, step = 1, 0
     history: list[dict[str, Any]] = []
@@ -463,6 +475,7 @@ def fit(
     for epoch in range(first_epoch, config.optim.epochs + 1):
         if config.augment.paste_every_epoch and epoch > 1:
             images, labels = epoch_data(epoch)
+        epoch_started = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch}
         row.update(train_one_epoch(model, optimizer, images, labels, config=config, epoch=epoch,
                                    step=step, total_steps=total_steps,
@@ -482,6 +495,9 @@ def fit(
                           for k, v in unwrap_model(model).state_dict().items()}
             best_selection = dict(scores)
         row["best_epoch"] = best_epoch
+        row["best_val_macro_f1"] = float(best_selection["macro_f1"])
+        row["loop_seconds"] = time.perf_counter() - epoch_started
+        row["train_images"] = int(labels.numel())
         history.append(row)
         last = epoch == config.optim.epochs
         if last:
@@ -505,7 +521,9 @@ def fit(
                     "best_state": best_state,
                     "best_selection": best_selection,
                 }
-            on_epoch({**row, **final} if last else dict(row), checkpoint)
+            # The final record's val_* are the best epoch's; the epoch's own ride along.
+            on_epoch({**row, **final, "epoch_metrics": dict(row)} if last else dict(row),
+                     checkpoint)
     if first_epoch > config.optim.epochs:  # resumed from the final checkpoint: score again
         reporting_scores = _score_best(model, best_state, reporting, train.class_names, config)
         final = final_record(reporting_scores)

@@ -1,0 +1,149 @@
+"""``study``: the whole comparison as one Ray Tune study, and (later) its report.
+
+``study run`` with no arguments makes a small synthetic tree and runs the quick preset on this
+machine. Exit status: 0 the study completed; 1 it stopped before the end (resume it); 2 a usage
+or input error, said in one line that names the file or value and what to do; 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; printed without a traceback."""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="study", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run (or --resume) a study; no arguments: the quick preset "
+                                   "on a synthetic tree")
+    p.add_argument("--preset", default="quick", help="quick (default) or paper")
+    p.add_argument("--config", type=Path, default=None,
+                   help="a study spec file (TOML or JSON); its keys override the preset's")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="NAME=VALUE",
+                   help="override one spec field, e.g. --set final_seeds=5 --set "
+                        "space.lr_max=0.3 --set resources.gpus_per_trial=0.25 (repeatable)")
+    p.add_argument("--data", default=None,
+                   help="dataset root in the report's layout (default: a synthetic tree)")
+    p.add_argument("--name", default=None, help="study name (default: the preset's)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="results folder to create (default: results/<name>-<date-time>); must "
+                        "be absolute under `ray job submit`, and shared storage on a cluster")
+    p.add_argument("--resume", type=Path, default=None, metavar="RESULTS",
+                   help="continue the study in this results folder where it stopped")
+    p.add_argument("--cache-dir", default=None,
+                   help="decode and synthetic-data cache (default: $WBC_CACHE_DIR or "
+                        "~/.cache/wbc)")
+    p.add_argument("--print-spec", action="store_true",
+                   help="print the resolved spec as JSON and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(run=_cmd_run)
+    return parser
+
+
+def _resolve_spec(args: argparse.Namespace) -> Any:
+    from study.spec import load_spec, preset
+
+    try:
+        spec = preset(args.preset)
+        if args.config is not None:
+            spec = load_spec(args.config, base=spec)
+        spec = spec.with_overrides(list(args.overrides))
+        if args.data is not None:
+            spec = spec.replace(data=str(Path(args.data).absolute()))
+        if args.name is not None:
+            spec = spec.replace(name=args.name)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    return spec
+
+
+def _results_folder(args: argparse.Namespace, name: str) -> Path:
+    under_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    if args.results is None:
+        if under_job:
+            raise UserError("under `ray job submit` the working directory is a temporary "
+                            "copy: give --results /absolute/path (shared storage on a "
+                            "cluster)")
+        return Path("results") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if under_job and not args.results.is_absolute():
+        raise UserError(f"--results {args.results}: must be absolute under `ray job submit` "
+                        "(the working directory is a temporary copy)")
+    return Path(args.results)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def _summary(record: dict[str, Any], results: Path) -> str:
+    session = record["sessions"][-1]
+    parts = [f"study {record['study']!r}: {record['status']} in {session['wall_seconds']:.0f} s "
+             f"(Ray start-up {session.get('ray_startup_seconds', 0):.0f} s, data "
+             f"{session.get('data_seconds', 0):.0f} s, pretraining "
+             f"{session.get('pretrain_seconds', 0):.0f} s, trials "
+             f"{session.get('tune_seconds', 0):.0f} s on {session.get('slots')} slot(s))"]
+    overhead = session.get("per_trial_overhead_seconds")
+    parts.append(f"{session.get('trials_run', 0)} trials run; inside training loops "
+                 f"{_pct(session.get('inside_training_loops_fraction', math.nan))} of the "
+                 "slot time" + (f"; per-trial overhead {overhead:.1f} s" if overhead is not None
+                                else ""))
+    parts.append(f"results: {results}  (trials.parquet, epochs.parquet, study.json)")
+    if record["status"] != "complete":
+        parts.append(f"continue with: study run --resume {results}")
+    return "\n".join(parts)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from study.runner import StudyError, run_study
+
+    if args.resume is not None:
+        if args.config or args.overrides or args.data or args.name or args.results:
+            raise UserError("--resume continues a study with its own spec; drop --config, "
+                            "--set, --data, --name and --results")
+        spec, results = None, Path(args.resume)
+    else:
+        spec = _resolve_spec(args)
+        if args.print_spec:
+            print(json.dumps(spec.to_dict(), indent=2))
+            return 0
+        results = _results_folder(args, spec.name)
+    try:
+        record = run_study(spec, results, resume=args.resume is not None, quiet=args.quiet,
+                           cache_dir=args.cache_dir, say=_say)
+    except StudyError as err:
+        raise UserError(str(err)) from err
+    print(_summary(record, results.absolute()))
+    return 0 if record["status"] == "complete" else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``study`` console script and ``python -m study``."""
+    from wbc.datasets import DatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (UserError, DatasetError) as err:
+        _say(f"study {args.command}: error: {err}")
+        return 2
+    except KeyboardInterrupt:
+        _say(f"study {args.command}: interrupted; continue with `study run --resume RESULTS`")
+        return 130

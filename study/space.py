@@ -1,0 +1,41 @@
+"""The search space, in one place: what Optuna may choose for a cell, and nothing else.
+
+Per cell, because a strategy that pastes cells has two more knobs (how many pastes, on what
+background) than one that does not. Distributions only; no training code calls ``suggest_*``.
+"""
+
+from __future__ import annotations
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from study.spec import SearchSpace
+from wbc.strategies import get_strategy
+
+__all__ = ["cell_space", "searched_names"]
+
+
+def cell_space(space: SearchSpace, strategy: str) -> dict[str, BaseDistribution]:
+    """Optuna distributions, by flat ``TrainConfig`` name, for one cell's strategy."""
+    dists: dict[str, BaseDistribution] = {
+        "lr": FloatDistribution(space.lr_min, space.lr_max, log=True),
+        "weight_decay": FloatDistribution(space.weight_decay_min, space.weight_decay_max,
+                                          log=True),
+        "imbalance": CategoricalDistribution(list(space.imbalance)),
+    }
+    if get_strategy(strategy).mask_augment:
+        dists["aug_factor"] = IntDistribution(space.aug_factor_min, space.aug_factor_max)
+        dists["background"] = CategoricalDistribution(list(space.background))
+    return dists
+
+
+def searched_names(space: SearchSpace, strategies: tuple[str, ...]) -> tuple[str, ...]:
+    """Every hyperparameter some cell searches: the Parquet columns they land in."""
+    names: dict[str, None] = {}
+    for strategy in strategies:
+        names.update(dict.fromkeys(cell_space(space, strategy)))
+    return tuple(names)

@@ -1,0 +1,268 @@
+"""What a study is: a typed spec, loadable from a TOML or JSON file, with presets.
+
+A spec names the data (a tree, or a synthetic one made on the fly), the cells (subsets x
+strategies), the search (trials per cell, epochs, ASHA, the search space), the final phase
+(seeds per cell), the settings every trial shares, and the resources a trial takes. Presets are
+specs; a file or ``--set name=value`` changes any field of one::
+
+    study run --preset paper --set final_seeds=5 --set space.lr_max=0.3
+
+Only this module knows the defaults; everything below the command line gets a ``StudySpec``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from wbc.config import TrainConfig
+from wbc.layout import subset_percent
+from wbc.strategies import get_strategy, strategy_names
+
+__all__ = ["PRESETS", "Resources", "SearchSpace", "StudySpec", "load_spec", "preset"]
+
+Execution = Literal["auto", "inline", "train"]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Bounds of what Optuna searches per cell (``study.space`` turns them into distributions)."""
+
+    lr_min: float = 1e-3  # SGD peak learning rate, log scale
+    lr_max: float = 0.2
+    weight_decay_min: float = 1e-5  # log scale
+    weight_decay_max: float = 1e-2
+    imbalance: tuple[str, ...] = ("none", "weighted", "balanced")  # Neutrophils are 61%
+    aug_factor_min: int = 1  # pastes per masked image, for strategies that paste (the report: 5)
+    aug_factor_max: int = 8
+    background: tuple[str, ...] = ("none", "own", "other")  # the report's empty one, or real ones
+
+    def __post_init__(self) -> None:
+        for low, high in (("lr_min", "lr_max"), ("weight_decay_min", "weight_decay_max"),
+                          ("aug_factor_min", "aug_factor_max")):
+            if not 0 < getattr(self, low) <= getattr(self, high):
+                raise ValueError(f"space.{low}={getattr(self, low)!r} must be above 0 and at "
+                                 f"most space.{high}={getattr(self, high)!r}")
+        for name, valid in (("imbalance", ("none", "weighted", "balanced")),
+                            ("background", ("none", "own", "other"))):
+            values = getattr(self, name)
+            if not values or any(v not in valid for v in values):
+                raise ValueError(f"space.{name}={list(values)!r}: choose one or more of "
+                                 f"{', '.join(valid)}")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial takes, and how trials execute."""
+
+    cpus_per_trial: float = 1.0  # also the trial's torch threads
+    gpus_per_trial: float = 0.0  # below 1 packs several trials on one GPU
+    workers_per_trial: int = 1  # Ray Train workers (DDP ranks) per trial
+    # inline: the Tune trial trains in its own (reused) process, about 0.5 s of overhead;
+    # train: the trial drives a Ray Train TorchTrainer (DDP), 7-12 s of overhead per trial.
+    # auto: train when a trial has more than one worker, else inline.
+    execution: Execution = "auto"
+    max_concurrent: int = 0  # 0: as many as the cluster's resources fit
+    max_failures: int = 1  # a failing trial is retried this often, then recorded as an error
+
+    def __post_init__(self) -> None:
+        if self.execution not in get_args(Execution):
+            raise ValueError(f"resources.execution={self.execution!r} is not one of: "
+                             f"{', '.join(get_args(Execution))}")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0 or self.workers_per_trial < 1:
+            raise ValueError("resources: cpus_per_trial must be above 0, gpus_per_trial at "
+                             "least 0 and workers_per_trial at least 1")
+        if self.max_concurrent < 0 or self.max_failures < 0:
+            raise ValueError("resources: max_concurrent and max_failures must be at least 0")
+
+    @property
+    def mode(self) -> Literal["inline", "train"]:
+        if self.execution == "auto":
+            return "train" if self.workers_per_trial > 1 else "inline"
+        return self.execution
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str = "quick"  # names the results folder and the Tune experiment
+    preset: str = "quick"  # where the defaults came from, for the record
+    data: str | None = None  # a tree in the report's layout; None: a synthetic tree (cached)
+    synthetic_scale: float = 0.05  # of the report's counts, for the synthetic tree
+    synthetic_seed: int = 0
+    image_size: int = 32  # working resolution
+    subsets: tuple[str, ...] = ("WBC_100", "WBC_50", "WBC_10", "WBC_1")
+    strategies: tuple[str, ...] = ("scratch", "pretrain", "pretrain_aug")
+    search_trials: int = 3  # Optuna trials per cell
+    startup_trials: int = 2  # random trials before TPE models a cell
+    epochs: int = 3
+    grace_epochs: int = 1  # ASHA: no trial is stopped before this epoch
+    reduction_factor: int = 2  # ASHA: keep the best 1/rf at each rung
+    final_seeds: int = 3  # re-runs of each cell's best configuration
+    redraw_subsets: bool = False  # final seeds redraw WBC_50/10/1 from WBC_100 with their seed
+    seed: int = 0  # seeds the samplers; trial seeds derive from it
+    pretrain_epochs: int = 8  # CAM16, once per study
+    pretrain_lr: float = 0.05
+    # Settings every trial shares (flat wbc.config.TrainConfig names); the search overrides its own.
+    train: dict[str, Any] = field(default_factory=lambda: {
+        "batch_size": 64, "bn_recalibrate": 128, "min_epoch_images": 128})
+    # Epochs between resumable trial checkpoints; 0: none (a trial cut off by a crash restarts,
+    # which costs less than writing ResNet-18 and its optimiser state every epoch on short runs).
+    checkpoint_every: int = 0
+    space: SearchSpace = field(default_factory=SearchSpace)
+    resources: Resources = field(default_factory=Resources)
+    exclude_bad: bool = False  # leave out unreadable files instead of failing
+
+    def __post_init__(self) -> None:
+        for subset in self.subsets:
+            if subset_percent(subset) is None:
+                raise ValueError(f"subsets: {subset!r} is not WBC_100, WBC_50, WBC_10 or WBC_1")
+        for strategy in self.strategies:
+            if strategy not in strategy_names():
+                raise ValueError(f"strategies: {strategy!r} is not one of: "
+                                 f"{', '.join(strategy_names())}")
+        if not self.subsets or not self.strategies:
+            raise ValueError("a study needs at least one subset and one strategy")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every={self.checkpoint_every!r} must be at least 0")
+        for name in ("search_trials", "epochs", "final_seeds", "grace_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
+        if self.reduction_factor < 2:
+            raise ValueError(f"reduction_factor={self.reduction_factor!r} must be at least 2")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"name={self.name!r}: use a plain folder name")
+        self.base_config()  # the shared settings must make a valid TrainConfig
+
+    @property
+    def cells(self) -> tuple[tuple[str, str], ...]:
+        """(subset, strategy) pairs, largest subset first: long trials start early."""
+        return tuple((subset, strategy) for subset in self.subsets
+                     for strategy in self.strategies)
+
+    @property
+    def needs_cam16(self) -> bool:
+        return any(get_strategy(s).pretrain == "cam16" for s in self.strategies)
+
+    def base_config(self) -> TrainConfig:
+        """The TrainConfig every trial starts from."""
+        try:
+            return TrainConfig.from_flat({**self.train, "image_size": self.image_size,
+                                          "epochs": self.epochs,
+                                          "exclude_bad": self.exclude_bad})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"train settings: {err}") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> StudySpec:
+        return _build(cls, values, "")
+
+    def replace(self, **changes: Any) -> StudySpec:
+        return StudySpec.from_dict({**self.to_dict(), **changes})
+
+    def with_overrides(self, assignments: list[str]) -> StudySpec:
+        """Apply ``name=value`` strings; dotted names reach nested fields (``space.lr_max``)."""
+        values = self.to_dict()
+        for assignment in assignments:
+            name, sep, text = assignment.partition("=")
+            if not sep:
+                raise ValueError(f"--set {assignment!r}: expected name=value")
+            target = values
+            *parents, leaf = name.strip().split(".")
+            for parent in parents:
+                if not isinstance(target.get(parent), dict):
+                    raise ValueError(f"--set {assignment!r}: {parent!r} has no fields")
+                target = target[parent]
+            if parents != ["train"] and leaf not in target:
+                raise ValueError(f"--set {assignment!r}: no field {name!r}; valid: "
+                                 f"{', '.join(sorted(target))}")
+            target[leaf] = _parse_value(text.strip())
+        return StudySpec.from_dict(values)
+
+
+def _parse_value(text: str) -> Any:
+    """TOML's value syntax for ``--set``: numbers, true/false, [lists], "strings" or bare words."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if "," in text:
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return text
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown study setting(s) {', '.join(prefix + u for u in unknown)}; "
+                         f"valid: {', '.join(sorted(prefix + n for n in names))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ValueError(f"{prefix}{name} must be a table of settings, got {value!r}")
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        elif get_origin(hint) is tuple:
+            kwargs[name] = tuple([value] if isinstance(value, str) else value)
+        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+            kwargs[name] = float(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+# The quick preset is sized to finish in well under 10 minutes on a 2-core CPU with Ray start-up
+# (README, "Performance"): 12 cells x (3 search + 3 final) trials at 32 px on a 5% synthetic tree.
+_QUICK = StudySpec()
+
+# The report at full scale on GPUs: 224 px (the report's resolution), its real tree, 20 trials a
+# cell and 5 seeds. docs/presets.md gives the expected GPU-hours.
+_PAPER = StudySpec(
+    name="paper", preset="paper", synthetic_scale=1.0, image_size=224, search_trials=20,
+    startup_trials=8, epochs=30, grace_epochs=5, reduction_factor=3, final_seeds=5,
+    pretrain_epochs=20, pretrain_lr=0.05,
+    train={"batch_size": 256, "bn_recalibrate": 2048, "min_epoch_images": 4096,
+           "report_every": 1},
+    checkpoint_every=5,
+    resources=Resources(cpus_per_trial=4.0, gpus_per_trial=1.0),
+)
+
+PRESETS: dict[str, StudySpec] = {"quick": _QUICK, "paper": _PAPER}
+
+
+def preset(name: str) -> StudySpec:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def load_spec(path: Path, *, base: StudySpec | None = None) -> StudySpec:
+    """A spec from a TOML or JSON file; its ``preset`` key (or ``base``) gives the defaults."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the study spec ({err.strerror})") from err
+    try:
+        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: "
+                         f"{err}") from err
+    start = preset(values["preset"]) if "preset" in values else (base or _QUICK)
+    merged = start.to_dict()
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    try:
+        return StudySpec.from_dict(merged)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from err
