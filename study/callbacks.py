@@ -54,6 +54,15 @@ def _epoch_row(result: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _error_text(trial: Any) -> str:
+    """The trial's error trace: Tune writes it locally first, to storage later."""
+    local = trial.error_file
+    if local and Path(local).exists():
+        return Path(local).read_text(errors="replace")
+    error = trial.get_error()
+    return str(error) if error is not None else "failed (Tune recorded no error text)"
+
+
 def trial_row(study: str, config: dict[str, Any], settings: dict[str, Any],
               epochs: list[dict[str, Any]], final: dict[str, Any] | None, *, status: str,
               tune_trial_id: str, error: str | None = None) -> dict[str, Any]:
@@ -177,8 +186,7 @@ class StudyCallback(Callback):
                                          status="completed" if final else "stopped"))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = trial.get_error()
-        message = str(error) if error is not None else "failed (no error recorded)"
+        message = _error_text(trial)
         self._finish(trial, self._record(trial, None, status="error", error=message[-4000:]))
 
     def _record(self, trial: Any, final: dict[str, Any] | None, *, status: str,

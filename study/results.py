@@ -31,6 +31,7 @@ __all__ = [
     "TRIALS_FILE",
     "ResultsStore",
     "atomic_write_bytes",
+    "read_table",
     "table_from_rows",
 ]
 
@@ -47,11 +48,14 @@ _INT_SUFFIXES = ("_n", "_epoch", "_images", "epoch", "seed", "aug_factor", "_fil
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``path`` so that it holds the old bytes or the new ones, never a mix."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _column_type(name: str, values: Sequence[Any]) -> pa.DataType:
@@ -91,14 +95,22 @@ def table_from_rows(rows: Sequence[dict[str, Any]], first: Sequence[str] = ()) -
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
+def read_table(path: Path) -> pa.Table:
+    """Read through one open handle: a writer renaming a new file into place meanwhile cannot
+    mix two versions (reading by path, pyarrow opens the file more than once)."""
     try:
-        return list(pq.read_table(path).to_pylist())
-    except (pa.ArrowInvalid, OSError) as err:
+        with path.open("rb") as handle:
+            return pq.read_table(handle)
+    except pa.ArrowInvalid as err:
         raise RuntimeError(f"{path}: not a readable Parquet file ({err}); move it aside to "
                            "start the results over, or restore it from a copy") from err
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        return list(read_table(path).to_pylist())
+    except FileNotFoundError:
+        return []
 
 
 def _write_table(path: Path, table: pa.Table) -> None:
@@ -138,20 +150,28 @@ class ResultsStore:
         always has its curve)."""
         key = row["trial_id"]
         with self._locked():
+            # Read both before writing either: a bad file stops the write before any change.
             kept = [r for r in _read_rows(self.epochs_path) if r.get("trial_id") != key]
+            trials = [r for r in _read_rows(self.trials_path) if r.get("trial_id") != key]
             new = [{**e, "trial_id": key} for e in epochs]
             if kept or new:
                 _write_table(self.epochs_path, table_from_rows(kept + new, EPOCH_COLUMNS))
-            trials = [r for r in _read_rows(self.trials_path) if r.get("trial_id") != key]
+            else:
+                self.epochs_path.unlink(missing_ok=True)  # its only trial has no epochs now
             _write_table(self.trials_path, table_from_rows([*trials, row], TRIAL_COLUMNS))
 
     def trials(self) -> pd.DataFrame:
-        return pq.read_table(self.trials_path).to_pandas() if self.trials_path.exists() \
-            else pd.DataFrame(columns=list(TRIAL_COLUMNS))
+        return self._frame(self.trials_path, TRIAL_COLUMNS)
 
     def epochs(self) -> pd.DataFrame:
-        return pq.read_table(self.epochs_path).to_pandas() if self.epochs_path.exists() \
-            else pd.DataFrame(columns=list(EPOCH_COLUMNS))
+        return self._frame(self.epochs_path, EPOCH_COLUMNS)
+
+    @staticmethod
+    def _frame(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+        try:
+            return read_table(path).to_pandas()
+        except FileNotFoundError:
+            return pd.DataFrame(columns=list(columns))
 
     def trial_rows(self) -> dict[str, dict[str, Any]]:
         """Every stored trial row by ``trial_id``."""

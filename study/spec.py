@@ -119,7 +119,9 @@ class StudySpec:
     def __post_init__(self) -> None:
         for subset in self.subsets:
             if subset_percent(subset) is None:
-                raise ValueError(f"subsets: {subset!r} is not WBC_100, WBC_50, WBC_10 or WBC_1")
+                raise ValueError(f"subsets: {subset!r} is not a label budget: WBC_100, WBC_50, "
+                                 "WBC_10, WBC_1, or WBC_<p> for another percentage p in 1-100 "
+                                 "(drawn from WBC_100)")
         for strategy in self.strategies:
             if strategy not in strategy_names():
                 raise ValueError(f"strategies: {strategy!r} is not one of: "
@@ -140,8 +142,8 @@ class StudySpec:
     @property
     def cells(self) -> tuple[tuple[str, str], ...]:
         """(subset, strategy) pairs, largest subset first: long trials start early."""
-        return tuple((subset, strategy) for subset in self.subsets
-                     for strategy in self.strategies)
+        by_size = sorted(self.subsets, key=lambda s: -(subset_percent(s) or 0))
+        return tuple((subset, strategy) for subset in by_size for strategy in self.strategies)
 
     @property
     def needs_cam16(self) -> bool:
@@ -161,7 +163,13 @@ class StudySpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> StudySpec:
-        return _build(cls, values, "")
+        if not isinstance(values, dict):
+            raise ValueError(f"a study spec is a table of settings, got {type(values).__name__}")
+        try:
+            spec: StudySpec = _build(cls, values, "")
+        except TypeError as err:  # a comparison in a check met a value of the wrong type
+            raise ValueError(f"invalid study setting: {err}") from err
+        return spec
 
     def replace(self, **changes: Any) -> StudySpec:
         return StudySpec.from_dict({**self.to_dict(), **changes})
@@ -211,12 +219,35 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
                 raise ValueError(f"{prefix}{name} must be a table of settings, got {value!r}")
             kwargs[name] = _build(hint, value, f"{prefix}{name}.")
         elif get_origin(hint) is tuple:
-            kwargs[name] = tuple([value] if isinstance(value, str) else value)
-        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
-            kwargs[name] = float(value)
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+                raise ValueError(f"{prefix}{name} must be a list of names, got {value!r}")
+            kwargs[name] = tuple(items)
         else:
-            kwargs[name] = value
+            kwargs[name] = _typed(f"{prefix}{name}", hint, value)
     return cls(**kwargs)
+
+
+def _typed(name: str, hint: Any, value: Any) -> Any:
+    """Check a scalar setting against its annotation (``int``, ``float``, ``bool``, ``str``,
+    ``str | None``, a ``Literal`` or ``dict``); ints are accepted where floats are."""
+    if value is None and hint in (str | None, int | None):
+        return None
+    if get_origin(hint) is Literal:
+        return value  # the dataclass names the valid choices
+    if hint is bool or get_origin(hint) is dict:
+        if not isinstance(value, bool if hint is bool else dict):
+            raise ValueError(f"{name} must be {'true or false' if hint is bool else 'a table'},"
+                             f" got {value!r}")
+        return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint in (str, str | None) and isinstance(value, str):
+        return value
+    expected = {float: "a number", int: "a whole number"}.get(hint, "text")
+    raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
 # The quick preset is sized to finish in well under 10 minutes on a 2-core CPU with Ray start-up
@@ -255,7 +286,13 @@ def load_spec(path: Path, *, base: StudySpec | None = None) -> StudySpec:
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
         raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: "
                          f"{err}") from err
-    start = preset(values["preset"]) if "preset" in values else (base or _QUICK)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a study spec is a table of settings, not "
+                         f"{type(values).__name__}")
+    name = values.get("preset")
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"{path}: preset must be a name ({', '.join(PRESETS)}), got {name!r}")
+    start = preset(name) if name is not None else (base or _QUICK)
     merged = start.to_dict()
     for key, value in values.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import Searcher
+
+from study.search import CellScheduler, CellSearcher, cell_name, final_seeds
+from study.spec import StudySpec
+
+SPEC = StudySpec(subsets=("WBC_100", "WBC_1"), strategies=("scratch", "pretrain_aug"),
+                 search_trials=3, final_seeds=2, startup_trials=1, epochs=4, grace_epochs=1,
+                 reduction_factor=2)
+
+
+def _searcher(spec: StudySpec = SPEC) -> CellSearcher:
+    return CellSearcher(spec, metric="best_val_macro_f1", mode="max")
+
+
+def _drain(searcher: CellSearcher, start: int = 0) -> list[tuple[str, Any]]:
+    """Suggest until the searcher waits or finishes."""
+    out = []
+    for n in range(start, start + 1000):
+        config = searcher.suggest(f"t{n}")
+        out.append((f"t{n}", config))
+        if config is None or config == Searcher.FINISHED:
+            return out
+    raise AssertionError("the searcher never stopped suggesting")
+
+
+def test_search_trials_come_largest_cell_first_with_stable_keys() -> None:
+    suggested = _drain(_searcher())
+    configs = [c for _, c in suggested[:-1]]
+    assert suggested[-1][1] is None  # waits: the searches must finish before any final
+    assert [c["cell"] for c in configs] == (["WBC_100-scratch"] * 3 + ["WBC_100-pretrain_aug"] * 3
+                                            + ["WBC_1-scratch"] * 3 + ["WBC_1-pretrain_aug"] * 3)
+    assert [c["trial_key"] for c in configs[:3]] == [
+        "WBC_100-scratch/search-00", "WBC_100-scratch/search-01", "WBC_100-scratch/search-02"]
+    assert all(c["phase"] == "search" and c["seed"] == SPEC.seed for c in configs)
+    scratch = [c for c in configs if c["strategy"] == "scratch"]
+    augment = [c for c in configs if c["strategy"] == "pretrain_aug"]
+    assert all(set(c) >= {"lr", "weight_decay", "imbalance"} for c in configs)
+    assert not any("aug_factor" in c or "background" in c for c in scratch)
+    assert all(1 <= c["aug_factor"] <= 8 and c["background"] in ("none", "own", "other")
+               for c in augment)
+    assert all(SPEC.space.lr_min <= c["lr"] <= SPEC.space.lr_max for c in configs)
+
+
+def test_each_cell_has_its_own_seeded_optuna_study() -> None:
+    first, second = _drain(_searcher()), _drain(_searcher())
+    assert [c for _, c in first] == [c for _, c in second]  # seeded: same suggestions
+    lrs: dict[str, list[float]] = {}
+    for _, config in first[:-1]:
+        lrs.setdefault(config["cell"], []).append(config["lr"])
+    assert len({tuple(v) for v in lrs.values()}) == len(lrs)  # cells do not share a sampler
+    searcher = _searcher()
+    _drain(searcher)
+    studies = {id(cell.optuna._ot_study) for cell in searcher._cells.values()}
+    assert len(studies) == 4
+
+
+def test_finals_follow_each_cells_search_with_its_best_configuration() -> None:
+    searcher = _searcher()
+    suggested = dict(_drain(searcher)[:-1])
+    scores = {"t0": 0.2, "t1": 0.9, "t2": 0.5}  # WBC_100-scratch: t1 wins
+    for trial_id, score in scores.items():
+        searcher.on_trial_complete(trial_id, {"best_val_macro_f1": score})
+    finals = _drain(searcher, start=100)
+    assert [c["trial_key"] for _, c in finals[:-1]] == [
+        "WBC_100-scratch/final-seed1", "WBC_100-scratch/final-seed2"]
+    assert finals[-1][1] is None  # the other cells are still searching
+    best = {k: v for k, v in suggested["t1"].items() if k in ("lr", "weight_decay", "imbalance")}
+    for _, config in finals[:-1]:
+        assert config["phase"] == "final"
+        assert {k: config[k] for k in best} == best
+    assert [c["seed"] for _, c in finals[:-1]] == list(final_seeds(SPEC))
+    assert SPEC.seed not in final_seeds(SPEC)
+
+
+def test_a_cell_whose_trials_all_fail_gets_no_final_phase_and_the_study_finishes() -> None:
+    spec = SPEC.replace(subsets=["WBC_1"], strategies=["scratch"])
+    searcher = _searcher(spec)
+    ids = [t for t, c in _drain(searcher)[:-1]]
+    for trial_id in ids:
+        searcher.on_trial_complete(trial_id, None, error=True)
+    assert searcher.suggest("next") == Searcher.FINISHED
+    assert searcher.best_configs() == {"WBC_1-scratch": None}
+
+
+def test_nan_objectives_do_not_win() -> None:
+    spec = SPEC.replace(subsets=["WBC_1"], strategies=["scratch"])
+    searcher = _searcher(spec)
+    ids = [t for t, c in _drain(searcher)[:-1]]
+    searcher.on_trial_complete(ids[0], {"best_val_macro_f1": math.nan})
+    searcher.on_trial_complete(ids[1], {"best_val_macro_f1": 0.1})
+    searcher.on_trial_complete(ids[2], {"best_val_macro_f1": 0.05})
+    best = searcher.best_configs()["WBC_1-scratch"]
+    assert best is not None and best["lr"] == searcher._cells["WBC_1-scratch"].params[ids[1]]["lr"]
+
+
+def test_save_and_restore_continue_where_the_searcher_stopped(tmp_path: Path) -> None:
+    searcher = _searcher()
+    _drain(searcher)
+    for trial_id in ("t0", "t1", "t2"):
+        searcher.on_trial_complete(trial_id, {"best_val_macro_f1": 0.5})
+    searcher.save(str(tmp_path / "state.pkl"))
+    expected = _drain(searcher, start=100)
+
+    restored = _searcher()
+    restored.restore(str(tmp_path / "state.pkl"))
+    assert _drain(restored, start=100) == expected
+
+
+def _trial(trial_id: str, cell: str, phase: str) -> Any:
+    return SimpleNamespace(trial_id=trial_id, config={"cell": cell, "phase": phase})
+
+
+def test_scheduler_runs_asha_per_cell_and_leaves_finals_alone() -> None:
+    scheduler = CellScheduler(SPEC, metric="best_val_macro_f1", mode="max")
+    good, bad = _trial("a", "WBC_1-scratch", "search"), _trial("b", "WBC_1-scratch", "search")
+    other = _trial("c", "WBC_100-scratch", "search")
+    final = _trial("d", "WBC_1-scratch", "final")
+    for trial in (good, bad, other, final):
+        scheduler.on_trial_add(None, trial)
+
+    def report(trial: Any, epoch: int, score: float) -> str:
+        return scheduler.on_trial_result(None, trial, {"epoch": epoch,
+                                                       "best_val_macro_f1": score})
+
+    assert report(good, 1, 0.9) == TrialScheduler.CONTINUE
+    assert report(bad, 1, 0.1) == TrialScheduler.STOP  # below the cell's first rung
+    # Another cell's rung does not compare with WBC_1's: a low score there still continues.
+    assert report(other, 1, 0.05) == TrialScheduler.CONTINUE
+    # Final re-runs are never stopped early.
+    assert report(final, 1, 0.0) == TrialScheduler.CONTINUE
+    assert report(final, 4, 0.0) == TrialScheduler.CONTINUE
+    assert set(scheduler._asha) == {cell_name("WBC_1", "scratch"), "WBC_100-scratch"}
+
+
+def test_scheduler_ignores_reports_without_the_metric() -> None:
+    scheduler = CellScheduler(SPEC, metric="best_val_macro_f1", mode="max")
+    trial = _trial("a", "WBC_1-scratch", "search")
+    scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, trial, {"replayed": True}) == TrialScheduler.CONTINUE
+    scheduler.on_trial_remove(None, trial)
+    scheduler.on_trial_remove(None, trial)  # twice: no KeyError
+
+
+@pytest.mark.parametrize("rf", [2, 3])
+def test_scheduler_respects_grace_period(rf: int) -> None:
+    spec = SPEC.replace(grace_epochs=2, reduction_factor=rf)
+    scheduler = CellScheduler(spec, metric="best_val_macro_f1", mode="max")
+    first, second = _trial("a", "WBC_1-scratch", "search"), _trial("b", "WBC_1-scratch", "search")
+    scheduler.on_trial_add(None, first)
+    scheduler.on_trial_add(None, second)
+    scheduler.on_trial_result(None, first, {"epoch": 1, "best_val_macro_f1": 0.9})
+    result = scheduler.on_trial_result(None, second, {"epoch": 1, "best_val_macro_f1": 0.0})
+    assert result == TrialScheduler.CONTINUE  # epoch 1 is inside the grace period

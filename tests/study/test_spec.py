@@ -1,0 +1,332 @@
+"""StudySpec: presets, TOML/JSON files merged into a preset, --set overrides, and errors that
+name the offending setting."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from study.spec import PRESETS, Resources, SearchSpace, StudySpec, load_spec, preset
+from wbc.layout import subset_percent
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- presets -------------------------------------------------------------------------------
+
+
+def test_presets_construct_and_are_registered() -> None:
+    assert set(PRESETS) == {"quick", "paper"}
+    assert preset("quick") is PRESETS["quick"]
+    assert preset("quick").preset == "quick" and preset("paper").preset == "paper"
+    assert preset("paper").name == "paper"
+    assert preset("paper").resources.gpus_per_trial == 1.0
+
+
+def test_unknown_preset_names_it() -> None:
+    with pytest.raises(ValueError, match="'nope'"):
+        preset("nope")
+
+
+def test_quick_has_twelve_cells_largest_subset_first() -> None:
+    spec = preset("quick")
+    assert len(spec.cells) == 12
+    assert len(set(spec.cells)) == 12
+    assert {s for _, s in spec.cells} == {"scratch", "pretrain", "pretrain_aug"}
+    percents = [subset_percent(subset) for subset, _ in spec.cells]
+    assert percents == sorted(percents, reverse=True)  # type: ignore[type-var]
+    assert spec.cells[0] == ("WBC_100", "scratch")
+    assert spec.cells[-1][0] == "WBC_1"
+    assert len(preset("paper").cells) == 12
+
+
+@pytest.mark.parametrize("name", ["quick", "paper"])
+def test_base_config_carries_image_size_and_epochs(name: str) -> None:
+    spec = preset(name)
+    config = spec.base_config()
+    assert config.data.image_size == spec.image_size
+    assert config.optim.epochs == spec.epochs
+    assert config.optim.batch_size == spec.train["batch_size"]
+    assert config.bn_recalibrate == spec.train["bn_recalibrate"]
+
+
+def test_paper_base_config_values() -> None:
+    config = preset("paper").base_config()
+    assert (config.data.image_size, config.optim.epochs) == (224, 30)
+    assert config.optim.min_epoch_images == 4096
+
+
+def test_needs_cam16_depends_on_strategies() -> None:
+    assert preset("quick").needs_cam16
+    assert not preset("quick").replace(strategies=("scratch",)).needs_cam16
+
+
+# --- load_spec -------------------------------------------------------------------------------
+
+
+def test_load_toml_overrides_and_merges_nested_tables(tmp_path: Path) -> None:
+    path = _write(tmp_path / "study.toml", """
+name = "mine"
+epochs = 5
+subsets = ["WBC_10", "WBC_1"]
+
+[space]
+lr_max = 0.3
+
+[resources]
+gpus_per_trial = 0.5
+
+[train]
+batch_size = 32
+""")
+    spec = load_spec(path)
+    quick = preset("quick")
+    assert spec.name == "mine" and spec.epochs == 5
+    assert spec.subsets == ("WBC_10", "WBC_1")
+    assert spec.preset == "quick" and spec.image_size == quick.image_size
+    assert spec.space.lr_max == 0.3
+    assert spec.space.lr_min == quick.space.lr_min  # merged, not replaced
+    assert spec.space.imbalance == quick.space.imbalance
+    assert spec.resources.gpus_per_trial == 0.5
+    assert spec.resources.cpus_per_trial == quick.resources.cpus_per_trial
+    assert spec.train == {**quick.train, "batch_size": 32}
+    assert spec.base_config().optim.batch_size == 32
+    assert spec.base_config().optim.epochs == 5
+
+
+def test_load_json_overrides_and_merges_nested_tables(tmp_path: Path) -> None:
+    path = _write(tmp_path / "study.json", json.dumps({
+        "final_seeds": 4, "space": {"weight_decay_max": 0.05},
+        "resources": {"execution": "train"}, "train": {"report_every": 2}}))
+    spec = load_spec(path)
+    quick = preset("quick")
+    assert spec.final_seeds == 4
+    assert spec.space.weight_decay_max == 0.05
+    assert spec.space.weight_decay_min == quick.space.weight_decay_min
+    assert spec.resources.execution == "train"
+    assert spec.resources.workers_per_trial == quick.resources.workers_per_trial
+    assert spec.train == {**quick.train, "report_every": 2}
+
+
+def test_preset_key_in_file_picks_paper_defaults(tmp_path: Path) -> None:
+    path = _write(tmp_path / "study.toml",
+                  'preset = "paper"\nfinal_seeds = 2\n[train]\nbatch_size = 128\n')
+    spec = load_spec(path)
+    paper = preset("paper")
+    assert spec.preset == "paper" and spec.name == "paper"
+    assert spec.image_size == 224 and spec.epochs == paper.epochs
+    assert spec.final_seeds == 2
+    assert spec.resources == paper.resources
+    assert spec.train == {**paper.train, "batch_size": 128}  # report_every kept from paper
+
+
+def test_base_argument_gives_defaults_without_preset_key(tmp_path: Path) -> None:
+    path = _write(tmp_path / "study.toml", "final_seeds = 2\n")
+    spec = load_spec(path, base=preset("paper"))
+    assert spec.image_size == 224 and spec.final_seeds == 2
+
+
+def test_empty_file_gives_the_preset(tmp_path: Path) -> None:
+    assert load_spec(_write(tmp_path / "study.toml", "")) == preset("quick")
+
+
+@pytest.mark.parametrize(("text", "pattern"), [
+    ("colour = 1\n", r"colour"),
+    ("[space]\nlr_mx = 0.3\n", r"space\.lr_mx"),
+    ("[resources]\ngpu = 1\n", r"resources\.gpu"),
+    ('subsets = ["WBC_10", "CAM16"]\n', r"'CAM16'"),
+    ('subsets = ["WBC_0"]\n', r"'WBC_0'"),
+    ('strategies = ["scratch", "finetune"]\n', r"'finetune'"),
+    ("[space]\nlr_min = 0.5\nlr_max = 0.1\n", r"space\.lr_min=0\.5.*space\.lr_max=0\.1"),
+    ('[space]\nimbalance = ["oversample"]\n', r"space\.imbalance.*oversample"),
+    ('[resources]\nexecution = "remote"\n', r"resources\.execution='remote'"),
+    ("[train]\nbatchsize = 8\n", r"batchsize"),
+    ("epochs = 0\n", r"epochs=0"),
+    ("reduction_factor = 1\n", r"reduction_factor=1"),
+    ('name = "a/b"\n', r"name='a/b'"),
+    ('preset = "huge"\n', r"'huge'"),
+])
+def test_bad_file_settings_raise_value_error_naming_them(tmp_path: Path, text: str,
+                                                        pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        load_spec(_write(tmp_path / "study.toml", text))
+
+
+def test_errors_from_a_file_name_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path / "bad-spec.toml", "colour = 1\n")
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        load_spec(path)
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path / "broken.toml", "epochs = = 3\n")
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*not valid TOML"):
+        load_spec(path)
+
+
+def test_invalid_json_names_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path / "broken.json", '{"epochs": 3,}')
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*not valid JSON"):
+        load_spec(path)
+
+
+def test_missing_file_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*cannot read"):
+        load_spec(path)
+
+
+# --- with_overrides --------------------------------------------------------------------------
+
+
+def test_overrides_numbers_and_booleans() -> None:
+    quick = preset("quick")
+    spec = quick.with_overrides(["final_seeds=5", "synthetic_scale=0.1", "pretrain_lr=1",
+                                 "redraw_subsets=true", "exclude_bad = true"])
+    assert spec.final_seeds == 5 and type(spec.final_seeds) is int
+    assert spec.synthetic_scale == 0.1
+    assert spec.pretrain_lr == 1.0 and type(spec.pretrain_lr) is float
+    assert spec.redraw_subsets is True and spec.exclude_bad is True
+    assert spec.base_config().data.exclude_bad is True
+    assert quick.final_seeds == 3 and quick.redraw_subsets is False  # the preset is unchanged
+
+
+def test_overrides_strings() -> None:
+    spec = preset("quick").with_overrides(["name=mine", 'data="/data/wbc tree"'])
+    assert spec.name == "mine" and spec.data == "/data/wbc tree"
+
+
+@pytest.mark.parametrize("assignment", ['subsets=["WBC_10","WBC_1"]', "subsets=WBC_10,WBC_1"])
+def test_overrides_lists(assignment: str) -> None:
+    spec = preset("quick").with_overrides([assignment])
+    assert spec.subsets == ("WBC_10", "WBC_1")
+    assert len(spec.cells) == 6 and spec.cells[0] == ("WBC_10", "scratch")
+
+
+def test_overrides_single_word_for_a_tuple_field() -> None:
+    assert preset("quick").with_overrides(["strategies=scratch"]).strategies == ("scratch",)
+
+
+def test_overrides_dotted_names() -> None:
+    spec = preset("quick").with_overrides(["space.lr_max=0.3", "resources.gpus_per_trial=0.5",
+                                           "resources.workers_per_trial=2",
+                                           "space.background=[\"own\"]"])
+    assert spec.space.lr_max == 0.3
+    assert spec.space.lr_min == preset("quick").space.lr_min
+    assert spec.space.background == ("own",)
+    assert spec.resources.gpus_per_trial == 0.5
+    assert spec.resources.mode == "train"
+
+
+def test_overrides_train_settings_go_through_train_config() -> None:
+    spec = preset("quick").with_overrides(["train.lr=0.1", "train.precision=\"bf16\""])
+    assert spec.train["lr"] == 0.1
+    assert spec.train["batch_size"] == preset("quick").train["batch_size"]
+    config = spec.base_config()
+    assert config.optim.lr == 0.1 and config.precision == "bf16"
+
+
+def test_unknown_train_setting_raises_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"train settings.*frobnicate"):
+        preset("quick").with_overrides(["train.frobnicate=1"])
+
+
+def test_bad_train_value_raises_naming_it() -> None:
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        preset("quick").with_overrides(['train.precision="fp8"'])
+
+
+def test_override_without_equals_sign_raises() -> None:
+    with pytest.raises(ValueError, match=r"'epochs'.*expected name=value"):
+        preset("quick").with_overrides(["epochs"])
+
+
+def test_override_of_unknown_field_raises_naming_it() -> None:
+    with pytest.raises(ValueError, match="no field 'epoch'"):
+        preset("quick").with_overrides(["epoch=3"])
+    with pytest.raises(ValueError, match=r"no field 'space\.lr_mx'"):
+        preset("quick").with_overrides(["space.lr_mx=0.3"])
+
+
+def test_override_below_a_scalar_raises() -> None:
+    with pytest.raises(ValueError, match="'epochs' has no fields"):
+        preset("quick").with_overrides(["epochs.x=3"])
+
+
+def test_override_validation_errors_name_the_field() -> None:
+    with pytest.raises(ValueError, match=r"space\.lr_min=0\.5"):
+        preset("quick").with_overrides(["space.lr_min=0.5", "space.lr_max=0.1"])
+    with pytest.raises(ValueError, match="'WBC_1000'"):
+        preset("quick").with_overrides(["subsets=WBC_1000"])
+    with pytest.raises(ValueError, match="'transfer'"):
+        preset("quick").with_overrides(["strategies=transfer"])
+    with pytest.raises(ValueError, match=r"resources\.execution='cluster'"):
+        preset("quick").with_overrides(["resources.execution=cluster"])
+
+
+def test_non_numeric_value_for_numeric_field_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        preset("quick").with_overrides(["epochs=abc"])
+
+
+# --- dict round trip -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["quick", "paper"])
+def test_to_dict_from_dict_round_trip(name: str) -> None:
+    spec = preset(name).with_overrides(["space.lr_max=0.3", "subsets=WBC_10,WBC_1"])
+    assert StudySpec.from_dict(spec.to_dict()) == spec
+    through_json = json.loads(json.dumps(spec.to_dict()))
+    assert StudySpec.from_dict(through_json) == spec
+    assert through_json["space"]["lr_max"] == 0.3
+    assert through_json["subsets"] == ["WBC_10", "WBC_1"]
+
+
+def test_from_dict_rejects_unknown_keys() -> None:
+    with pytest.raises(ValueError, match=r"unknown study setting.*colour"):
+        StudySpec.from_dict({**preset("quick").to_dict(), "colour": 1})
+
+
+def test_nested_setting_must_be_a_table() -> None:
+    with pytest.raises(ValueError, match="space must be a table"):
+        StudySpec.from_dict({"space": 3})
+
+
+def test_replace_returns_a_validated_copy() -> None:
+    spec = preset("quick").replace(epochs=7)
+    assert spec.epochs == 7 and spec.base_config().optim.epochs == 7
+    with pytest.raises(ValueError, match="final_seeds=0"):
+        preset("quick").replace(final_seeds=0)
+
+
+# --- Resources and SearchSpace ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("execution", "workers", "mode"), [
+    ("auto", 1, "inline"), ("auto", 2, "train"), ("inline", 1, "inline"), ("train", 1, "train"),
+])
+def test_resources_mode(execution: str, workers: int, mode: str) -> None:
+    resources = Resources(execution=execution, workers_per_trial=workers)  # type: ignore[arg-type]
+    assert resources.mode == mode
+
+
+@pytest.mark.parametrize("kwargs", [{"cpus_per_trial": 0.0}, {"gpus_per_trial": -1.0},
+                                    {"workers_per_trial": 0}, {"max_concurrent": -1}])
+def test_resources_reject_bad_numbers(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="resources"):
+        Resources(**kwargs)  # type: ignore[arg-type]
+
+
+def test_search_space_rejects_inverted_and_empty_bounds() -> None:
+    with pytest.raises(ValueError, match=r"space\.aug_factor_min=9"):
+        SearchSpace(aug_factor_min=9)
+    with pytest.raises(ValueError, match=r"space\.weight_decay_min=0"):
+        SearchSpace(weight_decay_min=0)
+    with pytest.raises(ValueError, match=r"space\.background"):
+        SearchSpace(background=())

@@ -1,0 +1,237 @@
+"""A small study on a real local Ray: Parquet rows, Tune's own analysis, errors, kill and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from study.runner import run_study
+from study.spec import StudySpec
+from wbc.cache import decode_samples
+from wbc.data import plan_cam16
+from wbc.datasets import scan_tree
+from wbc.pretrain import pretrain_config, pretrain_key
+
+SMALL: dict[str, Any] = {
+    "name": "small", "image_size": 32, "subsets": ["WBC_100", "WBC_10"],
+    "strategies": ["scratch", "pretrain_aug"], "search_trials": 2, "startup_trials": 1,
+    "epochs": 2, "grace_epochs": 1, "final_seeds": 2, "pretrain_epochs": 1,
+    "train": {"batch_size": 16, "bn_recalibrate": 32, "min_epoch_images": 32,
+              "color_jitter": 0.0, "warmup_epochs": 0.5},
+}
+
+
+def _spec(tiny_root: Path, **changes: Any) -> StudySpec:
+    return StudySpec.from_dict({**StudySpec().to_dict(), **SMALL, "data": str(tiny_root),
+                                **changes})
+
+
+def _expected_keys(spec: StudySpec) -> set[str]:
+    keys = set()
+    for subset, strategy in spec.cells:
+        cell = f"{subset}-{strategy}"
+        keys |= {f"{cell}/search-{i:02d}" for i in range(spec.search_trials)}
+        keys |= {f"{cell}/final-seed{spec.seed + 1 + k}" for k in range(spec.final_seeds)}
+    return keys
+
+
+def _check_rows(results: Path, spec: StudySpec) -> pd.DataFrame:
+    trials = pd.read_parquet(results / "trials.parquet")
+    epochs = pd.read_parquet(results / "epochs.parquet")
+    assert sorted(trials["trial_id"]) == sorted(_expected_keys(spec))  # each exactly once
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    for row in trials.itertuples():
+        curve = epochs[epochs["trial_id"] == row.trial_id]["epoch"].tolist()
+        assert sorted(curve) == list(range(1, int(row.epochs_run) + 1)), row.trial_id
+    finals = trials[trials["phase"] == "final"]
+    assert (finals["status"] == "completed").all()
+    assert set(trials["status"]) <= {"completed", "stopped"}
+    return trials
+
+
+@pytest.fixture(scope="module")
+def small_study(ray_local: None, tiny_root: Path, tmp_path_factory: pytest.TempPathFactory
+                ) -> tuple[Path, StudySpec, dict[str, Any]]:
+    results = tmp_path_factory.mktemp("study") / "small"
+    spec = _spec(tiny_root)
+    record = run_study(spec, results, quiet=True)
+    return results, spec, record
+
+
+def test_small_study_writes_typed_parquet_rows(small_study: tuple[Path, StudySpec, dict]
+                                               ) -> None:
+    results, spec, record = small_study
+    assert record["status"] == "complete"
+    trials = _check_rows(results, spec)
+    schema = pq.read_schema(results / "trials.parquet")
+    for name in ("lr", "weight_decay", "val_accuracy", "val_macro_f1", "test_accuracy",
+                 "test_macro_f1", "val_balanced_accuracy", "wall_seconds",
+                 "train_loop_seconds", "test_recall_Basophil"):
+        assert schema.field(name).type == pa.float64(), name
+    for name in ("seed", "best_epoch", "epochs_run"):
+        assert schema.field(name).type == pa.int64(), name
+    for name in ("study", "cell", "subset", "strategy", "phase", "trial_id", "status",
+                 "imbalance", "background"):
+        assert schema.field(name).type == pa.string(), name
+    assert pa.types.is_list(schema.field("test_confusion_matrix").type)
+    finals = trials[trials["phase"] == "final"]
+    for row in finals.itertuples():
+        matrix = [list(r) for r in row.test_confusion_matrix]
+        assert sum(map(sum, matrix)) == row.test_n
+        assert 0.0 <= row.test_accuracy <= 1.0
+    # The strategies that paste searched their own knobs; the others did not have them.
+    augment = trials[trials["strategy"] == "pretrain_aug"]
+    assert augment["aug_factor"].between(1, 8).all()
+    assert (trials[trials["strategy"] == "scratch"]["aug_factor"] == 0).all()
+    # Each cell's finals re-run the best search trial's configuration.
+    for cell, group in trials.groupby("cell"):
+        search = group[group["phase"] == "search"]
+        best = search.loc[search["val_macro_f1"].idxmax()]
+        for final in group[group["phase"] == "final"].itertuples():
+            assert final.lr == best["lr"] and final.imbalance == best["imbalance"], cell
+            assert final.seed != best["seed"]
+
+
+def test_study_json_has_provenance_and_the_time_split(small_study: tuple[Path, StudySpec, dict]
+                                                       ) -> None:
+    results, spec, _ = small_study
+    record = json.loads((results / "study.json").read_text())
+    assert StudySpec.from_dict(record["spec"]) == spec
+    assert record["provenance"]["versions"]["torch"]
+    assert record["provenance"]["hardware"]["cpu_count"] >= 1
+    assert record["data"]["fingerprint"]
+    assert record["pretrain"]["val_accuracy"] >= 0.0
+    session = record["sessions"][-1]
+    for key in ("ray_startup_seconds", "data_seconds", "pretrain_seconds", "tune_seconds",
+                "wall_seconds", "per_trial_overhead_seconds", "train_loop_slot_seconds"):
+        assert session[key] >= 0.0, key
+    assert session["trials_run"] == len(_expected_keys(spec))
+    assert 0.0 < session["inside_training_loops_fraction"] <= 1.0
+    assert session["slots"] == 2
+
+
+def test_tune_experiment_folder_works_with_tune_analysis(
+        small_study: tuple[Path, StudySpec, dict]) -> None:
+    from ray import tune
+    from ray.tune import ExperimentAnalysis
+
+    results, spec, _ = small_study
+    analysis = ExperimentAnalysis(str(results / "tune"))
+    frame = analysis.dataframe()
+    assert len(frame) == len(_expected_keys(spec))
+    assert set(frame["config/trial_key"]) == _expected_keys(spec)
+    from study.trial import run_trial
+
+    grid = tune.Tuner.restore(str(results / "tune"), trainable=run_trial).get_results()
+    assert len(grid) == len(_expected_keys(spec))
+    assert grid.errors == []
+    best = grid.get_best_result(metric="best_val_macro_f1", mode="max", filter_nan_and_inf=True)
+    assert best.metrics["best_val_macro_f1"] >= 0.0
+
+
+def test_a_new_study_refuses_a_folder_that_holds_one(small_study: tuple[Path, StudySpec, dict]
+                                                      ) -> None:
+    from study.runner import StudyError
+
+    results, spec, _ = small_study
+    before = (results / "trials.parquet").read_bytes()
+    with pytest.raises(StudyError, match="--resume"):
+        run_study(spec, results, quiet=True)
+    assert (results / "trials.parquet").read_bytes() == before
+
+
+def test_a_failing_trial_is_retried_then_recorded_with_its_error(
+        ray_local: None, tiny_root: Path, tmp_path: Path) -> None:
+    spec = _spec(tiny_root, subsets=["WBC_10"], strategies=["scratch", "pretrain"],
+                 search_trials=1, final_seeds=1, epochs=1)
+    results = tmp_path / "broken"
+    # Corrupt pretrained weights where the study will look for them: pretrain trials fail.
+    tree = scan_tree(tiny_root)
+    plan = plan_cam16(tree, image_size=spec.image_size)
+    fingerprint = decode_samples([*plan.train, *plan.val, *plan.test], plan.image_size,
+                                 name="CAM16").fingerprint
+    key = pretrain_key(fingerprint, pretrain_config(spec.base_config(),
+                                                    epochs=spec.pretrain_epochs,
+                                                    lr=spec.pretrain_lr))
+    folder = results / "pretrain" / f"cam16-{key}"
+    folder.mkdir(parents=True)
+    (folder / "model.pt").write_bytes(b"not a checkpoint")
+    (folder / "result.json").write_text('{"val_accuracy": 0.5}')
+
+    record = run_study(spec, results, quiet=True)
+    trials = pd.read_parquet(results / "trials.parquet").set_index("trial_id")
+    failed = trials.loc["WBC_10-pretrain/search-00"]
+    assert failed["status"] == "error"
+    assert "model.pt" in failed["error"]
+    assert "WBC_10-pretrain/final-seed1" not in trials.index  # no best configuration to re-run
+    assert trials.loc["WBC_10-scratch/final-seed1", "status"] == "completed"
+    assert record["status"] == "complete"
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, never the tests' or a head's
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "study", "run", *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _end_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop what this test started: the driver's process group (Ray's daemons inherit it)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+
+
+def _rows(path: Path) -> int:
+    try:
+        return len(pq.read_table(path))
+    except (FileNotFoundError, OSError, pa.ArrowInvalid):
+        return 0
+
+
+def test_sigkill_of_the_driver_then_resume_keeps_every_trial_exactly_once(
+        tiny_root: Path, tmp_path: Path) -> None:
+    results = tmp_path / "killed"
+    log = tmp_path / "driver.log"
+    sets = [f"--set={name}={json.dumps(value)}" for name, value in SMALL.items()
+            if name not in ("train", "name")]
+    sets += [f"--set=train.{name}={json.dumps(value)}" for name, value in SMALL["train"].items()]
+    driver = _start(["--data", str(tiny_root), "--results", str(results), "--quiet", *sets], log)
+    try:
+        deadline = time.monotonic() + 240
+        while _rows(results / "trials.parquet") < 3:
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        os.kill(driver.pid, signal.SIGKILL)  # mid-study, with trials running
+    finally:
+        _end_group(driver)
+    before = pd.read_parquet(results / "trials.parquet")
+    assert 3 <= len(before) < len(_expected_keys(_spec(tiny_root)))
+
+    resumed = _start(["--resume", str(results), "--quiet"], log)
+    try:
+        assert resumed.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        _end_group(resumed)
+    _check_rows(results, _spec(tiny_root))
+    record = json.loads((results / "study.json").read_text())
+    assert record["status"] == "complete"
+    assert [s["resumed"] for s in record["sessions"]] == [False, True]
+    after = pd.read_parquet(results / "trials.parquet").set_index("trial_id")
+    # Trials that had finished before the kill were not trained again.
+    for row in before.itertuples():
+        if row.status == "completed":
+            assert after.loc[row.trial_id, "finished_at"] == row.finished_at, row.trial_id
