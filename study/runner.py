@@ -305,7 +305,9 @@ def _tune(spec: StudySpec, tree: Tree, results: Path, pretrained: Any, slots: in
                 metric=METRIC, mode=MODE, num_samples=-1, max_concurrent_trials=slots,
                 search_alg=CellSearcher(spec, metric=METRIC, mode=MODE),
                 scheduler=CellScheduler(spec, metric=METRIC, mode=MODE),
-                reuse_actors=True,
+                # Inline trials reuse their process (torch imported, cache mapped once);
+                # a Ray Train driver function cannot be reset, so it is not reused.
+                reuse_actors=spec.resources.mode == "inline",
                 trial_dirname_creator=lambda trial: trial.config["trial_key"].replace("/", "-"),
             ),
             run_config=tune.RunConfig(

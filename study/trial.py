@@ -192,8 +192,9 @@ def with_resources(context: StudyContext) -> Any:
     resources = context.resources
     bound = tune.with_parameters(run_trial, context=context)
     if resources.mode == "train":
-        # The driver function only waits on its TorchTrainer; the workers hold the resources.
-        return tune.with_resources(bound, {"cpu": 0})
+        # The driver function only waits on its TorchTrainer; the workers hold the CPUs and
+        # GPUs. A trial must request something, hence a token of memory.
+        return tune.with_resources(bound, {"cpu": 0, "memory": 1 << 20})
     request: dict[str, float] = {"cpu": resources.cpus_per_trial}
     if resources.gpus_per_trial > 0:
         request["gpu"] = resources.gpus_per_trial

@@ -235,3 +235,21 @@ def test_sigkill_of_the_driver_then_resume_keeps_every_trial_exactly_once(
     for row in before.itertuples():
         if row.status == "completed":
             assert after.loc[row.trial_id, "finished_at"] == row.finished_at, row.trial_id
+
+
+@pytest.mark.slow
+def test_trials_can_drive_ray_train_workers(ray_local: None, tiny_root: Path,
+                                            tmp_path: Path) -> None:
+    """execution = "train": each Tune trial runs a TorchTrainer (here 2 DDP workers)."""
+    spec = _spec(tiny_root, subsets=["WBC_10"], strategies=["scratch"], search_trials=1,
+                 final_seeds=1, epochs=2,
+                 resources={"execution": "train", "workers_per_trial": 2,
+                            "cpus_per_trial": 1.0})
+    results = tmp_path / "train-mode"
+    record = run_study(spec, results, quiet=True)
+    assert record["status"] == "complete"
+    trials = _check_rows(results, spec).set_index("trial_id")
+    assert set(trials["world_size"]) == {2}
+    assert trials.loc["WBC_10-scratch/final-seed1", "test_n"] > 0
+    assert (results / "train").is_dir()  # the Ray Train runs, named per trial
+    assert record["sessions"][-1]["slots"] == 1  # one trial of 2 workers fills 2 CPUs
