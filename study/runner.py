@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import logging
 import os
 import platform
@@ -113,9 +114,21 @@ def provenance() -> dict[str, Any]:
     memory = None
     with contextlib.suppress(ValueError, OSError, AttributeError):
         memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    return {"git_commit": _git_commit(), "versions": versions,
+    return {"git_commit": _git_commit(), "code_sha256": _code_digest(), "versions": versions,
             "hardware": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(),
-                         "memory_gib": memory, "gpus": gpus, "os": platform.platform()}}
+                         "memory_gib": memory, "gpus": gpus,
+                         "os": f"{platform.system()} {platform.machine()}"}}
+
+
+def _code_digest() -> str:
+    """A digest of the project's own source: identifies the code where there is no git
+    checkout (``ray job submit`` uploads the working tree without ``.git``)."""
+    here = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted([*here.glob("wbc/*.py"), *here.glob("study/*.py")]):
+        digest.update(path.relative_to(here).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass
