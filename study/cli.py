@@ -1,4 +1,4 @@
-"""``study``: the whole comparison as one Ray Tune study, and (later) its report.
+"""``study``: the whole comparison as one Ray Tune study, and its report.
 
 ``study run`` with no arguments makes a small synthetic tree and runs the quick preset on this
 machine. Exit status: 0 the study completed; 1 it stopped before the end (resume it); 2 a usage
@@ -55,7 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the resolved spec as JSON and exit")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(run=_cmd_run)
+
+    p = sub.add_parser("report", help="tables and figures from a results folder (or a Ray Tune "
+                                      "experiment folder)")
+    p.add_argument("results", type=Path, help="a study's results folder, or a Tune experiment")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where report.md and figures/ go (default: the results folder)")
+    p.set_defaults(run=_cmd_report)
     return parser
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from study.report import terminal_table, write_report
+
+    try:
+        path, report = write_report(args.results, args.out)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise UserError(str(err)) from err
+    print(terminal_table(report))
+    for line in report.missing:
+        print(f"missing: {line}")
+    print(f"wrote {path} and {path.parent / 'figures'}/")
+    return 0
 
 
 def _resolve_spec(args: argparse.Namespace) -> Any:

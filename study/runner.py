@@ -34,7 +34,8 @@ from typing import Any
 
 from study.results import ResultsStore
 from study.spec import StudySpec
-from wbc.datasets import DatasetError, Tree, scan_tree
+from wbc.datasets import DatasetError, Tree, class_counts, scan_tree
+from wbc.layout import WBC_CLASSES
 
 __all__ = ["StudyError", "provenance", "run_study", "synthetic_tree"]
 
@@ -244,6 +245,10 @@ def run_study(spec: StudySpec | None, results: Path, *, resume: bool = False,
     tree = scan_tree(root, exclude_bad=spec.exclude_bad)
     _check_tree(tree, spec)
     record["data"]["fingerprint"] = _warm_caches(tree, spec, cache_dir)
+    record["data"]["wbc100_counts"] = {
+        split: dict(zip(WBC_CLASSES, map(int, class_counts(tree.wbc.get(f"WBC_100/{split}", ()),
+                                                            len(WBC_CLASSES))[0]), strict=True))
+        for split in ("train", "val", "test")}
     record["data"]["excluded_files"] = len(tree.excluded_files)
     session["data_seconds"] = clock.lap()
     store.write_study(record)

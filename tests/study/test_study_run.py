@@ -260,3 +260,20 @@ def test_trials_can_drive_ray_train_workers(ray_local: None, tiny_root: Path,
     assert trials.loc["WBC_10-scratch/final-seed1", "test_n"] > 0
     assert (results / "train").is_dir()  # the Ray Train runs, named per trial
     assert record["sessions"][-1]["slots"] == 1  # one trial of 2 workers fills 2 CPUs
+
+
+def test_report_from_the_tune_folder_alone_matches_the_parquet_one(
+        small_study: tuple[Path, StudySpec, dict], tmp_path: Path) -> None:
+    from study.report import write_report
+
+    results, _, _ = small_study
+    from_parquet, _ = write_report(results, tmp_path / "parquet")
+    from_tune, report = write_report(results / "tune", tmp_path / "tune")
+    assert report.results.source == "Tune experiment folder"
+    assert not report.missing
+
+    def table1(path: Path) -> str:
+        text = path.read_text()
+        return text[text.index("### accuracy"):text.index("## Paired comparisons")]
+
+    assert table1(from_tune) == table1(from_parquet)

@@ -1,0 +1,549 @@
+"""``study report``: the report's Table 1 with intervals, and what it did not show.
+
+Reads a results folder (``trials.parquet``, ``epochs.parquet``, ``study.json``) or, failing
+that, a Ray Tune experiment folder (through ``ExperimentAnalysis``), and writes ``report.md``
+and ``figures/*.png`` next to the data. Everything in it is computed from the rows; the same
+rows give the same bytes (no dates, figures without timestamps), so a committed report can be
+checked by regenerating it.
+
+Statistics: a cell's figure is the mean over its final seeds with a Student-t 95% interval
+(clipped to [0, 1]); strategies are compared per subset on the seeds both ran (the final phase
+uses the same seeds in every cell), with a paired t-test and Holm's correction over all the
+comparisons in the table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from study.results import EPOCHS_FILE, STUDY_FILE, TRIALS_FILE, read_table
+from wbc.layout import REPORT_TABLE1, WBC_CLASSES, subset_percent
+from wbc.metrics import mean_interval
+from wbc.strategies import strategy_names
+
+__all__ = ["REPORT_ACCURACY", "Report", "load_results", "paired", "summarise", "write_report"]
+
+# The seed report's Table 1: test accuracy (%) of its three experiments (one run each, scored
+# on the validation set that also picked the epoch).
+REPORT_ACCURACY: dict[str, dict[str, float]] = {
+    "scratch": {"WBC_100": 97.05, "WBC_50": 96.59, "WBC_10": 92.53, "WBC_1": 84.03},
+    "pretrain": {"WBC_100": 97.57, "WBC_50": 95.78, "WBC_10": 93.06, "WBC_1": 84.32},
+    "pretrain_aug": {"WBC_100": 97.63, "WBC_50": 96.47, "WBC_10": 93.69, "WBC_1": 82.93},
+}
+METRICS = (("test_accuracy", "accuracy"), ("test_macro_f1", "macro-F1"),
+           ("test_balanced_accuracy", "balanced accuracy"))
+COMPARISONS = (("pretrain", "scratch", "does CAM16 pretraining help?"),
+               ("pretrain_aug", "pretrain", "does the mask-based augmentation help?"),
+               ("pretrain_aug", "scratch", "both against scratch"))
+SEARCHED = ("lr", "weight_decay", "imbalance", "aug_factor", "background")
+
+
+@dataclass
+class Results:
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    study: dict[str, Any]
+    source: str  # "results folder" or "Tune experiment folder"
+
+
+def _frame(path: Path) -> pd.DataFrame:
+    try:
+        return read_table(path).to_pandas()
+    except FileNotFoundError:
+        return pd.DataFrame()
+
+
+def load_results(path: Path) -> Results:
+    """A results folder, or a Tune experiment folder (the results folder's ``tune/`` or any)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder: give a study's results folder (it "
+                                "holds trials.parquet) or a Ray Tune experiment folder")
+    if (path / TRIALS_FILE).exists():
+        study = json.loads((path / STUDY_FILE).read_text()) if (path / STUDY_FILE).exists() \
+            else {}
+        return Results(_frame(path / TRIALS_FILE), _frame(path / EPOCHS_FILE), study,
+                       "results folder")
+    tune_dir = path / "tune" if (path / "tune").is_dir() else path
+    if not any(tune_dir.glob("experiment_state-*.json")):
+        raise FileNotFoundError(f"{path} holds neither trials.parquet nor a Ray Tune experiment "
+                                "(experiment_state-*.json); is this a study's results folder?")
+    return _from_tune(tune_dir, path)
+
+
+def _from_tune(tune_dir: Path, root: Path) -> Results:
+    """Rows rebuilt from Tune's own record of each trial (its config and reported results)."""
+    from ray.tune import ExperimentAnalysis
+
+    from study.callbacks import _epoch_row, trial_row
+
+    analysis = ExperimentAnalysis(str(tune_dir))
+    frames = analysis.trial_dataframes
+    trials, epochs = [], []
+    found = [p / STUDY_FILE for p in (root, tune_dir.parent) if (p / STUDY_FILE).exists()]
+    study = json.loads(found[0].read_text()) if found else {}
+    name = study.get("study", tune_dir.name)
+    for trial in analysis.trials:
+        config = dict(trial.config)
+        if "trial_key" not in config:
+            continue  # not a study trial
+        frame = frames.get(trial.trial_id)
+        rows = {}
+        if frame is not None and "epoch" in frame:
+            for record in frame.to_dict("records"):
+                if record.get("epoch") == record.get("epoch") and not record.get("replayed"):
+                    rows[int(record["epoch"])] = _epoch_row(record)
+        curve = [rows[k] for k in sorted(rows)]
+        last = dict(trial.last_result or {})
+        if last.get("replayed"):
+            last = {**last, "time_total_s": last.get("wall_seconds")}
+        final = last if "test_accuracy" in last else None
+        status = ("error" if trial.status == "ERROR" else "completed" if final
+                  else "stopped" if trial.status == "TERMINATED" else "running")
+        row = trial_row(name, config, {k: v for k, v in config.items()
+                                       if k not in ("cell", "phase", "trial_key")},
+                        curve, final, status=status, tune_trial_id=trial.trial_id)
+        trials.append(row)
+        epochs += [{**e, "trial_id": row["trial_id"], "cell": row["cell"],
+                    "phase": row["phase"]} for e in curve]
+    return Results(pd.DataFrame(trials), pd.DataFrame(epochs), study,
+                   "Tune experiment folder")
+
+
+@dataclass
+class Cell:
+    subset: str
+    strategy: str
+    search_done: int = 0
+    search_expected: int | None = None
+    finals: pd.DataFrame = field(default_factory=pd.DataFrame)
+    final_expected: int | None = None
+    best: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.subset}-{self.strategy}"
+
+
+@dataclass
+class Report:
+    results: Results
+    cells: dict[tuple[str, str], Cell]
+    subsets: list[str]
+    strategies: list[str]
+    missing: list[str]
+
+
+def _sort_subsets(subsets: Sequence[str]) -> list[str]:
+    return sorted(set(subsets), key=lambda s: -(subset_percent(s) or 0))
+
+
+def summarise(results: Results) -> Report:
+    """Cells, their final rows and best configurations, and what is missing."""
+    trials = results.trials
+    spec = results.study.get("spec", {})
+    subsets = _sort_subsets(list(spec.get("subsets", [])) or list(trials.get("subset", [])))
+    known = list(strategy_names())
+    strategies = list(spec.get("strategies", [])) or sorted(
+        set(trials.get("strategy", [])), key=lambda s: (known.index(s) if s in known
+                                                        else len(known), s))
+    cells: dict[tuple[str, str], Cell] = {}
+    missing = []
+    for subset in subsets:
+        for strategy in strategies:
+            cell = Cell(subset, strategy, search_expected=spec.get("search_trials"),
+                        final_expected=spec.get("final_seeds"))
+            rows = trials[(trials["subset"] == subset) & (trials["strategy"] == strategy)] \
+                if len(trials) else trials
+            search = rows[rows["phase"] == "search"] if len(rows) else rows
+            cell.search_done = len(search)
+            if len(rows):
+                cell.finals = rows[(rows["phase"] == "final")
+                                   & (rows["status"] == "completed")].sort_values("seed")
+            scored = search[search["val_macro_f1"].notna()] if len(search) else search
+            if len(scored):
+                best = scored.sort_values(["val_macro_f1", "trial_id"],
+                                          ascending=[False, True]).iloc[0]
+                cell.best = {k: best[k] for k in SEARCHED if k in best and _present(best[k])}
+                cell.best["val_macro_f1"] = float(best["val_macro_f1"])
+            wanted = cell.final_expected
+            if not len(rows):
+                missing.append(f"{cell.name}: no trial has finished")
+            elif wanted is not None and len(cell.finals) < wanted:
+                missing.append(f"{cell.name}: {len(cell.finals)} of {wanted} final seeds "
+                               f"({cell.search_done} of {cell.search_expected} search trials)")
+            cells[(subset, strategy)] = cell
+    return Report(results, cells, subsets, strategies, missing)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _interval(values: Sequence[float], percent: bool = True) -> str:
+    mean, low, high = mean_interval(list(values))
+    if not math.isfinite(mean):
+        return "–"
+    scale, digits = (100.0, 2) if percent else (1.0, 3)
+    text = f"{scale * mean:.{digits}f}"
+    if math.isfinite(low):
+        text += f" [{scale * max(low, 0.0):.{digits}f}, {scale * min(high, 1.0):.{digits}f}]"
+    return text
+
+
+def paired(report: Report, metric: str = "test_accuracy") -> pd.DataFrame:
+    """Per subset and comparison: mean difference over shared seeds, its interval, p (paired t)
+    and Holm-adjusted p over every comparison in the table."""
+    from scipy import stats
+
+    rows = []
+    for subset in report.subsets:
+        for better, base, question in COMPARISONS:
+            a = report.cells.get((subset, better))
+            b = report.cells.get((subset, base))
+            if a is None or b is None or not len(a.finals) or not len(b.finals):
+                continue
+            left = a.finals.set_index("seed")[metric]
+            right = b.finals.set_index("seed")[metric]
+            seeds = sorted(set(left.index) & set(right.index))
+            diff = np.array([left[s] - right[s] for s in seeds], dtype=float)
+            mean, low, high = mean_interval(diff)
+            p = math.nan
+            if len(diff) >= 2 and np.std(diff) > 0:
+                p = float(stats.ttest_1samp(diff, 0.0).pvalue)
+            elif len(diff) >= 2:
+                p = 0.0 if abs(mean) > 0 else 1.0
+            rows.append({"subset": subset, "comparison": f"{better} - {base}",
+                         "question": question, "seeds": len(seeds), "difference": mean,
+                         "low": low, "high": high, "p": p})
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["p_holm"] = _holm(table["p"].to_numpy())
+        table["significant"] = table["p_holm"] < 0.05
+    return table
+
+
+def _holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment (NaN stays NaN)."""
+    out = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid])]
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[index]))
+        out[index] = running
+    return out
+
+
+def _on_report_data(study: dict[str, Any]) -> bool:
+    """Whether the study ran on a tree with the report's WBC_100 counts (its dataset)."""
+    data = study.get("data", {})
+    if data.get("source") != "tree":
+        return False
+    counts = data.get("wbc100_counts", {})
+    return all(counts.get("train", {}).get(c) == n and counts.get("val", {}).get(c) == v
+               for c, (n, _, v) in REPORT_TABLE1.items())
+
+
+def table1(report: Report, metric: str, *, with_report: bool) -> list[str]:
+    head = ["strategy", *report.subsets]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for strategy in report.strategies:
+        cells = []
+        for subset in report.subsets:
+            cell = report.cells[(subset, strategy)]
+            values = cell.finals[metric].tolist() if len(cell.finals) else []
+            text = _interval(values)
+            if with_report and metric == "test_accuracy":
+                ref = REPORT_ACCURACY.get(strategy, {}).get(subset)
+                if ref is not None:
+                    text += f" (report {ref:.2f})"
+            cells.append(text)
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def terminal_table(report: Report) -> str:
+    """The main table (accuracy, %, mean [95% CI]) for the terminal."""
+    width = max(12, *(len(s) for s in report.strategies)) + 2
+    col = 24
+    lines = ["test accuracy, % (mean [95% CI] over final seeds)",
+             " " * width + "".join(f"{s:>{col}}" for s in report.subsets)]
+    for strategy in report.strategies:
+        row = f"{strategy:<{width}}"
+        for subset in report.subsets:
+            cell = report.cells[(subset, strategy)]
+            row += f"{_interval(cell.finals['test_accuracy'].tolist() if len(cell.finals) else []):>{col}}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _fmt_p(p: float) -> str:
+    return "–" if not math.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _pm(x: float, digits: int = 2) -> str:
+    return "–" if not math.isfinite(x) else f"{100 * x:+.{digits}f}"
+
+
+def write_report(source: Path, out: Path | None = None) -> tuple[Path, Report]:
+    """Write ``report.md`` and ``figures/`` into ``out`` (default: the results folder)."""
+    results = load_results(source)
+    out = Path(out) if out is not None else Path(source)
+    out.mkdir(parents=True, exist_ok=True)
+    report = summarise(results)
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    from study.figures import draw_all
+
+    drawn = draw_all(report, figures)
+    text = _markdown(report, [p.name for p in drawn])
+    (out / "report.md").write_text(text)
+    return out / "report.md", report
+
+
+def _markdown(report: Report, figures: list[str]) -> str:
+    results, study = report.results, report.results.study
+    trials = results.trials
+    name = study.get("study", "study")
+    on_report = _on_report_data(study)
+    data = study.get("data", {})
+    lines = [f"# Study `{name}`", ""]
+    spec = study.get("spec", {})
+    if spec:
+        lines += [f"Preset `{study.get('preset')}`: {len(report.subsets)} subsets x "
+                  f"{len(report.strategies)} strategies, {spec.get('search_trials')} search "
+                  f"trials and {spec.get('final_seeds')} final seeds per cell, "
+                  f"{spec.get('image_size')} px, {spec.get('epochs')} epochs. Read from the "
+                  f"{results.source}.", ""]
+    else:
+        lines += [f"Read from the {results.source} (no study.json: the spec is inferred from "
+                  "the trials).", ""]
+    if report.missing:
+        lines += ["**Incomplete study.** Missing or still running:", ""]
+        lines += [f"- {m}" for m in report.missing] + [""]
+    selection = trials["selection_split"].dropna().iloc[0] if "selection_split" in trials \
+        and trials["selection_split"].notna().any() else "the selection split"
+    reporting = trials["reporting_split"].dropna().iloc[0] if "reporting_split" in trials \
+        and trials["reporting_split"].notna().any() else "the reporting split"
+    lines += [
+        "## Table 1: test figures by strategy and label budget", "",
+        f"Mean over the final seeds with a Student-t 95% interval, in %. The best epoch was "
+        f"chosen on {selection}; the figures are from {reporting}, which took no part in any "
+        "choice.", ""]
+    if on_report:
+        lines += ["The study ran on the report's dataset (its WBC_100 counts match the report's "
+                  "Table 1), so the report's own accuracy stands in brackets. The report scored "
+                  "one run on the same validation set that picked its epoch; ours are several "
+                  "seeds on a held-out split.", ""]
+    else:
+        source = "a synthetic tree" if data.get("source") == "synthetic" else \
+            "a tree that is not the report's dataset"
+        lines += [f"The study ran on {source}, so the report's numbers (97.05 ... 84.03) are "
+                  "not shown beside ours: they measure other images.", ""]
+    for metric, label in METRICS:
+        lines += [f"### {label}", ""]
+        lines += [*table1(report, metric, with_report=on_report), ""]
+    lines += ["## Paired comparisons", "",
+              "Differences of test accuracy in percentage points (first minus second strategy) "
+              "on the seeds both ran, with a 95% interval; p from a paired t-test, Holm-adjusted "
+              "over every row. With three seeds an interval is wide: a non-significant row says "
+              "the study cannot tell, not that there is no effect.", ""]
+    comparisons = paired(report)
+    if len(comparisons):
+        lines += ["| subset | comparison | seeds | difference [95% CI] | p | p (Holm) | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in comparisons.itertuples():
+            verdict = ("better" if row.difference > 0 else "worse") if row.significant \
+                else "cannot tell"
+            interval = f"{_pm(row.difference)} [{_pm(row.low)}, {_pm(row.high)}]"
+            lines.append(f"| {row.subset} | {row.comparison} | {row.seeds} | {interval} | "
+                         f"{_fmt_p(row.p)} | {_fmt_p(row.p_holm)} | {verdict} |")
+        lines.append("")
+    else:
+        lines += ["No subset has final runs of two strategies yet.", ""]
+    lines += _background_section(report)
+    lines += _recall_section(report)
+    lines += _best_section(report)
+    lines += _importance_section(report)
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{f}](figures/{f})" for f in figures] + [""]
+    lines += _provenance_section(report)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _background_section(report: Report) -> list[str]:
+    trials = report.results.trials
+    if "background" not in trials:
+        return []
+    search = trials[(trials["phase"] == "search") & trials["val_macro_f1"].notna()
+                    & trials["aug_factor"].fillna(0).gt(0)] if "aug_factor" in trials else \
+        trials.iloc[:0]
+    if not len(search):
+        return []
+    lines = ["## Which background won", "",
+             "Search trials of the strategies that paste cells, by background mode: how many "
+             "were tried, their mean and best selection macro-F1, and how many cells chose it.",
+             "", "| background | trials | mean val macro-F1 | best | chosen by cells |",
+             "|---|---|---|---|---|"]
+    chosen: dict[str, int] = {}
+    for cell in report.cells.values():
+        if cell.best and cell.best.get("background") and cell.best.get("aug_factor"):
+            chosen[cell.best["background"]] = chosen.get(cell.best["background"], 0) + 1
+    for mode, group in search.groupby("background"):
+        lines.append(f"| {mode} | {len(group)} | {group['val_macro_f1'].mean():.3f} | "
+                     f"{group['val_macro_f1'].max():.3f} | {chosen.get(str(mode), 0)} |")
+    return [*lines, ""]
+
+
+def _recall_section(report: Report) -> list[str]:
+    lines = ["## Per-class recall", "",
+             "Test recall per class, mean over the final seeds, in % (Basophils are about 2% "
+             "of the data).", "",
+             "| cell | " + " | ".join(WBC_CLASSES) + " |", "|---|" + "---|" * len(WBC_CLASSES)]
+    for cell in report.cells.values():
+        if not len(cell.finals):
+            continue
+        values = []
+        for c in WBC_CLASSES:
+            column = f"test_recall_{c}"
+            mean = cell.finals[column].mean() if column in cell.finals else math.nan
+            values.append("–" if not math.isfinite(mean) else f"{100 * mean:.1f}")
+        lines.append(f"| {cell.name} | " + " | ".join(values) + " |")
+    return [*lines, ""]
+
+
+def _best_section(report: Report) -> list[str]:
+    lines = ["## Best configuration per cell", "",
+             "The search trial with the highest selection macro-F1 (what the final seeds "
+             "re-ran).", "", "| cell | val macro-F1 | " + " | ".join(SEARCHED) + " |",
+             "|---|---|" + "---|" * len(SEARCHED)]
+    for cell in report.cells.values():
+        if not cell.best:
+            lines.append(f"| {cell.name} | – |" + " – |" * len(SEARCHED))
+            continue
+        values = []
+        for name in SEARCHED:
+            value = cell.best.get(name)
+            if name in ("aug_factor", "background") and not cell.best.get("aug_factor"):
+                value = None
+            values.append("–" if value is None else f"{value:.3g}" if isinstance(value, float)
+                          else str(value))
+        lines.append(f"| {cell.name} | {cell.best['val_macro_f1']:.3f} | "
+                     + " | ".join(values) + " |")
+    return [*lines, ""]
+
+
+def importances(report: Report) -> pd.DataFrame:
+    """Which hyperparameters mattered, per strategy: fANOVA (Optuna's default evaluator, seeded)
+    over the search trials of all subsets, each cell's objective turned into ranks within the
+    cell so that WBC_1's scale does not drown WBC_100's."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+    from optuna.trial import create_trial
+
+    trials = report.results.trials
+    rows = []
+    for strategy in report.strategies:
+        search = trials[(trials["phase"] == "search") & (trials["strategy"] == strategy)
+                        & trials["val_macro_f1"].notna()].copy() if len(trials) else trials
+        if len(search) < 4:
+            continue
+        search["rank"] = search.groupby("subset")["val_macro_f1"].rank(pct=True)
+        names = [n for n in SEARCHED if n in search and search[n].notna().all()
+                 and search[n].nunique() > 1]
+        if not names:
+            continue
+        dists: dict[str, Any] = {}
+        for n in names:
+            if not pd.api.types.is_numeric_dtype(search[n]):
+                dists[n] = CategoricalDistribution(sorted(search[n].unique()))
+            else:
+                dists[n] = FloatDistribution(float(search[n].min()), float(search[n].max()),
+                                             log=n in ("lr", "weight_decay"))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(direction="maximize")
+        for record in search.to_dict("records"):
+            params = {n: (record[n] if isinstance(dists[n], CategoricalDistribution)
+                          else float(record[n])) for n in names}
+            study.add_trial(create_trial(params=params, distributions=dists,
+                                         value=float(record["rank"])))
+        scores = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+        for n, score in scores.items():
+            rows.append({"strategy": strategy, "parameter": n, "importance": float(score),
+                         "trials": len(search)})
+    return pd.DataFrame(rows)
+
+
+def _importance_section(report: Report) -> list[str]:
+    table = importances(report)
+    lines = ["## Which hyperparameters mattered", ""]
+    if not len(table):
+        return [*lines, "Too few search trials to say (at least 4 per strategy).", ""]
+    lines += ["fANOVA importance (Optuna) of each searched hyperparameter for the selection "
+              "macro-F1, ranked within each cell, per strategy over all subsets. With few "
+              "trials these are rough.", "", "| strategy | trials | " +
+              " | ".join(SEARCHED) + " |", "|---|---|" + "---|" * len(SEARCHED)]
+    for strategy, group in table.groupby("strategy", sort=False):
+        scores = dict(zip(group["parameter"], group["importance"], strict=True))
+        lines.append(f"| {strategy} | {int(group['trials'].iloc[0])} | " + " | ".join(
+            f"{scores[n]:.2f}" if n in scores else "–" for n in SEARCHED) + " |")
+    return [*lines, ""]
+
+
+def _provenance_section(report: Report) -> list[str]:
+    study = report.results.study
+    trials = report.results.trials
+    lines = ["## Provenance", ""]
+    if not study:
+        return [*lines, "No study.json next to the trials.", ""]
+    prov = study.get("provenance", {})
+    data = study.get("data", {})
+    hardware = prov.get("hardware", {})
+    versions = prov.get("versions", {})
+    sessions = study.get("sessions", [])
+    lines += [
+        f"- status: {study.get('status')}; sessions: {len(sessions)}; wall time "
+        f"{study.get('wall_seconds', 0):.0f} s",
+        f"- data: {data.get('source')}"
+        + (f" (scale {data.get('scale')}, seed {data.get('seed')})"
+           if data.get("source") == "synthetic" else f" ({data.get('root')})")
+        + f"; fingerprint `{data.get('fingerprint')}`; excluded files "
+        f"{data.get('excluded_files', 0)}",
+        f"- seeds: search trials train with seed {study.get('spec', {}).get('seed')}; final "
+        f"seeds {sorted({int(s) for s in trials[trials['phase'] == 'final']['seed']})}"
+        if len(trials) else "- seeds: –",
+        f"- code: git {prov.get('git_commit')}, source digest `{prov.get('code_sha256')}`",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        f"- hardware: {hardware.get('cpu')}, {hardware.get('cpu_count')} CPUs, "
+        f"{hardware.get('memory_gib')} GiB, GPUs: {', '.join(hardware.get('gpus') or []) or 'none'}",
+    ]
+    pretrain = study.get("pretrain")
+    if pretrain:
+        lines.append(f"- CAM16 pretraining: val accuracy {pretrain.get('val_accuracy', 0):.3f}, "
+                     f"test accuracy {pretrain.get('test_accuracy', 0):.3f}, "
+                     f"{pretrain.get('epochs')} epochs")
+    for i, session in enumerate(sessions, 1):
+        if "wall_seconds" not in session:
+            lines.append(f"- session {i}: stopped before it finished (no timing recorded)")
+            continue
+        lines.append(
+            f"- session {i}{' (resumed)' if session.get('resumed') else ''}: "
+            f"{session['wall_seconds']:.0f} s = data {session.get('data_seconds', 0):.0f} + "
+            f"Ray start-up {session.get('ray_startup_seconds', 0):.0f} + pretraining "
+            f"{session.get('pretrain_seconds', 0):.0f} + trials "
+            f"{session.get('tune_seconds', 0):.0f} s on {session.get('slots')} slots; "
+            f"{session.get('trials_run')} trials; inside training loops "
+            f"{100 * session.get('inside_training_loops_fraction', 0):.0f}% of the slot time; "
+            f"per-trial overhead {session.get('per_trial_overhead_seconds') or 0:.1f} s")
+    return [*lines, ""]
