@@ -132,3 +132,17 @@ def test_report_command_prints_the_table_and_names_bad_folders(
     assert (tmp_path / "out" / "report.md").exists()
     assert main(["report", str(tmp_path)]) == 2
     assert "neither trials.parquet nor a Ray Tune experiment" in capsys.readouterr().err
+
+
+def test_the_committed_reference_report_is_reproduced(tmp_path: Path) -> None:
+    """``study report results/quick`` on a fresh clone writes the committed report.md."""
+    import shutil
+
+    committed = Path(__file__).resolve().parents[2] / "results" / "quick"
+    for name in ("trials.parquet", "epochs.parquet", "study.json"):
+        shutil.copy(committed / name, tmp_path / name)
+    path, report = write_report(tmp_path)
+    assert not report.missing
+    assert path.read_text() == (committed / "report.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == sorted(
+        p.name for p in (committed / "figures").glob("*.png"))
