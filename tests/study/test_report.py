@@ -146,3 +146,21 @@ def test_the_committed_reference_report_is_reproduced(tmp_path: Path) -> None:
     assert path.read_text() == (committed / "report.md").read_text()
     assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == sorted(
         p.name for p in (committed / "figures").glob("*.png"))
+
+
+def test_on_the_reports_dataset_its_numbers_stand_beside_ours(tmp_path: Path) -> None:
+    from wbc.layout import REPORT_TABLE1
+
+    root = _study(tmp_path / "r")
+    store = ResultsStore(root)
+    record = store.read_study()
+    counts = {"train": {c: n for c, (n, _, _) in REPORT_TABLE1.items()},
+              "val": {c: v for c, (_, _, v) in REPORT_TABLE1.items()}}
+    record["data"] = {"source": "tree", "root": "/data/wbc", "wbc100_counts": counts}
+    store.write_study(record)
+    text = write_report(root)[0].read_text()
+    assert "(report 97.05)" in text and "(report 84.03)" in text
+    assert "the report's own accuracy stands in brackets" in text
+    counts["val"]["Basophil"] += 1  # another tree of the same shape is not the report's
+    store.write_study({**record, "data": {**record["data"], "wbc100_counts": counts}})
+    assert "(report 97.05)" not in write_report(root)[0].read_text()
