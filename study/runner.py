@@ -394,10 +394,16 @@ def _account(record: dict[str, Any], session: dict[str, Any], store: ResultsStor
     tune_slot_seconds = session["tune_seconds"] * slots
     session["trials_run"] = len(mine)
     session["train_loop_slot_seconds"] = loop
+    # Slot time of the Tune run outside training loops, per trial: what a trial costs the
+    # study, idle slots included (a cell's finals wait for its search).
     session["per_trial_overhead_seconds"] = ((tune_slot_seconds - loop) / trained
                                              if trained else None)
-    inside = loop + session.get("pretrain_loop_slot_seconds", 0.0)
-    session["inside_training_loops_fraction"] = inside / (session["wall_seconds"] * slots)
+    # Inside a trial, outside its loops: start-up, data, model, reports (Tune's time_total_s).
+    inside = mine["wall_seconds"] - mine["train_loop_seconds"] if len(mine) else mine
+    session["trial_overhead_seconds"] = (float(inside.dropna().mean())
+                                         if len(mine) and inside.notna().any() else None)
+    in_loops = loop + session.get("pretrain_loop_slot_seconds", 0.0)
+    session["inside_training_loops_fraction"] = in_loops / (session["wall_seconds"] * slots)
     record["wall_seconds"] = sum(s.get("wall_seconds", 0.0) for s in record["sessions"])
 
 

@@ -3,11 +3,12 @@
 It turns Tune's flat ``config`` into a ``TrainConfig`` and trains, in one of two ways:
 
 - ``inline``: in the trial's own process, which Tune reuses from trial to trial (torch imported
-  and the decode cache mapped once per process). About half a second of overhead per trial on a
-  2-core CPU: what a study of many small trials needs.
+  and the decode cache mapped once per process). About 1 s of overhead per trial on a 2-core
+  CPU (the quick study's 72 trials): what a study of many small trials needs.
 - ``train``: the trial drives a Ray Train ``TorchTrainer`` (DDP over ``workers_per_trial``
-  workers) whose reports reach Tune through ``TuneReportCallback``. 7-12 s per trial on the same
-  CPU: for trials big enough to want several GPUs.
+  workers) whose reports reach Tune through ``TuneReportCallback``. Some 35-40 s per trial on the
+  same CPU, mostly the trainer's and its worker group's start-up: for trials big enough to want
+  several GPUs.
 
 Either way every epoch is reported with ``epoch`` (ASHA's clock) and ``best_val_macro_f1`` (the
 objective: macro-F1 of the best epoch so far on the selection split), and the last report

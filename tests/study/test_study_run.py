@@ -115,7 +115,8 @@ def test_study_json_has_provenance_and_the_time_split(small_study: tuple[Path, S
     assert record["pretrain"]["val_accuracy"] >= 0.0
     session = record["sessions"][-1]
     for key in ("ray_startup_seconds", "data_seconds", "pretrain_seconds", "tune_seconds",
-                "wall_seconds", "per_trial_overhead_seconds", "train_loop_slot_seconds"):
+                "wall_seconds", "per_trial_overhead_seconds", "train_loop_slot_seconds",
+                "trial_overhead_seconds"):
         assert session[key] >= 0.0, key
     assert session["trials_run"] == len(_expected_keys(spec))
     assert 0.0 < session["inside_training_loops_fraction"] <= 1.0
