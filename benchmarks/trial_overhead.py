@@ -159,8 +159,9 @@ def main() -> None:
               f"python {platform.python_version()}", flush=True)
         tree = make_tree(work / "tree")
         started = time.perf_counter()
-        ray.init(num_cpus=args.cpus, logging_level=logging.WARNING, log_to_driver=False,
-                 include_dashboard=False)
+        # With the dashboard, as a study has it: without it, placement groups of trials that
+        # Tune ended early can stay reserved, and the next study's trials never start.
+        ray.init(num_cpus=args.cpus, logging_level=logging.WARNING, log_to_driver=False)
         print(f"ray started in {time.perf_counter() - started:.1f} s", flush=True)
         rows: list[dict[str, Any]] = []
         try:
