@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
+from study.runner import cpu_model
 from wbc.config import TrainConfig
 from wbc.data import load_plan, plan_wbc
 from wbc.datasets import scan_tree
@@ -36,16 +36,6 @@ from wbc.model import build_resnet18
 from wbc.seeding import seed_everything
 from wbc.synth import synthesize
 from wbc.train import IMAGENET_MEAN, IMAGENET_STD, build_optimizer, train_one_epoch
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
@@ -144,7 +134,7 @@ def main() -> None:
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     capability = torch.backends.cpu.get_cpu_capability()
     bf16_native = peak["bf16"] > peak["fp32"]
-    print(f"torch {torch.__version__}, {cpu_name()}, {capability}, {threads} threads; "
+    print(f"torch {torch.__version__}, {cpu_model()}, {capability}, {threads} threads; "
           f"matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s"
           + ("" if bf16_native else " (no bf16 in hardware: bf16 timed on 1 step)"))
     results: list[dict[str, Any]] = []
@@ -182,7 +172,7 @@ def main() -> None:
             results.append(row)
     if args.json is not None:
         args.json.write_text(json.dumps({"peak_gflops": peak, "threads": threads,
-                                         "cpu": cpu_name(), "capability": capability,
+                                         "cpu": cpu_model(), "capability": capability,
                                          "torch": torch.__version__, "results": results},
                                         indent=2))
     fp32 = min(r["speedup_fp32"] for r in results)

@@ -46,14 +46,6 @@ CPU_TARGET_SECONDS = 5.0  # the project's per-trial overhead target for inline t
 REPORTS = 3  # reports per baseline trial
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def trivial_trial(config: dict[str, Any]) -> None:
@@ -154,7 +146,9 @@ def main() -> None:
         import ray
         import torch
 
-        print(f"{cpu_name()}, {os.cpu_count()} cores ({args.cpus} given to Ray); "
+        from study.runner import cpu_model
+
+        print(f"{cpu_model()}, {os.cpu_count()} cores ({args.cpus} given to Ray); "
               f"torch {torch.__version__}, ray {ray.__version__}, "
               f"python {platform.python_version()}", flush=True)
         tree = make_tree(work / "tree")

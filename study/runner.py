@@ -37,7 +37,7 @@ from study.spec import StudySpec
 from wbc.datasets import DatasetError, Tree, class_counts, scan_tree
 from wbc.layout import WBC_CLASSES
 
-__all__ = ["StudyError", "provenance", "run_study", "synthetic_tree"]
+__all__ = ["StudyError", "cpu_model", "provenance", "run_study", "synthetic_tree"]
 
 TUNE_DIR = "tune"  # the Tune experiment inside the results folder
 
@@ -88,7 +88,8 @@ def _git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name, for provenance and benchmark headers."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -116,7 +117,7 @@ def provenance() -> dict[str, Any]:
     with contextlib.suppress(ValueError, OSError, AttributeError):
         memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     return {"git_commit": _git_commit(), "code_sha256": _code_digest(), "versions": versions,
-            "hardware": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+            "hardware": {"cpu": cpu_model(), "cpu_count": os.cpu_count(),
                          "memory_gib": memory, "gpus": gpus,
                          "os": f"{platform.system()} {platform.machine()}"}}
 
