@@ -1,25 +1,40 @@
-"""Training throughput: the project's data path and loop against a naive baseline, same run.
+"""Training throughput: the model alone, the project's full data path, and a naive baseline.
 
-Baseline (what a first attempt looks like): torchvision ``ImageFolder`` + PIL transforms
-(resize, flips, ``ToTensor``, ``Normalize``) + ``DataLoader`` (default: no worker processes)
-feeding an fp32 NCHW ResNet-18 with SGD. Project: images decoded once into the memory-mapped
-cache and resident as a uint8 tensor, batched flips and colour jitter on tensors,
-channels_last, optionally bf16 autocast, through ``wbc.train.train_one_epoch``.
+Measured in one run, on the CPU or a GPU (``--device``), at each ``--image-size``:
 
-For each image size it prints images per second, the share of the machine's measured matmul
-peak (FLOPs of one training step counted by ``torch.utils.flop_counter``), and the data path's
-share of the epoch; then one line ``speedup fp32=<x> bf16=<y>``: the ratios to the baseline
-(the smallest over the sizes run). Everything runs on generated data.
+- ``model only``: the training step on a batch that is already a normalised float tensor on the
+  device: what the hardware can do, the ceiling for any data path;
+- ``full path``: the project's ``wbc.train.train_one_epoch`` on uint8 images resident on the
+  device: index gather, flips and rotations, colour jitter and normalisation batched on the
+  device, then the step; its share of the model-only rate is the data path's cost;
+- on a GPU, the fast paths one at a time against the default (bf16 autocast, channels_last,
+  cudnn.benchmark, fused optimiser): fp32 (TF32 allowed), NCHW, no cudnn.benchmark, foreach
+  optimiser, and ``--compile`` (torch.compile, with its compile time);
+- ``baseline``: what a first attempt looks like: torchvision ``ImageFolder`` + PIL transforms +
+  ``DataLoader`` (no worker processes; on a GPU also with one per core) feeding an fp32 NCHW
+  ResNet-18 with a plain SGD loop.
 
-    python benchmarks/train_throughput.py --image-size 128
+For each it prints images per second, the peak GPU memory (GPU) and, on the CPU, the share of
+the measured matmul peak. It checks that the full path's step does not synchronise the host with
+the GPU (CUDA's sync debug mode counts synchronising calls in two epochs of different lengths: a
+per-epoch count is fine, a per-step one is not). Last come the ratio lines: on the CPU
+``speedup fp32=<x> bf16=<y>`` (full path over the baseline); on a GPU ``full path = <p>% of model
+only`` and the images per second. ``--json`` writes every figure with the hardware.
+
+    python benchmarks/train_throughput.py --image-size 128            # the 2-core CPU
+    python benchmarks/train_throughput.py --device cuda --image-size 224 --batch-size 256 --compile
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,40 +43,192 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
-from study.runner import cpu_model
 from wbc.config import TrainConfig
 from wbc.data import load_plan, plan_wbc
 from wbc.datasets import scan_tree
+from wbc.hardware import cpu_model, describe, gpu_name
 from wbc.model import build_resnet18
 from wbc.seeding import seed_everything
 from wbc.synth import synthesize
-from wbc.train import IMAGENET_MEAN, IMAGENET_STD, build_optimizer, train_one_epoch
+from wbc.train import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_optimizer,
+    make_pastes,
+    train_one_epoch,
+)
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def host_peak_gib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats: int = 5
+                ) -> float:
     """Measured GFLOP/s of a large square matmul: the machine's practical peak."""
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
+    if device.type == "cuda":
+        n = 8192
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    sync(device)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
 
 
-def step_flops(size: int, batch: int) -> float:
-    """FLOPs of one forward+backward of ResNet-18 (5 classes) on ``batch`` images."""
+def step_flops(size: int) -> float:
+    """FLOPs of one forward+backward of ResNet-18 (5 classes) per image."""
     model = build_resnet18(5)
-    x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, 5, (batch,))
+    x = torch.randn(2, 3, size, size)
+    y = torch.randint(0, 5, (2,))
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(x), y).backward()
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()) / 2
 
 
-def baseline(root: Path, size: int, batch: int, steps: int, warmup: int) -> dict[str, float]:
+def _timed_loop(device: torch.device, warmup: int, steps: int, step: Any) -> float:
+    for i in range(warmup):
+        step(i)
+    sync(device)
+    started = time.perf_counter()
+    for i in range(steps):
+        step(warmup + i)
+    sync(device)
+    return time.perf_counter() - started
+
+
+def model_only(size: int, batch: int, steps: int, warmup: int, device: torch.device, *,
+               autocast: bool, channels_last: bool) -> dict[str, Any]:
+    """The step alone: normalised float batches already on the device, nothing else."""
+    model = build_resnet18(5).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, TrainConfig().optim)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    xs = [torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+          for _ in range(2)]  # two batches in turn: no single buffer stays in cache
+    ys = [torch.randint(0, 5, (batch,), device=device) for _ in range(2)]
+    peak_memory_reset(device)
+
+    def step(i: int) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(xs[i % 2])
+        loss = F.cross_entropy(logits.float(), ys[i % 2])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    seconds = _timed_loop(device, warmup, steps, step)
+    return {"images_per_second": batch * steps / seconds, "gpu_peak_gib": peak_memory_gib(device)}
+
+
+def full_path(data: Any, size: int, batch: int, steps: int, warmup: int, device: torch.device, *,
+              precision: str, channels_last: bool = True, optimizer_impl: str = "fused",
+              compile_model: bool = False) -> dict[str, Any]:
+    """``train_one_epoch`` on uint8 images resident on the device, with the online augmentation.
+
+    A warm-up epoch of ``warmup`` steps, then a timed one of ``steps``. ``optimizer_impl``
+    "foreach" swaps the default fused optimiser for the multi-tensor one."""
+    config = TrainConfig().replace(image_size=size, batch_size=batch, precision=precision,
+                                   channels_last=channels_last, epochs=1, warmup_epochs=0.0)
+    images, labels = _tile(data.train.images, data.train.labels, batch * max(warmup, steps),
+                           device)
+    model = build_resnet18(5).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if optimizer_impl == "fused":
+        optimizer = build_optimizer(model, config.optim)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                                    foreach=True)
+    step_model: Any = model
+    compile_seconds = 0.0
+    if compile_model:
+        step_model = torch.compile(model)
+    common = {"config": config, "epoch": 1, "step": 0, "total_steps": warmup + steps,
+              "steps_per_epoch": warmup + steps, "loss_weights": None}
+    peak_memory_reset(device)
+    tick = time.perf_counter()
+    train_one_epoch(step_model, optimizer, images[: batch * warmup], labels[: batch * warmup],
+                    **common)
+    sync(device)
+    if compile_model:
+        compile_seconds = time.perf_counter() - tick
+    row = train_one_epoch(step_model, optimizer, images[: batch * steps],
+                          labels[: batch * steps], **common)
+    return {"images_per_second": row["images_per_second"],
+            "data_share": row["data_seconds"] / row["epoch_seconds"],
+            "gpu_peak_gib": peak_memory_gib(device),
+            "compile_seconds": compile_seconds if compile_model else None}
+
+
+def _tile(images: torch.Tensor, labels: torch.Tensor, n: int, device: torch.device
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    index = torch.arange(n) % images.shape[0]
+    return images[index].to(device), labels[index].to(device)
+
+
+def paste_rate(data: Any, size: int, device: torch.device) -> dict[str, float]:
+    """``make_pastes`` (the report's copy-paste, ``aug_factor`` 5) on the device: new images/s."""
+    config = TrainConfig().replace(image_size=size, strategy="pretrain_aug", aug_factor=5)
+    train = data.train.to(device)
+    make_pastes(train, config, seed=0)  # warm-up
+    sync(device)
+    started = time.perf_counter()
+    images, _ = make_pastes(train, config, seed=1)
+    sync(device)
+    seconds = time.perf_counter() - started
+    return {"images_per_second": images.shape[0] / seconds, "images": float(images.shape[0])}
+
+
+def sync_count(data: Any, size: int, batch: int, device: torch.device) -> dict[str, int]:
+    """Synchronising CUDA calls in epochs of 4 and of 12 steps: equal counts mean none per step."""
+    if device.type != "cuda":
+        return {}
+    counts: dict[str, int] = {}
+    config = TrainConfig().replace(image_size=size, batch_size=batch, epochs=1,
+                                   warmup_epochs=0.0)
+    model = build_resnet18(5).to(device).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config.optim)
+    for steps in (4, 12):
+        images, labels = _tile(data.train.images, data.train.labels, batch * steps, device)
+        sync(device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_one_epoch(model, optimizer, images, labels, config=config, epoch=1,
+                                step=0, total_steps=steps, steps_per_epoch=steps,
+                                loss_weights=None)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts[f"{steps}_steps"] = sum("synchroniz" in str(w.message) for w in caught)
+    return counts
+
+
+def baseline(root: Path, size: int, batch: int, steps: int, warmup: int, device: torch.device,
+             workers: int) -> dict[str, Any]:
     """ImageFolder + PIL transforms + DataLoader + fp32 NCHW ResNet-18."""
     tf = transforms.Compose([
         transforms.Resize((size, size)),
@@ -71,17 +238,22 @@ def baseline(root: Path, size: int, batch: int, steps: int, warmup: int) -> dict
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
     folder = datasets.ImageFolder(str(root / "WBC_100" / "train" / "data"), transform=tf)
-    loader = torch.utils.data.DataLoader(folder, batch_size=batch, shuffle=True, drop_last=True)
-    model = build_resnet18(5)
+    loader = torch.utils.data.DataLoader(folder, batch_size=batch, shuffle=True, drop_last=True,
+                                         num_workers=workers,
+                                         pin_memory=device.type == "cuda")
+    model = build_resnet18(5).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
     done, images, data_seconds = 0, 0, 0.0
     started = None
+    peak_memory_reset(device)
     while done < warmup + steps:
         tick = time.perf_counter()
         for x, y in loader:
             if done == warmup:
+                sync(device)
                 started, images, data_seconds = time.perf_counter(), 0, 0.0
+            x, y = x.to(device), y.to(device)
             data_seconds += time.perf_counter() - tick
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
@@ -92,92 +264,189 @@ def baseline(root: Path, size: int, batch: int, steps: int, warmup: int) -> dict
             if done >= warmup + steps:
                 break
             tick = time.perf_counter()
+    sync(device)
     assert started is not None
     seconds = time.perf_counter() - started
-    return {"images_per_second": images / seconds, "data_share": data_seconds / seconds}
+    return {"images_per_second": images / seconds, "data_share": data_seconds / seconds,
+            "gpu_peak_gib": peak_memory_gib(device)}
 
 
-def project(root: Path, size: int, batch: int, steps: int, warmup: int, precision: str,
-            cache: Path) -> dict[str, float]:
-    """The project's loop on cache-resident data: one epoch of ``warmup + steps`` batches."""
-    config = TrainConfig().replace(image_size=size, batch_size=batch, precision=precision,
-                                   epochs=1, lr=0.01, warmup_epochs=0.0)
-    data = load_plan(plan_wbc(scan_tree(root, verify=False), config), cache_dir=cache)
-    n = batch * (warmup + steps)
-    images = data.train.images[torch.arange(n) % data.train.images.shape[0]]
-    labels = data.train.labels[torch.arange(n) % data.train.labels.shape[0]]
-    model = build_resnet18(5).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config.optim)
-    common = {"config": config, "epoch": 1, "step": 0, "total_steps": warmup + steps,
-              "steps_per_epoch": warmup + steps, "loss_weights": None}
-    train_one_epoch(model, optimizer, images[: batch * warmup], labels[: batch * warmup],
-                    **common)
-    row = train_one_epoch(model, optimizer, images[batch * warmup:], labels[batch * warmup:],
-                          **common)
-    return {"images_per_second": row["images_per_second"],
-            "data_share": row["data_seconds"] / row["epoch_seconds"]}
+def variants(data: Any, root: Path, size: int, batch: int, steps: int, warmup: int,
+             baseline_steps: int, device: torch.device, *, compile_model: bool,
+             bf16_native: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
+    """What to time at one size, in order: (name, measurement)."""
+    gpu = device.type == "cuda"
+    default_precision = "bf16" if gpu else "fp32"
+    runs: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("model only", lambda: model_only(size, batch, steps, warmup, device,
+                                          autocast=gpu, channels_last=True)),
+        ("full path", lambda: full_path(data, size, batch, steps, warmup, device,
+                                        precision=default_precision)),
+    ]
+    if gpu:
+        runs += [
+            ("full fp32", lambda: full_path(data, size, batch, steps, warmup, device,
+                                            precision="fp32")),
+            ("full NCHW", lambda: full_path(data, size, batch, steps, warmup, device,
+                                            precision="bf16", channels_last=False)),
+            ("full foreach", lambda: full_path(data, size, batch, steps, warmup, device,
+                                               precision="bf16",
+                                               optimizer_impl="foreach")),
+        ]
+    else:
+        # Without bf16 in hardware (AVX2-only CPUs) autocast is far slower than fp32:
+        # one timed step is enough to show it and keeps the run within minutes.
+        bf16_steps = steps if bf16_native else 1
+        runs.append(("full bf16", lambda: full_path(data, size, batch, bf16_steps, 1,
+                                                    device, precision="bf16")))
+    runs.append(("baseline", lambda: baseline(root, size, batch, baseline_steps,
+                                              min(warmup, 2), device, workers=0)))
+    if gpu:
+        runs.append(("baseline+workers", lambda: baseline(
+            root, size, batch, baseline_steps, 2, device,
+            workers=min(16, os.cpu_count() or 1))))
+        # cudnn.benchmark off last: the default run keeps its tuned algorithms.
+        runs.append(("full no-cudnn-bench", lambda: _no_benchmark(
+            data, size, batch, steps, warmup, device)))
+        if compile_model:  # last: its compile time is the least predictable
+            runs.append(("full compiled", lambda: full_path(
+                data, size, batch, steps, warmup, device, precision="bf16",
+                compile_model=True)))
+    return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, "
+                        "cuda")
     parser.add_argument("--image-size", type=int, nargs="+", default=[64, 128, 224])
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="per step (default: 64 on the CPU, 256 on a GPU)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per measurement (default: 6 CPU, 30 GPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first "
+                        "(default: 2 CPU, 10 GPU)")
+    parser.add_argument("--baseline-steps", type=int, default=None,
+                        help="timed steps of the naive baseline (default: --steps on the CPU, "
+                        "4 on a GPU, where it is slow)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile (GPU; includes its compile time)")
     parser.add_argument("--source-size", type=int, default=256,
                         help="side of the generated JPEG files (real crops are 120-360 px)")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="an existing tree in the report's layout (default: generate one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    gpu = device.type == "cuda"
+    batch = args.batch_size or (256 if gpu else 64)
+    steps = args.steps or (30 if gpu else 6)
+    warmup = args.warmup or (10 if gpu else 2)
+    baseline_steps = args.baseline_steps or (4 if gpu else steps)
     seed_everything(0)
+    if gpu:
+        torch.backends.cudnn.benchmark = True  # as wbc.train.fit sets it on a GPU
     threads = torch.get_num_threads()
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    capability = torch.backends.cpu.get_cpu_capability()
-    bf16_native = peak["bf16"] > peak["fp32"]
-    print(f"torch {torch.__version__}, {cpu_model()}, {capability}, {threads} threads; "
-          f"matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s"
-          + ("" if bf16_native else " (no bf16 in hardware: bf16 timed on 1 step)"))
+    peak = {"fp32": matmul_peak(torch.float32, device),
+            "bf16": matmul_peak(torch.bfloat16, device)}
+    bf16_native = gpu or peak["bf16"] > peak["fp32"]
+    print(f"{describe()}, {threads} threads, device {device}; matmul peak fp32 "
+          f"{peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s"
+          + ("" if bf16_native else " (no bf16 in hardware: bf16 timed on 1 step)"), flush=True)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "tree"
-        needed = args.batch_size * (args.warmup + args.steps)
-        scale = min(1.0, max(0.02, needed / 8447 * 1.2))
-        started = time.perf_counter()
-        synthesize(root, scale=scale, image_size=args.source_size, seed=0)
-        print(f"generated {root} at scale {scale:.3f} ({args.source_size} px JPEG) in "
-              f"{time.perf_counter() - started:.0f} s")
+        root = args.root or Path(tmp) / "tree"
+        if args.root is None:
+            needed = batch * (warmup + steps)
+            scale = min(1.0, max(0.02, needed / 8447 * 1.2))
+            started = time.perf_counter()
+            synthesize(root, scale=scale, image_size=args.source_size, seed=0)
+            print(f"generated {root} at scale {scale:.3f} ({args.source_size} px JPEG) in "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
         for size in args.image_size:
-            flops = step_flops(size, args.batch_size) / args.batch_size
-            base = baseline(root, size, args.batch_size, args.steps, args.warmup)
-            row: dict[str, Any] = {"image_size": size, "gflop_per_image": flops / 1e9,
-                                   "baseline": base}
-            row["fp32"] = project(root, size, args.batch_size, args.steps, args.warmup, "fp32",
-                                  Path(tmp) / "cache")
-            # Without bf16 in hardware (AVX2-only CPUs) autocast is far slower than fp32: one
-            # timed step is enough to show it and keeps the run within minutes.
-            bf16_steps = args.steps if bf16_native else 1
-            row["bf16"] = project(root, size, args.batch_size, bf16_steps, 1, "bf16",
-                                  Path(tmp) / "cache")
-            for name in ("baseline", "fp32", "bf16"):
-                fig = row[name]
-                peak_key = "bf16" if name == "bf16" else "fp32"
+            flops = step_flops(size)
+            config = TrainConfig().replace(image_size=size)
+            data = load_plan(plan_wbc(scan_tree(root, verify=False), config),
+                             cache_dir=Path(tmp) / "cache")
+            row: dict[str, Any] = {"image_size": size, "batch_size": batch,
+                                   "gflop_per_image": flops / 1e9}
+            runs = variants(data, root, size, batch, steps, warmup, baseline_steps, device,
+                            compile_model=args.compile, bf16_native=bf16_native)
+            for name, run in runs:
+                try:
+                    fig = run()
+                except Exception as err:  # one failing variant must not lose the others
+                    fig = {"error": f"{type(err).__name__}: {err}"}
+                    print(f"{size:4d} px {name:20s} failed: {fig['error']}", flush=True)
+                    row[name] = fig
+                    continue
+                autocast = name == "full bf16" or (gpu and "fp32" not in name
+                                                    and "baseline" not in name)
+                peak_key = "bf16" if autocast else "fp32"
                 fig["peak_share"] = fig["images_per_second"] * flops / 1e9 / peak[peak_key]
-                print(f"{size:4d} px {name:8s} {fig['images_per_second']:7.1f} img/s  "
-                      f"{100 * fig['peak_share']:5.1f}% of {peak_key} peak  "
-                      f"data path {100 * fig['data_share']:5.1f}% of the time")
-            row["speedup_fp32"] = row["fp32"]["images_per_second"] / base["images_per_second"]
-            row["speedup_bf16"] = row["bf16"]["images_per_second"] / base["images_per_second"]
-            print(f"{size:4d} px speedup fp32={row['speedup_fp32']:.2f} "
-                  f"bf16={row['speedup_bf16']:.2f}")
+                row[name] = fig
+                extra = []
+                if fig.get("gpu_peak_gib") is not None:
+                    extra.append(f"GPU peak {fig['gpu_peak_gib']:.2f} GiB")
+                if fig.get("data_share") is not None:
+                    extra.append(f"data path {100 * fig['data_share']:4.1f}% of the time")
+                if fig.get("compile_seconds"):
+                    extra.append(f"compile+warm-up {fig['compile_seconds']:.0f} s")
+                print(f"{size:4d} px {name:20s} {fig['images_per_second']:8.1f} img/s  "
+                      f"{100 * fig['peak_share']:5.1f}% of {peak_key} peak  " + "  ".join(extra),
+                      flush=True)
+                if args.json is not None:  # after each variant: a time limit keeps these
+                    _write(args.json, peak, threads, device, [*results, row])
+            row["pastes"] = paste_rate(data, size, device)
+            print(f"{size:4d} px mask copy-paste (once an epoch): "
+                  f"{row['pastes']['images_per_second']:.0f} new images/s", flush=True)
+            row["syncs"] = sync_count(data, size, batch, device)
+            if row["syncs"]:
+                print(f"{size:4d} px synchronising calls per epoch: {row['syncs']}", flush=True)
+            ips = {k: v["images_per_second"] for k, v in row.items()
+                   if isinstance(v, dict) and "images_per_second" in v}
+            if "full path" in ips and "model only" in ips:
+                row["full_over_model"] = ips["full path"] / ips["model only"]
+            if "baseline" in ips:
+                row["speedup_fp32"] = ips.get("full path", 0.0) / ips["baseline"]
+                row["speedup_bf16"] = ips.get("full bf16", ips.get("full path", 0.0)) \
+                    / ips["baseline"]
+            print(f"{size:4d} px full path = {100 * row.get('full_over_model', 0):.0f}% of model "
+                  f"only; over the baseline x{row.get('speedup_fp32', 0):.2f}", flush=True)
             results.append(row)
-    if args.json is not None:
-        args.json.write_text(json.dumps({"peak_gflops": peak, "threads": threads,
-                                         "cpu": cpu_model(), "capability": capability,
-                                         "torch": torch.__version__, "results": results},
-                                        indent=2))
-    fp32 = min(r["speedup_fp32"] for r in results)
-    bf16 = min(r["speedup_bf16"] for r in results)
-    print(f"speedup fp32={fp32:.2f} bf16={bf16:.2f}")
+            if args.json is not None:  # after each size: a later failure keeps these
+                _write(args.json, peak, threads, device, results)
+    if gpu:
+        for r in results:
+            print(f"{gpu_name()} {r['image_size']} px batch {batch}: full path "
+                  f"{r['full path'].get('images_per_second', 0):.0f} img/s = "
+                  f"{100 * r.get('full_over_model', 0):.0f}% of model only "
+                  f"({r['model only'].get('images_per_second', 0):.0f} img/s)")
+    else:
+        fp32 = min(r.get("speedup_fp32", 0) for r in results)
+        bf16 = min(r.get("speedup_bf16", 0) for r in results)
+        print(f"speedup fp32={fp32:.2f} bf16={bf16:.2f}")
+    print(f"host peak resident memory {host_peak_gib():.2f} GiB")
+
+
+def _no_benchmark(data: Any, size: int, batch: int, steps: int, warmup: int,
+                  device: torch.device) -> dict[str, Any]:
+    torch.backends.cudnn.benchmark = False
+    try:
+        return full_path(data, size, batch, steps, warmup, device, precision="bf16")
+    finally:
+        torch.backends.cudnn.benchmark = True
+
+
+def _write(path: Path, peak: dict[str, float], threads: int, device: torch.device,
+           results: list[dict[str, Any]]) -> None:
+    path.write_text(json.dumps({"peak_gflops": peak, "threads": threads, "cpu": cpu_model(),
+                                "gpu": gpu_name(), "device": str(device),
+                                "capability": torch.backends.cpu.get_cpu_capability(),
+                                "torch": torch.__version__, "host_peak_gib": host_peak_gib(),
+                                "results": results}, indent=2, default=str))
 
 
 if __name__ == "__main__":

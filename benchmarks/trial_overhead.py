@@ -146,7 +146,7 @@ def main() -> None:
         import ray
         import torch
 
-        from study.runner import cpu_model
+        from wbc.hardware import cpu_model
 
         print(f"{cpu_model()}, {os.cpu_count()} cores ({args.cpus} given to Ray); "
               f"torch {torch.__version__}, ray {ray.__version__}, "

@@ -35,6 +35,7 @@ from typing import Any
 from study.results import ResultsStore
 from study.spec import StudySpec
 from wbc.datasets import DatasetError, Tree, class_counts, scan_tree
+from wbc.hardware import cpu_model
 from wbc.layout import WBC_CLASSES
 
 __all__ = ["StudyError", "cpu_model", "provenance", "run_study", "synthetic_tree"]
@@ -86,17 +87,6 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")
-
-
-def cpu_model() -> str:
-    """The CPU's model name, for provenance and benchmark headers."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def provenance() -> dict[str, Any]:

@@ -53,8 +53,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="background of pasted cells: empty (the report), own, other image")
     p.add_argument("--image-size", type=int, default=128, help="working resolution in pixels")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16 autocast on CPU (a GPU always uses bf16 AMP)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 AMP on a GPU, fp32 on a CPU; bf16: autocast anywhere")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)

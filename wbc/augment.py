@@ -18,6 +18,7 @@ one per image, so flips and colour jitter here are per-image tensor arithmetic i
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "inpaint_cells",
     "mask_paste",
     "normalize",
+    "random_resized_crop",
     "to_float_nchw",
 ]
 
@@ -90,15 +92,31 @@ def to_float_nchw(images: Tensor, *, dtype: torch.dtype = torch.float32) -> Tens
     return images.permute(0, 3, 1, 2).to(dtype).div_(255)
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple[float, ...], shape: tuple[int, ...], device: torch.device,
+              dtype: torch.dtype) -> Tensor:
+    """A small constant on ``device``, copied there once: a copy from host memory per batch
+    would make the host wait for the GPU's queue to drain (a synchronisation every step)."""
+    return torch.tensor(values, dtype=dtype).view(shape).to(device)
+
+
+def _on(matrix: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    return _constant(tuple(matrix.flatten().tolist()), tuple(matrix.shape), device, dtype)
+
+
 def normalize(
     images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor
 ) -> Tensor:
     """``(images - mean) / std`` per channel of float ``(N, 3, H, W)``; returns a new tensor."""
     if not isinstance(std, Tensor) and any(v == 0 for v in std):
         raise ValueError(f"normalize: std must be nonzero per channel, got {list(std)}")
-    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images - mean_t) / std_t
+    if isinstance(mean, Tensor) or isinstance(std, Tensor):
+        mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device)
+        std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device)
+    else:
+        mean_t = _constant(tuple(map(float, mean)), (len(mean),), images.device, images.dtype)
+        std_t = _constant(tuple(map(float, std)), (len(std),), images.device, images.dtype)
+    return (images - mean_t.view(1, -1, 1, 1)) / std_t.view(1, -1, 1, 1)
 
 
 def _rand(generator: torch.Generator, shape: Sequence[int], device: torch.device) -> Tensor:
@@ -533,7 +551,7 @@ def color_jitter(
         x = (x * factor).clamp(0, 1)
     if contrast:
         factor = (1 + contrast * u[1]).clamp_min(0).view(n, 1, 1, 1)
-        luma = _RGB_TO_YIQ[0].to(device, dtype).view(1, 3, 1, 1)
+        luma = _on(_RGB_TO_YIQ[0], device, dtype).view(1, 3, 1, 1)
         mean = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
         x = (factor * x + (1 - factor) * mean).clamp(0, 1)
     if saturation or hue:
@@ -545,6 +563,76 @@ def color_jitter(
         chroma[:, 1, 2] = -s * angle.sin()
         chroma[:, 2, 1] = s * angle.sin()
         chroma[:, 2, 2] = s * angle.cos()
-        matrix = _YIQ_TO_RGB.to(device, dtype) @ chroma @ _RGB_TO_YIQ.to(device, dtype)
+        matrix = _on(_YIQ_TO_RGB, device, dtype) @ chroma @ _on(_RGB_TO_YIQ, device, dtype)
         x = torch.einsum("nij,njhw->nihw", matrix, x).clamp(0, 1)
     return x
+
+
+def random_resized_crop(
+    images: Tensor,
+    *,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    rotate: bool = True,
+    padding_mode: Literal["reflection", "border"] = "reflection",
+) -> Tensor:
+    """A random crop of each image, turned by any angle and resized back to the input size.
+
+    torchvision's ``RandomResizedCrop`` (Szegedy et al. 2015) drawn per image, with a rotation
+    folded into the same warp: per image the crop covers a fraction ``scale`` of the area
+    (uniform), has aspect ratio (width / height in pixels) log-uniform in ``ratio``, lies
+    inside the image before it is turned, and is turned about its centre by a uniform angle in
+    [0, 360) when ``rotate``. A smear has no up, so any angle is as real as the 8 of
+    ``flip_rot90``; the corners a turn brings in from outside the image are ``padding_mode``
+    (``"reflection"``: mirrored content, ``"border"``: the edge pixels repeated). A crop side
+    that would exceed the image is clipped to it (torchvision retries the draw instead).
+
+    All crops are one ``affine_grid`` and one bilinear ``grid_sample`` over float
+    ``(N, C, H, W)``; the output has the input's shape and dtype. ``scale=(1, 1)``,
+    ``ratio=(1, 1)``, ``rotate=False`` is the identity (to float rounding).
+    """
+    if images.dim() != 4:
+        raise ValueError(
+            f"random_resized_crop: expected images (N, C, H, W), got {tuple(images.shape)}"
+        )
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"random_resized_crop: scale must satisfy 0 < low <= high <= 1, got {scale}")
+    if not 0 < ratio[0] <= ratio[1]:
+        raise ValueError(f"random_resized_crop: ratio must satisfy 0 < low <= high, got {ratio}")
+    if padding_mode not in ("reflection", "border"):
+        raise ValueError(
+            f"random_resized_crop: padding_mode must be 'reflection' or 'border', got {padding_mode!r}"
+        )
+    dtype = _work_dtype(images, "random_resized_crop")
+    n, c, h, w = images.shape
+    if n == 0:
+        return images.clone()
+    device = images.device
+    # Draw all five always, so that ``rotate`` does not change the other parameters.
+    u = _rand(generator, (5, n), device).to(dtype)
+    area = scale[0] + (scale[1] - scale[0]) * u[0]
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[1])
+    # Crop sides as fractions of the image's: area * H * W pixels of width / height = aspect.
+    cw = (area * aspect * (h / w)).sqrt().clamp(max=1)
+    ch = (area / aspect * (w / h)).sqrt().clamp(max=1)
+    # Centre in normalised coordinates, the crop inside [-1, 1] before it is turned.
+    tx = (1 - cw) * (2 * u[2] - 1)
+    ty = (1 - ch) * (2 * u[3] - 1)
+    angle = u[4] * math.tau if rotate else torch.zeros_like(u[4])
+    cos, sin = angle.cos(), angle.sin()
+    # Output normalised (a, b) -> crop pixels (a cw W/2, b ch H/2) about its centre, turned
+    # in pixel space (square pixels, whatever H / W), back to normalised input coordinates.
+    theta = torch.stack(
+        [
+            torch.stack([cos * cw, -sin * ch * (h / w), tx], 1),
+            torch.stack([sin * cw * (w / h), cos * ch, ty], 1),
+        ],
+        1,
+    )
+    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    out = F.grid_sample(
+        images.to(dtype), grid, mode="bilinear", padding_mode=padding_mode, align_corners=False
+    )
+    return out.to(images.dtype)

@@ -22,7 +22,8 @@ __all__ = [
 
 Background = Literal["none", "own", "other"]
 Imbalance = Literal["none", "weighted", "balanced"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]
+LrRule = Literal["none", "linear", "sqrt"]
 
 
 def _check(config: object, **ranges: tuple[float, float]) -> None:
@@ -54,6 +55,10 @@ class ModelConfig:
     strategy: str = "scratch"  # a name in wbc.strategies: scratch | pretrain | pretrain_aug | ...
     imagenet_weights: str | None = None  # a local torchvision resnet18 file; never downloaded
     channels_last: bool = True  # ~20% faster convolutions on CPU and GPU
+    # torch.compile the model: off by default, its compile time (tens of seconds per trial)
+    # outweighs the gain on the short trials of a study; benchmarks/train_throughput.py --compile
+    # measures both.
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,11 @@ class OptimConfig:
     label_smoothing: float = 0.0
     imbalance: Imbalance = "none"  # Neutrophils are 61%: weighted loss or balanced sampling
     batch_size: int = 64  # per worker
+    # Large batches: the peak rate becomes lr * rule(global batch / lr_reference_batch), with the
+    # global batch = batch_size x workers. "linear" is Goyal et al. (2017) for SGD, "sqrt" suits
+    # AdamW; "none" uses lr as given whatever the batch.
+    lr_rule: LrRule = "none"
+    lr_reference_batch: int = 256
     epochs: int = 10
     # An epoch passes over the training set as often as it takes to see this many images:
     # WBC_1 (82 images at full scale, a handful on a small synthetic tree) would otherwise get
@@ -78,7 +88,17 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _check(self, min_epoch_images=(0, 1 << 30), lr=(1e-8, 10.0), weight_decay=(0.0, 1.0), momentum=(0.0, 1.0),
                warmup_epochs=(0.0, 1e6), label_smoothing=(0.0, 0.5), batch_size=(1, 1 << 16),
-               epochs=(1, 100_000), step_every=(1, 100_000), step_gamma=(0.0, 1.0))
+               epochs=(1, 100_000), step_every=(1, 100_000), step_gamma=(0.0, 1.0),
+               lr_reference_batch=(1, 1 << 20))
+
+    def peak_lr(self, workers: int = 1) -> float:
+        """The learning rate after warmup for ``workers`` data-parallel workers (``lr_rule``)."""
+        ratio = self.batch_size * max(1, workers) / self.lr_reference_batch
+        if self.lr_rule == "linear":
+            return self.lr * ratio
+        if self.lr_rule == "sqrt":
+            return self.lr * ratio**0.5
+        return self.lr
 
 
 @dataclass(frozen=True)
@@ -102,7 +122,9 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     deterministic: bool = False  # bit-reproducible kernels; slower
-    precision: Precision = "fp32"  # bf16 autocast (CPU option; the default on GPU is AMP bf16)
+    # auto: bf16 autocast on a GPU (measured not to cost accuracy, README performance section),
+    # fp32 on a CPU (no bf16 hardware on AVX2 machines; "bf16" asks for it on AVX-512/AMX ones).
+    precision: Precision = "auto"
     # Training images whose batch statistics replace BatchNorm's running averages before each
     # evaluation ("precise BN", Wu & Johnson 2021): with few steps per epoch (WBC_1 has 82
     # images) the running averages lag the weights and evaluation collapses. 0 turns it off.

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.treegen import make_cam16_prcc, make_wbc_tree
+from wbc.augment import _constant, normalize
 from wbc.config import OptimConfig, TrainConfig
 from wbc.data import PreparedData, load_plan, plan_cam16, plan_wbc
 from wbc.datasets import DatasetError, scan_tree
@@ -16,6 +17,8 @@ from wbc.layout import WBC_CLASSES
 from wbc.model import build_resnet18
 from wbc.seeding import seed_everything
 from wbc.train import (
+    _autocast,
+    build_optimizer,
     fit,
     load_checkpoint,
     lr_at,
@@ -49,6 +52,48 @@ def test_lr_schedules_are_pure_functions_of_the_step() -> None:
     step = OptimConfig(lr=1.0, schedule="step", step_every=2, step_gamma=0.5)
     assert [lr_at(s, total_steps=60, warmup_steps=0, optim=step, steps_per_epoch=10)
             for s in (0, 19, 20, 40)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_large_batch_rules_scale_the_peak_rate_by_the_global_batch() -> None:
+    linear = OptimConfig(lr=0.1, batch_size=512, lr_rule="linear", lr_reference_batch=256)
+    assert linear.peak_lr() == pytest.approx(0.2)
+    assert linear.peak_lr(workers=4) == pytest.approx(0.8)  # global batch 2048
+    sqrt = OptimConfig(lr=0.1, batch_size=1024, lr_rule="sqrt", lr_reference_batch=256)
+    assert sqrt.peak_lr() == pytest.approx(0.2)
+    assert OptimConfig(lr=0.1, batch_size=1024).peak_lr(workers=8) == 0.1  # "none"
+    # The schedule warms up to, and decays from, the scaled rate.
+    assert lr_at(9, total_steps=100, warmup_steps=10, optim=linear, steps_per_epoch=10,
+                 workers=4) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="lr_rule='cubic'"):
+        OptimConfig(lr_rule="cubic")  # type: ignore[arg-type]
+
+
+def test_optimisers_are_the_fused_kind() -> None:
+    model = build_resnet18(5)
+    for name in ("sgd", "adamw"):
+        optimizer = build_optimizer(model, OptimConfig(optimizer=name))
+        assert optimizer.defaults["fused"] is True, name
+
+
+def test_precision_auto_means_fp32_on_a_cpu(tiny_tree: Path) -> None:
+    model = build_resnet18(5)
+    x = torch.randn(2, 3, 32, 32)
+    for precision, dtype in (("auto", torch.float32), ("fp32", torch.float32),
+                             ("bf16", torch.bfloat16)):
+        with _autocast(torch.device("cpu"), precision):
+            assert model(x).dtype == dtype, precision
+    assert TrainConfig().precision == "auto"
+
+
+def test_normalize_keeps_its_constants_on_the_device_once() -> None:
+    x = torch.rand(4, 3, 8, 8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    want = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(normalize(x, mean, std), want)
+    assert normalize(x, mean, std) is not x
+    # Made once per (values, device, dtype): no host-to-device copy per batch.
+    assert _constant((0.5, 0.25), (2,), torch.device("cpu"), torch.float32) is _constant(
+        (0.5, 0.25), (2,), torch.device("cpu"), torch.float32)
 
 
 def test_selection_and_reporting_halves_are_disjoint_stratified_and_fixed() -> None:
@@ -119,6 +164,7 @@ def test_mask_augmentation_adds_factor_images_per_mask(tiny_tree: Path, tmp_path
 
 
 @pytest.mark.parametrize("overrides", [{"precision": "bf16"}, {"imbalance": "weighted"},
+                                       {"lr_rule": "linear", "lr_reference_batch": 8},
                                        {"imbalance": "balanced", "optimizer": "adamw",
                                         "lr": 1e-3}])
 def test_options_run(tiny_tree: Path, tmp_path: Path, overrides: dict[str, Any]) -> None:

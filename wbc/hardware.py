@@ -1,0 +1,39 @@
+"""What the numbers were measured on: CPU and GPU names, for provenance and benchmark headers."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+__all__ = ["cpu_model", "describe", "gpu_name"]
+
+
+def cpu_model() -> str:
+    """The CPU's model name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_name() -> str | None:
+    """The first visible CUDA device's name, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(0)
+
+
+def describe() -> str:
+    """One line: GPU (if any), CPU, cores, torch version."""
+    import torch
+
+    gpu = gpu_name()
+    parts = [f"GPU {gpu}" if gpu else "no GPU", cpu_model(), f"{os.cpu_count()} cores",
+             f"torch {torch.__version__}"]
+    return ", ".join(parts)
