@@ -590,7 +590,8 @@ def random_resized_crop(
 
     All crops are one ``affine_grid`` and one bilinear ``grid_sample`` over float
     ``(N, C, H, W)``; the output has the input's shape and dtype. ``scale=(1, 1)``,
-    ``ratio=(1, 1)``, ``rotate=False`` is the identity (to float rounding).
+    ``ratio=(W / H, W / H)`` (1 for square images), ``rotate=False`` is the identity (to float
+    rounding).
     """
     if images.dim() != 4:
         raise ValueError(
