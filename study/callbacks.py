@@ -65,8 +65,12 @@ def _error_text(trial: Any) -> str:
 
 def trial_row(study: str, config: dict[str, Any], settings: dict[str, Any],
               epochs: list[dict[str, Any]], final: dict[str, Any] | None, *, status: str,
-              tune_trial_id: str, error: str | None = None) -> dict[str, Any]:
-    """One ``trials.parquet`` row from a trial's config, epoch rows and final report."""
+              tune_trial_id: str, error: str | None = None,
+              last_report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One ``trials.parquet`` row from a trial's config, epoch rows and final report.
+
+    ``last_report``: the trial's last report as Tune holds it, for a trial stopped early (its
+    record fields, such as ``pretrain_key``, are not kept in the epoch rows)."""
     row: dict[str, Any] = {
         "study": study, "cell": config["cell"], "subset": config["subset"],
         "strategy": config["strategy"], "phase": config["phase"],
@@ -81,7 +85,8 @@ def trial_row(study: str, config: dict[str, Any], settings: dict[str, Any],
     if final is None and epochs:  # stopped early: the best epoch's selection figures
         last = epochs[-1]
         best = next((e for e in epochs if e["epoch"] == last.get("best_epoch")), last)
-        source = {**last, **{k: v for k, v in best.items() if k.startswith("val_")},
+        kept = {k: v for k, v in (last_report or {}).items() if k in _RECORD_FIELDS}
+        source = {**kept, **last, **{k: v for k, v in best.items() if k.startswith("val_")},
                   "train_images": last.get("train_images")}
     for key, value in source.items():
         wanted = key.startswith(("val_", "test_")) or key in _RECORD_FIELDS
@@ -199,7 +204,8 @@ class StudyCallback(Callback):
             settings = {k: v for k, v in config.items()}
         epochs = [self._epochs[trial.trial_id][k] for k in sorted(self._epochs[trial.trial_id])]
         row = trial_row(self.study, config, settings, epochs, final, status=status,
-                        tune_trial_id=trial.trial_id, error=error)
+                        tune_trial_id=trial.trial_id, error=error,
+                        last_report=getattr(trial, "last_result", None))
         self._store().write_trial(row, epochs)
         return row
 

@@ -122,10 +122,12 @@ def _summary(record: dict[str, Any], results: Path) -> str:
              f"{session.get('pretrain_seconds', 0):.0f} s, trials "
              f"{session.get('tune_seconds', 0):.0f} s on {session.get('slots')} slot(s))"]
     overhead = session.get("per_trial_overhead_seconds")
+    held = (f"{session['held_device']}-time held ({session['held_device_seconds']:.0f} "
+            f"{session['held_device']}-seconds)" if "held_device" in session else "slot time")
     parts.append(f"{session.get('trials_run', 0)} trials run; inside training loops "
                  f"{_pct(session.get('inside_training_loops_fraction', math.nan))} of the "
-                 "slot time" + (f"; per-trial overhead {overhead:.1f} s" if overhead is not None
-                                else ""))
+                 f"{held}" + (f"; per-trial overhead {overhead:.1f} s" if overhead is not None
+                              else ""))
     parts.append(f"results: {results}  (trials.parquet, epochs.parquet, study.json)")
     if record["status"] != "complete":
         parts.append(f"continue with: study run --resume {results}")

@@ -42,8 +42,11 @@ METRICS = (("test_accuracy", "accuracy"), ("test_macro_f1", "macro-F1"),
            ("test_balanced_accuracy", "balanced accuracy"))
 COMPARISONS = (("pretrain", "scratch", "does CAM16 pretraining help?"),
                ("pretrain_aug", "pretrain", "does the mask-based augmentation help?"),
-               ("pretrain_aug", "scratch", "both against scratch"))
-SEARCHED = ("lr", "weight_decay", "imbalance", "aug_factor", "background")
+               ("pretrain_aug", "scratch", "both against scratch"),
+               ("ssl", "scratch", "does pRCC self-supervised pretraining help?"),
+               ("ssl_pretrain", "pretrain", "does pRCC SSL before CAM16 help?"),
+               ("ssl", "pretrain", "pRCC SSL against CAM16 supervised"))
+SEARCHED = ("lr", "weight_decay", "imbalance", "mask_augment", "aug_factor", "background")
 
 
 @dataclass
@@ -422,6 +425,30 @@ def _recall_section(report: Report) -> list[str]:
     return [*lines, ""]
 
 
+def _pretrain_lines(pretrain: dict[str, Any]) -> list[str]:
+    """One line per pretraining source; a study from before the SSL strategies stored the
+    CAM16 record alone."""
+    if "val_accuracy" in pretrain:
+        pretrain = {"cam16": pretrain}
+    lines = []
+    for source, record in pretrain.items():
+        if source == "prcc_ssl":
+            lines.append(
+                f"- pRCC self-supervised pretraining (SimCLR): loss "
+                f"{record.get('ssl_loss', math.nan):.3f} after {record.get('epochs')} epochs on "
+                f"{record.get('ssl_images', record.get('prcc_images'))} images; CAM16 probe "
+                f"of the frozen backbone: k-NN {record.get('knn_accuracy', math.nan):.3f} "
+                f"(random init {record.get('knn_accuracy_random', math.nan):.3f}), linear "
+                f"{record.get('linear_probe_accuracy', math.nan):.3f} (random init "
+                f"{record.get('linear_probe_accuracy_random', math.nan):.3f})")
+        else:
+            start = " from the pRCC SSL backbone" if source == "prcc_ssl+cam16" else ""
+            lines.append(f"- CAM16 pretraining{start}: val accuracy "
+                         f"{record.get('val_accuracy', 0):.3f}, test accuracy "
+                         f"{record.get('test_accuracy', 0):.3f}, {record.get('epochs')} epochs")
+    return lines
+
+
 def _best_section(report: Report) -> list[str]:
     lines = ["## Best configuration per cell", "",
              "The search trial with the highest selection macro-F1 (what the final seeds "
@@ -435,6 +462,8 @@ def _best_section(report: Report) -> list[str]:
         for name in SEARCHED:
             value = cell.best.get(name)
             if name in ("aug_factor", "background") and not cell.best.get("aug_factor"):
+                value = None
+            if isinstance(value, float) and math.isnan(value):
                 value = None
             values.append("–" if value is None else f"{value:.3g}" if isinstance(value, float)
                           else str(value))
@@ -528,11 +557,7 @@ def _provenance_section(report: Report) -> list[str]:
         f"- hardware: {hardware.get('cpu')}, {hardware.get('cpu_count')} CPUs, "
         f"{hardware.get('memory_gib')} GiB, GPUs: {', '.join(hardware.get('gpus') or []) or 'none'}",
     ]
-    pretrain = study.get("pretrain")
-    if pretrain:
-        lines.append(f"- CAM16 pretraining: val accuracy {pretrain.get('val_accuracy', 0):.3f}, "
-                     f"test accuracy {pretrain.get('test_accuracy', 0):.3f}, "
-                     f"{pretrain.get('epochs')} epochs")
+    lines += _pretrain_lines(study.get("pretrain") or {})
     for i, session in enumerate(sessions, 1):
         if "wall_seconds" not in session:
             lines.append(f"- session {i}: stopped before it finished (no timing recorded)")

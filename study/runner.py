@@ -255,12 +255,13 @@ def run_study(spec: StudySpec | None, results: Path, *, resume: bool = False,
 
     from study.pretraining import ensure_pretrained
 
-    pretrained = None
-    if spec.needs_cam16:
-        pretrained = ensure_pretrained(tree, spec, results, cache_dir=cache_dir, say=say)
-        record["pretrain"] = pretrained.record
-        held = min(float(slots), pretrained.cpus / spec.resources.cpus_per_trial)
-        session["pretrain_loop_slot_seconds"] = pretrained.loop_seconds_this_session * held
+    pretrained = ensure_pretrained(tree, spec, results, cache_dir=cache_dir, say=say)
+    if pretrained:
+        record["pretrain"] = {source: {**p.record, "key": p.key}
+                              for source, p in pretrained.items()}
+        session["pretrain_loop_slot_seconds"] = sum(
+            p.loop_seconds_this_session * min(float(slots), p.cpus / spec.resources.cpus_per_trial)
+            for p in pretrained.values())
     session["pretrain_seconds"] = clock.lap()
     store.write_study(record)
 
@@ -277,7 +278,7 @@ def run_study(spec: StudySpec | None, results: Path, *, resume: bool = False,
     return record
 
 
-def _tune(spec: StudySpec, tree: Tree, results: Path, pretrained: Any, slots: int, *,
+def _tune(spec: StudySpec, tree: Tree, results: Path, pretrained: dict[str, Any], slots: int, *,
           resume: bool, quiet: bool, cache_dir: str | None) -> tuple[Any, bool]:
     import optuna
     from ray import tune
@@ -291,8 +292,8 @@ def _tune(spec: StudySpec, tree: Tree, results: Path, pretrained: Any, slots: in
     context = StudyContext(
         study=spec.name, tree=tree, base=base, results=str(results), resources=spec.resources,
         checkpoint_every=spec.checkpoint_every, redraw_subsets=spec.redraw_subsets,
-        pretrained=str(pretrained.weights) if pretrained else None,
-        pretrain_key=pretrained.key if pretrained else None, cache_dir=cache_dir)
+        pretrained={source: str(p.weights) for source, p in pretrained.items()},
+        pretrain_keys={source: p.key for source, p in pretrained.items()}, cache_dir=cache_dir)
     trainable = with_resources(context)
     experiment = results / TUNE_DIR
     # Tune's own status tables and banners: this study prints its own progress.
@@ -365,7 +366,8 @@ def _reconcile(spec: StudySpec, grid: Any, store: ResultsStore) -> None:
                                 checkpoint_every=spec.checkpoint_every).to_flat()
         store.write_trial(trial_row(spec.name, config, settings, epochs, final, status=status,
                                     tune_trial_id=str(metrics.get("trial_id", "")),
-                                    error=str(result.error) if result.error else None), epochs)
+                                    error=str(result.error) if result.error else None,
+                                    last_report=metrics), epochs)
 
 
 def _account(record: dict[str, Any], session: dict[str, Any], store: ResultsStore,
@@ -395,6 +397,14 @@ def _account(record: dict[str, Any], session: dict[str, Any], store: ResultsStor
                                          if len(mine) and inside.notna().any() else None)
     in_loops = loop + session.get("pretrain_loop_slot_seconds", 0.0)
     session["inside_training_loops_fraction"] = in_loops / (session["wall_seconds"] * slots)
+    # What the slots hold, in device-seconds: a trial's share of a GPU (or its CPUs) x slots.
+    resources = StudySpec.from_dict(record["spec"]).resources
+    device, share = (("GPU", resources.gpus_per_trial) if resources.gpus_per_trial > 0
+                     else ("CPU", resources.cpus_per_trial))
+    if resources.mode == "train":
+        share *= resources.workers_per_trial
+    session["held_device"] = device
+    session["held_device_seconds"] = session["wall_seconds"] * slots * share
     record["wall_seconds"] = sum(s.get("wall_seconds", 0.0) for s in record["sessions"])
 
 

@@ -1,7 +1,8 @@
 """The search space, in one place: what Optuna may choose for a cell, and nothing else.
 
 Per cell, because a strategy that pastes cells has two more knobs (how many pastes, on what
-background) than one that does not. Distributions only; no training code calls ``suggest_*``.
+background) than one that does not, and the self-supervised strategies search the pastes'
+on/off switch (``mask_augment``) as well. Distributions only; no training code calls ``suggest_*``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def cell_space(space: SearchSpace, strategy: str) -> dict[str, BaseDistribution]
                                           log=True),
         "imbalance": CategoricalDistribution(list(space.imbalance)),
     }
-    if get_strategy(strategy).mask_augment:
+    chosen = get_strategy(strategy)
+    if chosen.augment_switch:
+        dists["mask_augment"] = CategoricalDistribution([False, True])
+    if chosen.mask_augment or chosen.augment_switch:
         dists["aug_factor"] = IntDistribution(space.aug_factor_min, space.aug_factor_max)
         dists["background"] = CategoricalDistribution(list(space.background))
     return dists

@@ -95,7 +95,7 @@ class StudySpec:
     synthetic_seed: int = 0
     image_size: int = 32  # working resolution
     subsets: tuple[str, ...] = ("WBC_100", "WBC_50", "WBC_10", "WBC_1")
-    strategies: tuple[str, ...] = ("scratch", "pretrain", "pretrain_aug")
+    strategies: tuple[str, ...] = ("scratch", "pretrain", "pretrain_aug", "ssl", "ssl_pretrain")
     search_trials: int = 3  # Optuna trials per cell
     startup_trials: int = 2  # random trials before TPE models a cell
     epochs: int = 3
@@ -106,6 +106,12 @@ class StudySpec:
     seed: int = 0  # seeds the samplers; trial seeds derive from it
     pretrain_epochs: int = 8  # CAM16, once per study
     pretrain_lr: float = 0.05
+    # Self-supervised pretraining (the ssl strategies): wbc.ssl.SSLConfig settings, image_size
+    # aside (the study's); an epoch sees at least ssl_min_epoch_images images (pRCC tiled).
+    ssl: dict[str, Any] = field(default_factory=lambda: {
+        "epochs": 20, "batch_size": 64, "lr": 2e-3, "warmup_epochs": 2.0, "probe_steps": 50})
+    ssl_min_epoch_images: int = 256
+    ssl_include_wbc: bool = False  # add the WBC_100 training images, labels unused
     # Settings every trial shares (flat wbc.config.TrainConfig names); the search overrides its own.
     train: dict[str, Any] = field(default_factory=lambda: {
         "batch_size": 64, "bn_recalibrate": 128, "min_epoch_images": 128})
@@ -138,6 +144,11 @@ class StudySpec:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"name={self.name!r}: use a plain folder name")
         self.base_config()  # the shared settings must make a valid TrainConfig
+        if self.needs_prcc:
+            self.ssl_config()
+        if self.ssl_min_epoch_images < 0:
+            raise ValueError(f"ssl_min_epoch_images={self.ssl_min_epoch_images!r} must be at "
+                             "least 0")
 
     @property
     def cells(self) -> tuple[tuple[str, str], ...]:
@@ -148,6 +159,24 @@ class StudySpec:
     @property
     def needs_cam16(self) -> bool:
         return any(get_strategy(s).pretrain == "cam16" for s in self.strategies)
+
+    @property
+    def needs_prcc(self) -> bool:
+        return any(get_strategy(s).ssl == "prcc" for s in self.strategies)
+
+    def ssl_config(self) -> Any:
+        """The ``wbc.ssl.SSLConfig`` of the study's self-supervised pretraining."""
+        from wbc.ssl import SSLConfig
+
+        unknown = sorted(set(self.ssl) - {f.name for f in dataclasses.fields(SSLConfig)})
+        if unknown:
+            raise ValueError(f"ssl settings: unknown {', '.join(unknown)}; valid: "
+                             f"{', '.join(f.name for f in dataclasses.fields(SSLConfig))}")
+        try:
+            return SSLConfig(**{**self.ssl, "image_size": self.image_size,
+                                "seed": self.ssl.get("seed", self.seed)})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"ssl settings: {err}") from err
 
     def base_config(self) -> TrainConfig:
         """The TrainConfig every trial starts from."""
@@ -187,7 +216,8 @@ class StudySpec:
                 if not isinstance(target.get(parent), dict):
                     raise ValueError(f"--set {assignment!r}: {parent!r} has no fields")
                 target = target[parent]
-            if parents != ["train"] and leaf not in target:
+            # train and ssl are open tables, checked against TrainConfig / SSLConfig later.
+            if parents not in (["train"], ["ssl"]) and leaf not in target:
                 raise ValueError(f"--set {assignment!r}: no field {name!r}; valid: "
                                  f"{', '.join(sorted(target))}")
             target[leaf] = _parse_value(text.strip())
@@ -260,6 +290,10 @@ _PAPER = StudySpec(
     name="paper", preset="paper", synthetic_scale=1.0, image_size=224, search_trials=20,
     startup_trials=8, epochs=30, grace_epochs=5, reduction_factor=3, final_seeds=5,
     pretrain_epochs=20, pretrain_lr=0.05,
+    # SimCLR on the 1,419 pRCC images: 200 epochs of 5,700 images (pRCC tiled 4x) at batch 256.
+    ssl={"epochs": 200, "batch_size": 256, "lr": 1e-3, "warmup_epochs": 10.0,
+         "probe_steps": 100},
+    ssl_min_epoch_images=5700,
     train={"batch_size": 256, "bn_recalibrate": 2048, "min_epoch_images": 4096,
            "report_every": 1},
     checkpoint_every=5,

@@ -11,6 +11,7 @@ Ray Train V2 costs about a second per report (DESIGN.md), so a run reports every
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -51,12 +52,16 @@ __all__ = [
     "TrainOutcome",
     "build_trainer",
     "ensure_cam16_pretrain",
+    "ensure_ssl_pretrain",
     "run_training",
+    "ssl_loop_per_worker",
     "train_loop_per_worker",
     "warm_cache",
 ]
 
 CHECKPOINT_FILE = "checkpoint.pt"
+POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+POLL_INTERVAL_SECONDS = "0.25"  # unless the environment says otherwise
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,10 @@ def build_trainer(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
                   pretrained: Path | None = None, callbacks: list[Any] | None = None,
                   extra_metrics: dict[str, Any] | None = None) -> TorchTrainer:
     """A ``TorchTrainer`` for one run; Tune trials add their report callback."""
+    # The trainer's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, and a
+    # worker's report waits for that poll: 2 s a report with Ray's default, measured
+    # (benchmarks/report_overhead.py). The controller takes the variable from this process.
+    os.environ.setdefault(POLL_INTERVAL_ENV, POLL_INTERVAL_SECONDS)
     resources: dict[str, float] = {"CPU": spec.cpus_per_worker}
     if spec.use_gpu:
         resources["GPU"] = spec.gpus_per_worker
@@ -191,15 +200,18 @@ def run_training(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
 
 def ensure_cam16_pretrain(tree: Tree, wbc_config: TrainConfig, spec: RunSpec, *, epochs: int,
                           lr: float | None = None, log: Any = print,
-                          store_dir: Path | str | None = None) -> PretrainResult:
+                          store_dir: Path | str | None = None,
+                          init: tuple[Path, str] | None = None) -> PretrainResult:
     """The report's step A, once: reuse a stored CAM16 run with the same data and settings.
 
-    Results are stored under ``store_dir`` (default: the cache, ``spec.cache_dir``).
+    Results are stored under ``store_dir`` (default: the cache, ``spec.cache_dir``). ``init``:
+    (weights, key) of a backbone to start from (the pRCC SSL one, for ``ssl_pretrain``).
     """
     store = store_dir if store_dir is not None else spec.cache_dir
-    config = pretrain_config(wbc_config, epochs=epochs, lr=lr)
+    config = pretrain_config(wbc_config, epochs=epochs, lr=lr, from_ssl=init is not None)
     plan = plan_cam16(tree, image_size=wbc_config.data.image_size)
-    key = pretrain_key(warm_cache(plan, spec.cache_dir), config)
+    key = pretrain_key(warm_cache(plan, spec.cache_dir), config,
+                       init=init[1] if init else None)
     found = cached_pretrain(key, store)
     if found is not None:
         log(f"CAM16 pretraining {key}: reused (val accuracy "
@@ -212,7 +224,137 @@ def ensure_cam16_pretrain(tree: Tree, wbc_config: TrainConfig, spec: RunSpec, *,
         started = time.perf_counter()
         log(f"CAM16 pretraining {key}: {len(plan.train)} images, {epochs} epochs")
         outcome = run_training(plan, config, RunSpec(**{**spec.__dict__,
-                                                         "name": f"pretrain-cam16-{key}"}))
+                                                         "name": f"pretrain-cam16-{key}"}),
+                               pretrained=init[0] if init else None)
         state = outcome.load_checkpoint()["best_state"]
         metrics = {**outcome.metrics, "pretrain_seconds": time.perf_counter() - started}
         return store_pretrain(key, state, metrics, store)
+
+
+SSL_CHECKPOINT_FILE = "ssl.pt"
+
+
+def _ssl_images(samples: Any, image_size: int, cache_dir: str | None, *,
+                min_epoch_images: int) -> tuple[torch.Tensor, str]:
+    """The unlabelled images as uint8 (N, S, S, 3), tiled to at least ``min_epoch_images`` (a
+    tiny pRCC would give an epoch of one step; each copy gets its own random views)."""
+    import numpy as np
+
+    decoded = decode_samples(list(samples), image_size, name="pRCC", cache_dir=cache_dir)
+    images = torch.from_numpy(np.array(decoded.images))  # a copy: the cache is read-only
+    n = images.shape[0]
+    if n < min_epoch_images:
+        images = images[torch.arange(min_epoch_images) % n]
+    return images, decoded.fingerprint
+
+
+def ssl_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """What each Ray Train worker of a self-supervised pretraining run runs."""
+    from wbc.ssl import SSLConfig, ssl_pretrain
+
+    config = SSLConfig(**loop_config["ssl"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
+    device = get_device()
+    images, _ = _ssl_images(loop_config["samples"], config.image_size, loop_config["cache_dir"],
+                            min_epoch_images=loop_config["min_epoch_images"])
+    images = images.to(device)
+    probe = None
+    plan: SplitPlan | None = loop_config.get("probe_plan")
+    if plan is not None:  # the quality signal: a k-NN probe of the frozen backbone on CAM16
+        data = load_plan(plan, cache_dir=loop_config["cache_dir"]).to(device)
+        probe = (data.train.images, data.train.labels, data.selection.images,
+                 data.selection.labels)
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_checkpoint(Path(folder) / SSL_CHECKPOINT_FILE)
+
+    def on_epoch(row: dict[str, Any], state: dict[str, Any] | None) -> None:
+        row = {k: v for k, v in row.items() if isinstance(v, int | float | str)}
+        if state is not None and rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                save_checkpoint(state, Path(folder) / SSL_CHECKPOINT_FILE)
+                ray.train.report(row, checkpoint=Checkpoint.from_directory(folder),
+                                 checkpoint_dir_name=f"epoch-{row['epoch']:05d}")
+        else:
+            ray.train.report(row)
+
+    ssl_pretrain(images, config, probe=probe, on_epoch=on_epoch, resume=resume)
+
+
+def ensure_ssl_pretrain(tree: Tree, config: Any, spec: RunSpec, *, min_epoch_images: int = 0,
+                        include_wbc: bool = False, log: Any = print,
+                        store_dir: Path | str | None = None) -> tuple[PretrainResult, bool]:
+    """SimCLR on the tree's pRCC images, once: (the stored backbone, whether trained now).
+    ``include_wbc`` adds the WBC_100 training images, their labels unused.
+
+    A Ray Train run (``spec``: workers, GPU, CPUs) whose every epoch reports the loss and, when
+    the tree has CAM16, a k-NN probe accuracy on CAM16 val; the last report adds a linear probe
+    and the random-init baselines of both. Keyed by the pRCC decode fingerprint and every
+    setting (``wbc.pretrain.pretrain_key``), stored under ``store_dir`` (default: the cache).
+    """
+    if not tree.prcc:
+        raise ValueError(f"{tree.root / 'pRCC'} holds no images: self-supervised pretraining "
+                         "needs them")
+    store = store_dir if store_dir is not None else spec.cache_dir
+    samples = [*tree.prcc, *(tree.wbc.get("WBC_100/train", ()) if include_wbc else ())]
+    decoded = decode_samples(samples, config.image_size, name="pRCC", cache_dir=spec.cache_dir)
+    settings = {**config.to_flat(), "min_epoch_images": min_epoch_images}
+    key = pretrain_key(decoded.fingerprint, settings)
+    found = cached_pretrain(key, store, kind="prcc_ssl")
+    if found is not None:
+        log(f"pRCC self-supervised pretraining {key}: reused (k-NN probe accuracy "
+            f"{found.metrics.get('knn_accuracy', float('nan')):.3f})")
+        return found, False
+    probe_plan = None
+    if tree.cam16.get("train") and tree.cam16.get("val"):
+        probe_plan = plan_cam16(tree, image_size=config.image_size)
+        warm_cache(probe_plan, spec.cache_dir)
+    with pretrain_lock(key, store, kind="prcc_ssl"):
+        found = cached_pretrain(key, store, kind="prcc_ssl")
+        if found is not None:
+            return found, False
+        log(f"pRCC self-supervised pretraining {key}: {len(samples)} images, "
+            f"{config.epochs} epochs")
+        os.environ.setdefault(POLL_INTERVAL_ENV, POLL_INTERVAL_SECONDS)
+        resources: dict[str, float] = {"CPU": spec.cpus_per_worker}
+        if spec.use_gpu:
+            resources["GPU"] = spec.gpus_per_worker
+        trainer = TorchTrainer(
+            ssl_loop_per_worker,
+            train_loop_config={"ssl": config.to_flat(), "samples": samples,
+                               "probe_plan": probe_plan, "cache_dir": spec.cache_dir,
+                               "min_epoch_images": min_epoch_images,
+                               "threads": max(1, int(spec.cpus_per_worker))},
+            scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(  # type: ignore[call-arg]
+                name=f"{spec.name}-{key}", storage_path=spec.storage_path,
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                failure_config=FailureConfig(max_failures=spec.max_failures),
+                logging_config=LoggingConfig(log_level=spec.log_level)))
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        if result.checkpoint is None:
+            raise RuntimeError(f"the pRCC self-supervised run at {result.path} left no "
+                               "checkpoint")
+        with result.checkpoint.as_directory() as folder:
+            state = load_checkpoint(Path(folder) / SSL_CHECKPOINT_FILE)
+        metrics = dict(result.metrics or {})
+        metrics["loop_seconds"] = float(sum(row.get("epoch_seconds", 0.0)
+                                            for row in state["history"]))
+        metrics["prcc_images"] = len(tree.prcc)
+        metrics["ssl_images"] = len(samples)
+        stored = store_pretrain(key, state["model"], metrics, store, kind="prcc_ssl")
+        log(f"pRCC self-supervised pretraining {key}: loss "
+            f"{state['history'][0].get('ssl_loss', float('nan')):.3f} -> "
+            f"{metrics.get('ssl_loss', float('nan')):.3f}; CAM16 probe: k-NN "
+            f"{metrics.get('knn_accuracy', float('nan')):.3f} (random init "
+            f"{metrics.get('knn_accuracy_random', float('nan')):.3f}), linear "
+            f"{metrics.get('linear_probe_accuracy', float('nan')):.3f} (random init "
+            f"{metrics.get('linear_probe_accuracy_random', float('nan')):.3f})")
+        return stored, True

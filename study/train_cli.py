@@ -61,6 +61,13 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-epochs", type=int, default=5, help="CAM16 pretraining epochs")
     p.add_argument("--pretrain-lr", type=float, default=None,
                    help="CAM16 learning rate (default: --lr)")
+    p.add_argument("--mask-augment", choices=["on", "off"], default=None,
+                   help="the pastes on or off for ssl and ssl_pretrain (default: off)")
+    p.add_argument("--ssl-epochs", type=int, default=20,
+                   help="pRCC self-supervised (SimCLR) epochs, for ssl and ssl_pretrain")
+    p.add_argument("--ssl-batch-size", type=int, default=64)
+    p.add_argument("--ssl-epoch-images", type=int, default=256,
+                   help="images an SSL epoch sees at least (pRCC tiled)")
     p.add_argument("--imagenet-weights", type=Path, default=None,
                    help="local torchvision resnet18 ImageNet weights file (never downloaded)")
     p.add_argument("--report-every", type=int, default=1, help="epochs between Ray reports")
@@ -125,7 +132,13 @@ def run(args: argparse.Namespace) -> int:
     """Run one cell: check the tree, pretrain on CAM16 if needed (cached), train, print."""
     import ray
 
-    from study.train import RunSpec, ensure_cam16_pretrain, run_training, warm_cache
+    from study.train import (
+        RunSpec,
+        ensure_cam16_pretrain,
+        ensure_ssl_pretrain,
+        run_training,
+        warm_cache,
+    )
     from wbc.config import TrainConfig
     from wbc.data import plan_wbc
     from wbc.datasets import scan_tree
@@ -143,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
             "aug_factor": args.aug_factor, "background": args.background, "seed": args.seed,
             "deterministic": args.deterministic, "precision": args.precision,
             "report_every": args.report_every,
+            "mask_augment": None if args.mask_augment is None else args.mask_augment == "on",
         })
     except ValueError as err:
         raise _user_error(str(err)) from err
@@ -163,9 +177,24 @@ def run(args: argparse.Namespace) -> int:
         ray.init(logging_level=logging.WARNING, log_to_driver=not args.quiet)
     pretrained = None
     pretrain_metrics: dict[str, Any] = {}
-    if get_strategy(args.strategy).pretrain == "cam16":
+    strategy = get_strategy(args.strategy)
+    ssl = None
+    if strategy.ssl == "prcc":
+        from wbc.ssl import SSLConfig
+
+        try:
+            ssl_config = SSLConfig(image_size=args.image_size, epochs=args.ssl_epochs,
+                                   batch_size=args.ssl_batch_size, seed=args.seed)
+        except ValueError as err:
+            raise _user_error(f"ssl settings: {err}") from err
+        ssl, _ = ensure_ssl_pretrain(tree, ssl_config, RunSpec(**{**spec.__dict__,
+                                                                  "name": f"{name}-ssl"}),
+                                     min_epoch_images=args.ssl_epoch_images, log=_say)
+        pretrained = ssl.weights
+    if strategy.pretrain == "cam16":
         result = ensure_cam16_pretrain(tree, config, spec, epochs=args.pretrain_epochs,
-                                       lr=args.pretrain_lr, log=_say)
+                                       lr=args.pretrain_lr, log=_say,
+                                       init=(ssl.weights, ssl.key) if ssl else None)
         pretrained, pretrain_metrics = result.weights, result.metrics
     outcome = run_training(plan, config, spec, pretrained=pretrained)
     metrics = dict(outcome.metrics)

@@ -26,7 +26,7 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from wbc.data import SplitPlan, load_plan, plan_wbc
 from wbc.datasets import Tree
 from wbc.pretrain import initial_model
 from wbc.seeding import seed_everything
-from wbc.strategies import get_strategy
+from wbc.strategies import get_strategy, uses_pastes
 from wbc.train import fit, load_checkpoint, save_checkpoint
 
 __all__ = ["METRIC", "MODE", "StudyContext", "run_trial", "scalars", "trial_config",
@@ -64,9 +64,23 @@ class StudyContext:
     resources: Resources
     checkpoint_every: int  # 0: no trial checkpoints
     redraw_subsets: bool
-    pretrained: str | None = None  # CAM16 weights for the strategies that need them
-    pretrain_key: str | None = None
+    # Starting weights by source (study.pretraining.weights_source): cam16, prcc_ssl, ...
+    pretrained: dict[str, str] = field(default_factory=dict)
+    pretrain_keys: dict[str, str] = field(default_factory=dict)
     cache_dir: str | None = None
+
+
+def starting_weights(context: StudyContext, strategy: str) -> tuple[Path | None, str | None]:
+    """The stored weights a strategy's trial starts from, and their key (None, None: random)."""
+    from study.pretraining import weights_source
+
+    source = weights_source(strategy)
+    if source is None:
+        return None, None
+    if source not in context.pretrained:
+        raise RuntimeError(f"strategy {strategy!r} starts from {source} weights, which this "
+                           "study did not pretrain")
+    return Path(context.pretrained[source]), context.pretrain_keys.get(source)
 
 
 def trial_config(base: dict[str, Any], config: dict[str, Any], *, redraw_subsets: bool,
@@ -75,7 +89,8 @@ def trial_config(base: dict[str, Any], config: dict[str, Any], *, redraw_subsets
     searched = {k: v for k, v in config.items() if k not in TRIAL_KEYS}
     settings = {**base, **searched, "subset": config["subset"],
                 "strategy": config["strategy"], "seed": int(config["seed"])}
-    if not get_strategy(config["strategy"]).mask_augment:
+    strategy = get_strategy(config["strategy"])
+    if not uses_pastes(strategy, settings.get("mask_augment")):
         settings["aug_factor"] = 0
     if redraw_subsets and config["phase"] == "final":
         settings["subset_seed"] = int(config["seed"])
@@ -135,8 +150,8 @@ def _run_inline(context: StudyContext, config: TrainConfig, plan: SplitPlan,
     seed_everything(config.seed, deterministic=config.deterministic)
     device = _device(context.resources)
     data = load_plan(plan, cache_dir=context.cache_dir).to(device)
-    model = initial_model(config, num_classes=len(plan.classes),
-                          pretrained=Path(context.pretrained) if context.pretrained else None)
+    weights, weights_key = starting_weights(context, config.model.strategy)
+    model = initial_model(config, num_classes=len(plan.classes), pretrained=weights)
     model = model.to(device)
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -144,7 +159,7 @@ def _run_inline(context: StudyContext, config: TrainConfig, plan: SplitPlan,
         with checkpoint.as_directory() as folder:
             resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
     base = {"notes": "; ".join(plan.notes), "excluded_files": plan.excluded_files,
-            "data_fingerprint": data.fingerprint, "pretrain_key": context.pretrain_key,
+            "data_fingerprint": data.fingerprint, "pretrain_key": weights_key,
             "device": str(device), "hostname": socket.gethostname(), "pid": os.getpid(),
             "world_size": 1, "setup_seconds": time.perf_counter() - started,
             "resumed_from_epoch": int(resume["epoch"]) if resume is not None else 0}
@@ -179,9 +194,10 @@ def _run_on_ray_train(context: StudyContext, config: dict[str, Any], train_confi
         workers=resources.workers_per_trial, use_gpu=resources.gpus_per_trial > 0,
         gpus_per_worker=resources.gpus_per_trial or 1.0,
         cpus_per_worker=resources.cpus_per_trial, cache_dir=context.cache_dir)
-    extra = {"pretrain_key": context.pretrain_key}
+    weights, weights_key = starting_weights(context, train_config.model.strategy)
+    extra = {"pretrain_key": weights_key}
     trainer = build_trainer(plan, train_config, spec, callbacks=[TuneReportCallback()],
-                            pretrained=Path(context.pretrained) if context.pretrained else None,
+                            pretrained=weights,
                             extra_metrics=extra)
     result = trainer.fit()
     if result.error is not None:

@@ -109,6 +109,9 @@ class AugmentConfig:
     paste_every_epoch: bool = False  # redraw the pastes each epoch (the report drew them once)
     flips: bool = True  # flips and 90-degree rotations: a smear has no up
     color_jitter: float = 0.1  # brightness/contrast/saturation strength; 0 turns it off
+    # The pastes on or off for a strategy whose augmentation is a searched switch (ssl,
+    # ssl_pretrain); None: the strategy's default. Other strategies ignore it.
+    mask_augment: bool | None = None
 
     def __post_init__(self) -> None:
         _check(self, aug_factor=(0, 100), max_shift=(0.0, 0.5), color_jitter=(0.0, 1.0))

@@ -29,7 +29,7 @@ from wbc.cache import DecodedSet, decode_samples
 from wbc.config import TrainConfig
 from wbc.datasets import DatasetError, Sample, Tree
 from wbc.layout import CAM16_CLASSES, WBC_CLASSES, subset_percent
-from wbc.strategies import get_strategy
+from wbc.strategies import get_strategy, uses_pastes
 from wbc.subsets import derive_subsets
 from wbc.train import EvalData, TrainData, selection_reporting_split
 
@@ -116,13 +116,17 @@ def plan_wbc(tree: Tree, config: TrainConfig) -> SplitPlan:
         raise DatasetError(f"{tree.root}: not usable ({len(tree.errors)} error(s)); run "
                            "`wbc check` on it, fix them or exclude the files")
     strategy = get_strategy(config.model.strategy)
+    if strategy.ssl == "prcc" and not tree.prcc:
+        raise DatasetError(f"strategy {strategy.name!r} pretrains self-supervised on pRCC, but "
+                           f"{tree.root / 'pRCC'} holds no images; add pRCC or use --strategy "
+                           "scratch")
     if strategy.pretrain == "cam16" and not tree.cam16.get("train"):
         raise DatasetError(f"strategy {strategy.name!r} pretrains on CAM16, but "
                            f"{tree.root / 'CAM16'} has no train split; add CAM16 "
                            "(CAM16/train/data/{normal,tumor}) or use --strategy scratch")
     train = train_samples(tree, config)
     notes = []
-    if strategy.mask_augment and config.augment.aug_factor > 0:
+    if uses_pastes(strategy, config.augment.mask_augment) and config.augment.aug_factor > 0:
         if not any(s.mask is not None for s in tree.wbc.get("WBC_100/train", ())):
             raise DatasetError(f"strategy {strategy.name!r} pastes masked cells, but "
                                f"{tree.root} has no masks (WBC_100/train/mask/<Class>/); add "

@@ -2,8 +2,10 @@
 
 A strategy says how a WBC model starts and whether it sees the mask-based copy-paste
 augmentation; the study crosses every strategy with every subset. The report's three
-experiments are built in (its section 3); self-supervised pRCC pretraining, which the report
-proposes in its conclusion, is meant to be added with :func:`register_strategy`.
+experiments are built in (its section 3), then the two its conclusion opens: self-supervised
+pretraining on the unlabelled pRCC images (``ssl``), and that followed by the CAM16 supervised
+pretraining (``ssl_pretrain``), each with the mask-based augmentation as a searched switch.
+Others can be added with :func:`register_strategy`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Strategy", "get_strategy", "register_strategy", "strategy_names"]
+__all__ = ["Strategy", "get_strategy", "register_strategy", "strategy_names", "uses_pastes"]
 
 # Names end up in cell ids, trial names, file paths and Parquet values: keep them to one
 # spelling that needs no quoting anywhere.
@@ -24,8 +26,13 @@ class Strategy:
 
     name: str  # registry key, e.g. "pretrain_aug"; lowercase letters, digits and "_"
     description: str  # one line for reports and --help
-    pretrain: str | None  # pretraining source it needs (e.g. "cam16"), None = random init
+    pretrain: str | None  # supervised pretraining source it needs (e.g. "cam16"), or None
     mask_augment: bool  # uses the report's 2.3 mask-based cell copy-paste augmentation
+    # Self-supervised pretraining source (e.g. "prcc"), before the supervised one if any.
+    ssl: str | None = None
+    # The mask-based augmentation is a searched switch (``mask_augment`` in the search space)
+    # rather than fixed by ``mask_augment``, which is then only its default.
+    augment_switch: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -38,6 +45,16 @@ class Strategy:
                 f"strategy {self.name!r}: pretrain source {self.pretrain!r} must be None or a "
                 "lowercase name such as 'cam16'"
             )
+        if self.ssl is not None and not _NAME.fullmatch(self.ssl):
+            raise ValueError(
+                f"strategy {self.name!r}: self-supervised source {self.ssl!r} must be None or a "
+                "lowercase name such as 'prcc'"
+            )
+
+    @property
+    def starts_pretrained(self) -> bool:
+        """Whether the WBC model starts from stored weights (any pretraining at all)."""
+        return self.pretrain is not None or self.ssl is not None
 
 
 _REGISTRY: dict[str, Strategy] = {}
@@ -52,6 +69,14 @@ def register_strategy(strategy: Strategy) -> Strategy:
         )
     _REGISTRY[strategy.name] = strategy
     return strategy
+
+
+def uses_pastes(strategy: Strategy, mask_augment: bool | None) -> bool:
+    """Whether a run makes copy-paste images: the searched switch when the strategy has one and
+    the trial set it, else the strategy's own ``mask_augment``."""
+    if strategy.augment_switch and mask_augment is not None:
+        return mask_augment
+    return strategy.mask_augment
 
 
 def get_strategy(name: str) -> Strategy:
@@ -93,5 +118,27 @@ register_strategy(
         description="CAM16 pretraining plus the mask-based cell copy-paste augmentation",
         pretrain="cam16",
         mask_augment=True,
+    )
+)
+register_strategy(
+    Strategy(
+        name="ssl",
+        description="ResNet-18 pretrained self-supervised (SimCLR) on the unlabelled pRCC "
+        "images, head replaced by a 5-way layer; mask-based augmentation a searched switch",
+        pretrain=None,
+        mask_augment=False,
+        ssl="prcc",
+        augment_switch=True,
+    )
+)
+register_strategy(
+    Strategy(
+        name="ssl_pretrain",
+        description="pRCC self-supervised, then CAM16 supervised pretraining, then WBC; "
+        "mask-based augmentation a searched switch",
+        pretrain="cam16",
+        mask_augment=False,
+        ssl="prcc",
+        augment_switch=True,
     )
 )

@@ -36,7 +36,7 @@ from wbc.config import OptimConfig, TrainConfig
 from wbc.metrics import classification_metrics, flatten_metrics
 from wbc.model import unwrap_model
 from wbc.seeding import derive_seed
-from wbc.strategies import get_strategy
+from wbc.strategies import get_strategy, uses_pastes
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -453,7 +453,7 @@ def fit(
                     if config.optim.imbalance == "weighted" else None)
 
     def epoch_data(epoch: int) -> tuple[Tensor, Tensor]:
-        if not strategy.mask_augment:
+        if not uses_pastes(strategy, config.augment.mask_augment):
             return train.images, train.labels
         draw = epoch if config.augment.paste_every_epoch else 0
         images, labels = make_pastes(train, config, seed=derive_seed(config.seed, "paste", draw))

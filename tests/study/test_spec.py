@@ -34,16 +34,30 @@ def test_unknown_preset_names_it() -> None:
         preset("nope")
 
 
-def test_quick_has_twelve_cells_largest_subset_first() -> None:
+def test_quick_has_twenty_cells_largest_subset_first() -> None:
     spec = preset("quick")
-    assert len(spec.cells) == 12
-    assert len(set(spec.cells)) == 12
-    assert {s for _, s in spec.cells} == {"scratch", "pretrain", "pretrain_aug"}
+    assert len(spec.cells) == 20
+    assert len(set(spec.cells)) == 20
+    assert {s for _, s in spec.cells} == {"scratch", "pretrain", "pretrain_aug", "ssl",
+                                          "ssl_pretrain"}
     percents = [subset_percent(subset) for subset, _ in spec.cells]
     assert percents == sorted(percents, reverse=True)  # type: ignore[type-var]
     assert spec.cells[0] == ("WBC_100", "scratch")
     assert spec.cells[-1][0] == "WBC_1"
-    assert len(preset("paper").cells) == 12
+    assert len(preset("paper").cells) == 20
+    assert spec.needs_cam16 and spec.needs_prcc
+
+
+def test_ssl_settings_are_checked_by_name_and_value() -> None:
+    spec = preset("quick")
+    assert spec.ssl_config().image_size == spec.image_size
+    with pytest.raises(ValueError, match="ssl settings: unknown epoch"):
+        spec.with_overrides(["ssl.epoch=3"])
+    with pytest.raises(ValueError, match="temperature"):
+        spec.with_overrides(["ssl.temperature=0"])
+    # Without an SSL strategy the SSL settings are not needed, and pRCC neither.
+    plain = spec.with_overrides(['strategies=["scratch"]'])
+    assert not plain.needs_prcc
 
 
 @pytest.mark.parametrize("name", ["quick", "paper"])
@@ -206,7 +220,7 @@ def test_overrides_strings() -> None:
 def test_overrides_lists(assignment: str) -> None:
     spec = preset("quick").with_overrides([assignment])
     assert spec.subsets == ("WBC_10", "WBC_1")
-    assert len(spec.cells) == 6 and spec.cells[0] == ("WBC_10", "scratch")
+    assert len(spec.cells) == 10 and spec.cells[0] == ("WBC_10", "scratch")
 
 
 def test_overrides_single_word_for_a_tuple_field() -> None:

@@ -278,3 +278,37 @@ def test_report_from_the_tune_folder_alone_matches_the_parquet_one(
         return text[text.index("### accuracy"):text.index("## Paired comparisons")]
 
     assert table1(from_tune) == table1(from_parquet)
+
+
+def test_ssl_strategies_run_through_the_study_and_reach_the_report(
+        ray_local: None, tiny_root: Path, tmp_path: Path) -> None:
+    """pRCC SimCLR (a Ray Train run), CAM16 from its backbone, the mask switch searched, and
+    rows for both strategies in Table 1."""
+    from study.report import write_report
+
+    spec = _spec(tiny_root, subsets=["WBC_10"], strategies=["ssl", "ssl_pretrain"],
+                 search_trials=3, startup_trials=3, final_seeds=2,
+                 ssl={"epochs": 2, "batch_size": 8, "probe_steps": 5, "knn_k": 3},
+                 ssl_min_epoch_images=32)
+    results = tmp_path / "ssl"
+    record = run_study(spec, results, quiet=True)
+    assert record["status"] == "complete"
+    trials = _check_rows(results, spec)
+    # Every trial starts from stored weights: the SSL backbone, or the CAM16 run made from it.
+    ssl, chained = record["pretrain"]["prcc_ssl"], record["pretrain"]["prcc_ssl+cam16"]
+    assert set(record["pretrain"]) == {"prcc_ssl", "prcc_ssl+cam16"}
+    assert ssl["epochs"] == 2 and 0.0 <= ssl["knn_accuracy"] <= 1.0
+    assert "linear_probe_accuracy_random" in ssl
+    assert (results / "pretrain" / f"prcc_ssl-{ssl['key']}" / "model.pt").exists()
+    assert chained["init_key"] == ssl["key"]
+    by_strategy = trials.groupby("strategy")["pretrain_key"].agg(set).to_dict()
+    assert by_strategy == {"ssl": {ssl["key"]}, "ssl_pretrain": {chained["key"]}}
+    # The switch is searched: a trial with it off made no pastes.
+    assert trials["mask_augment"].notna().all()
+    assert (trials.loc[~trials["mask_augment"].astype(bool), "aug_factor"] == 0).all()
+    assert (trials.loc[trials["mask_augment"].astype(bool), "aug_factor"] > 0).all()
+    report, _ = write_report(results, tmp_path / "report")
+    text = report.read_text()
+    table = text[text.index("### accuracy"):text.index("## Paired comparisons")]
+    assert "| ssl |" in table and "| ssl_pretrain |" in table
+    assert "pRCC self-supervised pretraining (SimCLR)" in text
