@@ -100,6 +100,18 @@ def warm_cache(plan: SplitPlan, cache_dir: str | None = None) -> str:
     return decoded.fingerprint
 
 
+def _report(metrics: dict[str, Any], state: dict[str, Any] | None, filename: str) -> None:
+    """``ray.train.report`` from a worker, with ``state`` saved as a checkpoint when given
+    (rank 0 only: the others report the metrics alone)."""
+    if state is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(state, Path(folder) / filename)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder),
+                         checkpoint_dir_name=f"epoch-{metrics['epoch']:05d}")
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs."""
     started = time.perf_counter()
@@ -139,13 +151,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics["epoch_history"] = [{k: v for k, v in row.items()
                                          if isinstance(v, int | float | str)}
                                         for row in resume["history"]]
-        if state is not None and rank == 0:
-            with tempfile.TemporaryDirectory() as folder:
-                save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder),
-                                 checkpoint_dir_name=f"epoch-{metrics['epoch']:05d}")
-        else:
-            ray.train.report(metrics)
+        _report(metrics, state if rank == 0 else None, CHECKPOINT_FILE)
 
     fit(model, config, data.train, data.selection, data.reporting, on_epoch=on_epoch,
         resume=resume)
@@ -274,13 +280,7 @@ def ssl_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def on_epoch(row: dict[str, Any], state: dict[str, Any] | None) -> None:
         row = {k: v for k, v in row.items() if isinstance(v, int | float | str)}
-        if state is not None and rank == 0:
-            with tempfile.TemporaryDirectory() as folder:
-                save_checkpoint(state, Path(folder) / SSL_CHECKPOINT_FILE)
-                ray.train.report(row, checkpoint=Checkpoint.from_directory(folder),
-                                 checkpoint_dir_name=f"epoch-{row['epoch']:05d}")
-        else:
-            ray.train.report(row)
+        _report(row, state if rank == 0 else None, SSL_CHECKPOINT_FILE)
 
     ssl_pretrain(images, config, probe=probe, on_epoch=on_epoch, resume=resume)
 

@@ -41,7 +41,7 @@ from torchvision.models import ResNet
 from wbc.augment import color_jitter, flip_rot90, normalize, random_resized_crop, to_float_nchw
 from wbc.model import HEAD, build_resnet18, unwrap_model
 from wbc.seeding import derive_seed
-from wbc.train import IMAGENET_MEAN, IMAGENET_STD
+from wbc.train import IMAGENET_MEAN, IMAGENET_STD, _autocast, _world
 
 __all__ = [
     "FEATURE_DIM",
@@ -171,17 +171,6 @@ def cosine_lr(step: int, *, base_lr: float, total_steps: int, warmup_steps: int)
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _autocast(device: torch.device, precision: str) -> torch.autocast:
-    enabled = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def _as_model_input(x: Tensor, channels_last: bool) -> Tensor:

@@ -112,7 +112,8 @@ def test_study_json_has_provenance_and_the_time_split(small_study: tuple[Path, S
     assert record["provenance"]["versions"]["torch"]
     assert record["provenance"]["hardware"]["cpu_count"] >= 1
     assert record["data"]["fingerprint"]
-    assert record["pretrain"]["val_accuracy"] >= 0.0
+    assert set(record["pretrain"]) == {"cam16"}  # pretrain_aug needs CAM16 alone
+    assert record["pretrain"]["cam16"]["val_accuracy"] >= 0.0
     session = record["sessions"][-1]
     for key in ("ray_startup_seconds", "data_seconds", "pretrain_seconds", "tune_seconds",
                 "wall_seconds", "per_trial_overhead_seconds", "train_loop_slot_seconds",
@@ -121,6 +122,9 @@ def test_study_json_has_provenance_and_the_time_split(small_study: tuple[Path, S
     assert session["trials_run"] == len(_expected_keys(spec))
     assert 0.0 < session["inside_training_loops_fraction"] <= 1.0
     assert session["slots"] == 2
+    # What the slots held: 2 slots x 1 CPU each for the whole session.
+    assert session["held_device"] == "CPU"
+    assert session["held_device_seconds"] == pytest.approx(2 * session["wall_seconds"])
 
 
 def test_tune_experiment_folder_works_with_tune_analysis(
