@@ -25,7 +25,7 @@ import torch
 from wbc.config import TrainConfig
 from wbc.data import load_plan, plan_wbc
 from wbc.datasets import scan_tree
-from wbc.hardware import describe
+from wbc.hardware import describe, pick_device
 from wbc.metrics import mean_interval
 from wbc.model import build_resnet18
 from wbc.seeding import seed_everything
@@ -46,8 +46,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="an existing tree")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if args.device == "auto" else args.device)
+    device = torch.device(pick_device(args.device))
     print(f"{describe()}; {args.subset} at {args.image_size} px, {args.epochs} epochs of "
           f"{args.epoch_images} images, batch {args.batch_size}, {args.seeds} seeds", flush=True)
     rows: list[dict[str, Any]] = []

@@ -37,7 +37,7 @@ from wbc.cache import decode_samples
 from wbc.config import TrainConfig
 from wbc.data import load_plan, plan_cam16, plan_wbc
 from wbc.datasets import scan_tree
-from wbc.hardware import describe
+from wbc.hardware import describe, pick_device
 from wbc.metrics import mean_interval
 from wbc.pretrain import initial_model, pretrain_config
 from wbc.seeding import seed_everything
@@ -115,8 +115,7 @@ def main() -> None:
     parser.add_argument("--subsets", nargs="+", default=list(SUBSETS))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if args.device == "auto" else args.device)
+    device = torch.device(pick_device(args.device))
     print(f"{describe()}; {args.image_size} px, {args.seeds} seeds, {args.epochs} epochs of "
           f"{args.epoch_images} images, batch {args.batch_size}, lr {args.lr}", flush=True)
     base = TrainConfig().replace(image_size=args.image_size, epochs=args.epochs,

@@ -46,7 +46,7 @@ from torchvision import datasets, transforms
 from wbc.config import TrainConfig
 from wbc.data import load_plan, plan_wbc
 from wbc.datasets import scan_tree
-from wbc.hardware import cpu_model, describe, gpu_name
+from wbc.hardware import cpu_model, describe, gpu_name, pick_device
 from wbc.model import build_resnet18
 from wbc.seeding import seed_everything
 from wbc.synth import synthesize
@@ -338,8 +338,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(pick_device(args.device))
     gpu = device.type == "cuda"
     batch = args.batch_size or (256 if gpu else 64)
     steps = args.steps or (30 if gpu else 6)

@@ -32,7 +32,7 @@ import torch
 from wbc.config import TrainConfig
 from wbc.data import load_plan, plan_wbc
 from wbc.datasets import scan_tree
-from wbc.hardware import describe
+from wbc.hardware import describe, pick_device
 from wbc.model import build_resnet18
 from wbc.seeding import seed_everything
 from wbc.synth import synthesize
@@ -122,8 +122,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = pick_device(args.device)
     args.threads = args.threads or torch.get_num_threads()
     if args.worker:
         worker(args)

@@ -40,12 +40,8 @@ __all__ = ["Pretrained", "ensure_pretrained", "weights_source"]
 
 
 def weights_source(strategy: str) -> str | None:
-    """What a strategy's WBC model starts from: ``cam16``, ``prcc_ssl``, ``prcc_ssl+cam16``, or
-    None for random init."""
-    chosen = get_strategy(strategy)
-    parts = ([f"{chosen.ssl}_ssl"] if chosen.ssl else []) + (
-        [chosen.pretrain] if chosen.pretrain else [])
-    return "+".join(parts) or None
+    """What a strategy's WBC model starts from (``wbc.strategies.Strategy.weights_source``)."""
+    return get_strategy(strategy).weights_source
 
 
 @dataclass(frozen=True)

@@ -272,7 +272,7 @@ def run_study(spec: StudySpec | None, results: Path, *, resume: bool = False,
 
     session["wall_seconds"] = time.perf_counter() - session_started
     session["finished_at"] = _now()
-    _account(record, session, store, slots)
+    _account(spec, record, session, store, slots)
     record["status"] = _status(spec, store, interrupted)
     store.write_study(record)
     return record
@@ -370,8 +370,8 @@ def _reconcile(spec: StudySpec, grid: Any, store: ResultsStore) -> None:
                                     last_report=metrics), epochs)
 
 
-def _account(record: dict[str, Any], session: dict[str, Any], store: ResultsStore,
-             slots: int) -> None:
+def _account(spec: StudySpec, record: dict[str, Any], session: dict[str, Any],
+             store: ResultsStore, slots: int) -> None:
     """Split the wall time: Ray start-up, data, pretraining, and inside the Tune run the time
     inside training loops against per-trial overhead. Utilisation is slot-seconds inside
     training loops over slot-seconds held (wall time x concurrent trial slots)."""
@@ -398,7 +398,7 @@ def _account(record: dict[str, Any], session: dict[str, Any], store: ResultsStor
     in_loops = loop + session.get("pretrain_loop_slot_seconds", 0.0)
     session["inside_training_loops_fraction"] = in_loops / (session["wall_seconds"] * slots)
     # What the slots hold, in device-seconds: a trial's share of a GPU (or its CPUs) x slots.
-    resources = StudySpec.from_dict(record["spec"]).resources
+    resources = spec.resources
     device, share = (("GPU", resources.gpus_per_trial) if resources.gpus_per_trial > 0
                      else ("CPU", resources.cpus_per_trial))
     if resources.mode == "train":

@@ -63,7 +63,7 @@ class Resources:
     gpus_per_trial: float = 0.0  # below 1 packs several trials on one GPU
     workers_per_trial: int = 1  # Ray Train workers (DDP ranks) per trial
     # inline: the Tune trial trains in its own (reused) process, about 1 s of overhead a trial;
-    # train: the trial drives a Ray Train TorchTrainer (DDP), some 35-40 s a trial on 2 CPUs.
+    # train: the trial drives a Ray Train TorchTrainer (DDP), about 30 s a trial on 2 CPUs.
     # auto: train when a trial has more than one worker, else inline.
     execution: Execution = "auto"
     max_concurrent: int = 0  # 0: as many as the cluster's resources fit

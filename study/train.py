@@ -161,6 +161,18 @@ def build_trainer(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
                   pretrained: Path | None = None, callbacks: list[Any] | None = None,
                   extra_metrics: dict[str, Any] | None = None) -> TorchTrainer:
     """A ``TorchTrainer`` for one run; Tune trials add their report callback."""
+    return _trainer(train_loop_per_worker, {
+        "config": config.to_flat(),
+        "plan": plan,
+        "pretrained": str(pretrained) if pretrained else None,
+        "extra": dict(extra_metrics or {}),  # added to every report
+    }, spec, callbacks=callbacks)
+
+
+def _trainer(loop: Any, loop_config: dict[str, Any], spec: RunSpec, *,
+             callbacks: list[Any] | None = None) -> TorchTrainer:
+    """The ``TorchTrainer`` of every run here: ``spec``'s workers and resources, one kept
+    checkpoint, and the cache folder and thread count added to ``loop_config``."""
     # The trainer's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, and a
     # worker's report waits for that poll: 2 s a report with Ray's default, measured
     # (benchmarks/report_overhead.py). The controller takes the variable from this process.
@@ -170,15 +182,9 @@ def build_trainer(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
         resources["GPU"] = spec.gpus_per_worker
     # mypy resolves ray.train.RunConfig to the Train V1 class; V2's (what runs) has these fields.
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": config.to_flat(),
-            "plan": plan,
-            "pretrained": str(pretrained) if pretrained else None,
-            "cache_dir": spec.cache_dir,
-            "threads": max(1, int(spec.cpus_per_worker)),
-            "extra": dict(extra_metrics or {}),  # added to every report
-        },
+        loop,
+        train_loop_config={**loop_config, "cache_dir": spec.cache_dir,
+                           "threads": max(1, int(spec.cpus_per_worker))},
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(  # type: ignore[call-arg]
@@ -241,7 +247,7 @@ SSL_CHECKPOINT_FILE = "ssl.pt"
 
 
 def _ssl_images(samples: Any, image_size: int, cache_dir: str | None, *,
-                min_epoch_images: int) -> tuple[torch.Tensor, str]:
+                min_epoch_images: int) -> torch.Tensor:
     """The unlabelled images as uint8 (N, S, S, 3), tiled to at least ``min_epoch_images`` (a
     tiny pRCC would give an epoch of one step; each copy gets its own random views)."""
     import numpy as np
@@ -251,7 +257,7 @@ def _ssl_images(samples: Any, image_size: int, cache_dir: str | None, *,
     n = images.shape[0]
     if n < min_epoch_images:
         images = images[torch.arange(min_epoch_images) % n]
-    return images, decoded.fingerprint
+    return images
 
 
 def ssl_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -263,7 +269,7 @@ def ssl_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank = context.get_world_rank()
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
     device = get_device()
-    images, _ = _ssl_images(loop_config["samples"], config.image_size, loop_config["cache_dir"],
+    images = _ssl_images(loop_config["samples"], config.image_size, loop_config["cache_dir"],
                             min_epoch_images=loop_config["min_epoch_images"])
     images = images.to(device)
     probe = None
@@ -319,24 +325,10 @@ def ensure_ssl_pretrain(tree: Tree, config: Any, spec: RunSpec, *, min_epoch_ima
             return found, False
         log(f"pRCC self-supervised pretraining {key}: {len(samples)} images, "
             f"{config.epochs} epochs")
-        os.environ.setdefault(POLL_INTERVAL_ENV, POLL_INTERVAL_SECONDS)
-        resources: dict[str, float] = {"CPU": spec.cpus_per_worker}
-        if spec.use_gpu:
-            resources["GPU"] = spec.gpus_per_worker
-        trainer = TorchTrainer(
-            ssl_loop_per_worker,
-            train_loop_config={"ssl": config.to_flat(), "samples": samples,
-                               "probe_plan": probe_plan, "cache_dir": spec.cache_dir,
-                               "min_epoch_images": min_epoch_images,
-                               "threads": max(1, int(spec.cpus_per_worker))},
-            scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
-                                         resources_per_worker=resources),
-            run_config=RunConfig(  # type: ignore[call-arg]
-                name=f"{spec.name}-{key}", storage_path=spec.storage_path,
-                checkpoint_config=CheckpointConfig(num_to_keep=1),
-                failure_config=FailureConfig(max_failures=spec.max_failures),
-                logging_config=LoggingConfig(log_level=spec.log_level)))
-        result = trainer.fit()
+        result = _trainer(ssl_loop_per_worker, {
+            "ssl": config.to_flat(), "samples": samples, "probe_plan": probe_plan,
+            "min_epoch_images": min_epoch_images,
+        }, RunSpec(**{**spec.__dict__, "name": f"{spec.name}-{key}"})).fit()
         if result.error is not None:
             raise result.error
         if result.checkpoint is None:

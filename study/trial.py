@@ -6,7 +6,7 @@ It turns Tune's flat ``config`` into a ``TrainConfig`` and trains, in one of two
   and the decode cache mapped once per process). About 1 s of overhead per trial on a 2-core
   CPU (the quick study's 72 trials): what a study of many small trials needs.
 - ``train``: the trial drives a Ray Train ``TorchTrainer`` (DDP over ``workers_per_trial``
-  workers) whose reports reach Tune through ``TuneReportCallback``. Some 35-40 s per trial on the
+  workers) whose reports reach Tune through ``TuneReportCallback``. About 30 s per trial on the
   same CPU, mostly the trainer's and its worker group's start-up: for trials big enough to want
   several GPUs.
 
@@ -64,7 +64,7 @@ class StudyContext:
     resources: Resources
     checkpoint_every: int  # 0: no trial checkpoints
     redraw_subsets: bool
-    # Starting weights by source (study.pretraining.weights_source): cam16, prcc_ssl, ...
+    # Starting weights by source (wbc.strategies.Strategy.weights_source): cam16, prcc_ssl, ...
     pretrained: dict[str, str] = field(default_factory=dict)
     pretrain_keys: dict[str, str] = field(default_factory=dict)
     cache_dir: str | None = None
@@ -72,9 +72,7 @@ class StudyContext:
 
 def starting_weights(context: StudyContext, strategy: str) -> tuple[Path | None, str | None]:
     """The stored weights a strategy's trial starts from, and their key (None, None: random)."""
-    from study.pretraining import weights_source
-
-    source = weights_source(strategy)
+    source = get_strategy(strategy).weights_source
     if source is None:
         return None, None
     if source not in context.pretrained:

@@ -6,7 +6,7 @@ import os
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_model", "describe", "gpu_name"]
+__all__ = ["cpu_model", "describe", "gpu_name", "pick_device"]
 
 
 def cpu_model() -> str:
@@ -27,6 +27,15 @@ def gpu_name() -> str | None:
     if not torch.cuda.is_available():
         return None
     return torch.cuda.get_device_name(0)
+
+
+def pick_device(name: str = "auto") -> str:
+    """``auto``: ``cuda`` when a GPU is visible, else ``cpu``; any other name as given."""
+    import torch
+
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def describe() -> str:

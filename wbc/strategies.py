@@ -52,9 +52,17 @@ class Strategy:
             )
 
     @property
+    def weights_source(self) -> str | None:
+        """What the WBC model starts from: ``cam16``, ``prcc_ssl``, ``prcc_ssl+cam16`` (the
+        self-supervised stage, then the supervised one), or None for random init."""
+        parts = ([f"{self.ssl}_ssl"] if self.ssl else []) + (
+            [self.pretrain] if self.pretrain else [])
+        return "+".join(parts) or None
+
+    @property
     def starts_pretrained(self) -> bool:
         """Whether the WBC model starts from stored weights (any pretraining at all)."""
-        return self.pretrain is not None or self.ssl is not None
+        return self.weights_source is not None
 
 
 _REGISTRY: dict[str, Strategy] = {}
