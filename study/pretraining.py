@@ -1,47 +1,63 @@
-"""Pretraining once per study, shared by every cell that needs it.
+"""Pretraining once, shared by every run that starts from it: one orchestration for every
+source of starting weights, used by ``study run`` and by ``wbc train``.
 
-Three kinds of starting weights, by source (:func:`weights_source` of a strategy):
+Three sources (``wbc.strategies.Strategy.weights_source``):
 
 - ``cam16``: the report's step A, a supervised CAM16 tumour/normal classifier from random init
   (``pretrain``, ``pretrain_aug``);
-- ``prcc_ssl``: SimCLR on the unlabelled pRCC images (``ssl``; ``wbc.ssl``), always a Ray Train
-  run that reports its loss and a k-NN probe on CAM16 every epoch;
+- ``prcc_ssl``: SimCLR on the unlabelled pRCC images (``ssl``; ``wbc.ssl``), a Ray Train run
+  that reports its loss and a k-NN probe on CAM16 every epoch;
 - ``prcc_ssl+cam16``: the CAM16 classifier trained from the ``prcc_ssl`` backbone
   (``ssl_pretrain``).
 
-The weights go into the results folder (``pretrain/<kind>-<key>/``), which is shared storage on
-a cluster, so trials on any node load the same file, and a resumed study finds them there. Each
-key is the decode fingerprint of the data plus every setting of the run, plus the key of the
-weights it started from (``wbc.pretrain.pretrain_key``).
-
-With inline trials the CAM16 runs are one Ray task holding as many CPUs as a few trials (and a
-GPU when trials use GPUs); with ``execution = "train"`` they are Ray Train runs like ``wbc
-train``'s.
+Each is keyed by the decode fingerprint of its data, every setting of its run and the key of the
+weights it started from, and kept in a ``wbc.pretrain.WeightsStore`` (a study's results folder,
+shared storage on a cluster; the cache for ``wbc train``), which trains it only when the key is
+not stored yet. Where the training runs is an executor's business: ``TaskExecutor`` (a Ray task
+on one node for the CAM16 runs, a one-worker Ray Train run for SimCLR; a study's inline trials)
+or ``TrainExecutor`` (Ray Train runs, DDP over several workers).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 
-from study.spec import StudySpec
+from study.train.trainer import RunSpec, run_ssl, run_training
 from wbc.cache import decode_samples
-from wbc.data import SplitPlan, load_plan, plan_cam16
-from wbc.datasets import Tree
-from wbc.pretrain import cached_pretrain, pretrain_config, pretrain_key, store_pretrain
+from wbc.config import PretrainSettings, SSLConfig, TrainConfig
+from wbc.data import SplitPlan, plan_cam16
+from wbc.datasets import Sample, Tree
+from wbc.pretrain import (
+    WeightsStore,
+    kind_of,
+    pretrain_config,
+    pretrain_key,
+    ssl_key,
+)
 from wbc.strategies import get_strategy
 
-__all__ = ["Pretrained", "ensure_pretrained", "weights_source"]
+__all__ = [
+    "SOURCES",
+    "Executor",
+    "Pretrained",
+    "TaskExecutor",
+    "TrainExecutor",
+    "ensure_sources",
+    "largest_node_cpus",
+    "sources_of",
+]
 
+# In the order they must be made: the SSL backbone before the CAM16 run that starts from it.
+SOURCES = ("prcc_ssl", "cam16", "prcc_ssl+cam16")
 
-def weights_source(strategy: str) -> str | None:
-    """What a strategy's WBC model starts from (``wbc.strategies.Strategy.weights_source``)."""
-    return get_strategy(strategy).weights_source
+State = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -50,120 +66,212 @@ class Pretrained:
     key: str
     record: dict[str, Any]  # accuracies / probe figures, epochs, seconds: for study.json
     loop_seconds_this_session: float  # inside the training loop; 0 when reused
-    cpus: float = 1.0  # what the pretraining held meanwhile
+    cpus: float = 0.0  # what the pretraining held meanwhile; 0 when reused
 
 
-def _train_cam16(plan: SplitPlan, flat: dict[str, Any], threads: int, use_gpu: bool,
-                 cache_dir: str | None, init: str | None = None
-                 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The pretraining fit, in a Ray task: best weights and the final record."""
+class Executor(Protocol):
+    """Where pretraining runs train."""
+
+    @property
+    def cpus(self) -> float:
+        """CPUs a run holds."""
+        ...
+
+    def supervised(self, plan: SplitPlan, config: TrainConfig, init: Path | None, name: str
+                   ) -> tuple[State, dict[str, Any]]:
+        """Train a classifier: (the best epoch's state dict, its final record with
+        ``loop_seconds``)."""
+        ...
+
+    def ssl(self, samples: list[Sample], config: SSLConfig, probe_plan: SplitPlan | None,
+            min_epoch_images: int, name: str) -> tuple[State, dict[str, Any]]:
+        """SimCLR: (the backbone's state dict, its final record with ``loop_seconds``)."""
+        ...
+
+
+def largest_node_cpus(cap: int = 8) -> int:
+    """The CPUs of the largest alive node, up to ``cap``: a one-off run on one node can use
+    no more (the cluster's sum would never be scheduled on a cluster of several nodes)."""
+    nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return max(1, int(min(max(nodes, default=1), cap)))
+
+
+def _supervised_task(plan: SplitPlan, flat: dict[str, Any], init: str | None, threads: int,
+                     use_gpu: bool, cache_dir: str | None) -> tuple[State, dict[str, Any]]:
+    """A pretraining run in a Ray task: best weights and the final record."""
     import torch
 
-    from wbc.config import TrainConfig
-    from wbc.pretrain import initial_model
-    from wbc.seeding import seed_everything
-    from wbc.train import fit
+    from wbc.run import train_run
 
-    config = TrainConfig.from_flat(flat)
-    torch.set_num_threads(threads)
-    seed_everything(config.seed)
-    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-    data = load_plan(plan, cache_dir=cache_dir).to(device)
-    model = initial_model(config, num_classes=len(plan.classes),
-                          pretrained=Path(init) if init else None).to(device)
-    result = fit(model, config, data.train, data.selection, data.reporting)
-    loop = float(sum(row.get("loop_seconds", 0.0) for row in result.history))
-    return result.best_state, {**result.metrics, "loop_seconds": loop}
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    result = train_run(plan, TrainConfig.from_flat(flat), device=device,
+                       weights=Path(init) if init else None, cache_dir=cache_dir,
+                       threads=threads)
+    loop = float(sum(row.get("loop_seconds", 0.0) for row in result.fit.history))
+    return result.fit.best_state, {**result.metrics, "loop_seconds": loop}
 
 
-def ensure_pretrained(tree: Tree, spec: StudySpec, results: Path, *,
-                      cache_dir: str | None = None,
-                      say: Callable[[str], None] = print) -> dict[str, Pretrained]:
-    """Every source the study's strategies start from, by :func:`weights_source`: found in
-    ``results`` (a resumed study) or trained now, the self-supervised backbone first."""
-    sources = {weights_source(s) for s in spec.strategies} - {None}
-    done: dict[str, Pretrained] = {}
-    if any(s and s.startswith("prcc_ssl") for s in sources):
-        done["prcc_ssl"] = _ensure_ssl(tree, spec, results, cache_dir=cache_dir, say=say)
-    if "cam16" in sources:
-        done["cam16"] = _ensure_cam16(tree, spec, results, cache_dir=cache_dir, say=say)
-    if "prcc_ssl+cam16" in sources:
-        done["prcc_ssl+cam16"] = _ensure_cam16(tree, spec, results, cache_dir=cache_dir,
-                                               say=say, init=done["prcc_ssl"])
-    return done
+@dataclass(frozen=True)
+class TaskExecutor:
+    """CAM16 runs as one Ray task holding ``cpus`` CPUs (and a GPU when ``use_gpu``); SimCLR
+    as a one-worker Ray Train run of the same size, stored under ``storage``."""
+
+    cpus: float
+    use_gpu: bool
+    storage: str
+    cache_dir: str | None = None
+
+    def supervised(self, plan: SplitPlan, config: TrainConfig, init: Path | None, name: str
+                   ) -> tuple[State, dict[str, Any]]:
+        task = ray.remote(_supervised_task).options(num_cpus=self.cpus,
+                                                    num_gpus=1 if self.use_gpu else 0)
+        return ray.get(task.remote(plan, config.to_flat(), str(init) if init else None,
+                                   int(self.cpus), self.use_gpu, self.cache_dir))
+
+    def ssl(self, samples: list[Sample], config: SSLConfig, probe_plan: SplitPlan | None,
+            min_epoch_images: int, name: str) -> tuple[State, dict[str, Any]]:
+        spec = RunSpec(storage_path=self.storage, name=name, workers=1, use_gpu=self.use_gpu,
+                       cpus_per_worker=self.cpus, cache_dir=self.cache_dir)
+        return TrainExecutor(spec).ssl(samples, config, probe_plan, min_epoch_images, name)
 
 
-def _ensure_cam16(tree: Tree, spec: StudySpec, results: Path, *, cache_dir: str | None,
-                  say: Callable[[str], None], init: Pretrained | None = None) -> Pretrained:
+@dataclass(frozen=True)
+class TrainExecutor:
+    """Every pretraining run as a Ray Train run with ``spec``'s workers and resources."""
+
+    spec: RunSpec
+
+    @property
+    def cpus(self) -> float:
+        return self.spec.cpus_per_worker * self.spec.workers
+
+    def supervised(self, plan: SplitPlan, config: TrainConfig, init: Path | None, name: str
+                   ) -> tuple[State, dict[str, Any]]:
+        outcome = run_training(plan, config, self.spec.named(name), pretrained=init)
+        state = outcome.load_checkpoint()
+        loop = float(sum(row.get("loop_seconds", 0.0) for row in state["history"]))
+        return state["best_state"], {**outcome.metrics, "loop_seconds": loop}
+
+    def ssl(self, samples: list[Sample], config: SSLConfig, probe_plan: SplitPlan | None,
+            min_epoch_images: int, name: str) -> tuple[State, dict[str, Any]]:
+        state, metrics, history = run_ssl(samples, config, self.spec.named(name),
+                                          probe_plan=probe_plan,
+                                          min_epoch_images=min_epoch_images)
+        loop = float(sum(row.get("epoch_seconds", 0.0) for row in history))
+        first = history[0].get("ssl_loss", float("nan")) if history else float("nan")
+        return state, {**metrics, "loop_seconds": loop, "first_ssl_loss": first}
+
+
+def sources_of(strategies: Iterable[str]) -> list[str]:
+    """The weights sources the strategies start from, in the order they are made."""
+    wanted = {get_strategy(s).weights_source for s in strategies}
+    return [s for s in SOURCES if s in wanted]
+
+
+def _fingerprint(samples: list[Sample], image_size: int, name: str,
+                 cache_dir: str | None) -> str:
+    return decode_samples(samples, image_size, name=name, cache_dir=cache_dir).fingerprint
+
+
+def _ensure_ssl(tree: Tree, settings: PretrainSettings, store: WeightsStore,
+                executor: Executor, *, cache_dir: str | None,
+                say: Callable[[str], None]) -> Pretrained:
+    if not tree.prcc:
+        raise ValueError(f"{tree.root / 'pRCC'} holds no images: self-supervised pretraining "
+                         "needs them")
+    config = settings.ssl
+    samples = [*tree.prcc, *(tree.wbc.subset(100) if settings.ssl_include_wbc else ())]
+    key = ssl_key(_fingerprint(samples, config.image_size, "pRCC", cache_dir), config,
+                  min_epoch_images=settings.ssl_min_epoch_images)
+    probe_plan = None
+    if tree.cam16.train and tree.cam16.val:
+        probe_plan = plan_cam16(tree, image_size=config.image_size)
+        _fingerprint([*probe_plan.train, *probe_plan.val, *probe_plan.test], config.image_size,
+                     "CAM16", cache_dir)
+    label = "pRCC self-supervised pretraining"
+
+    def make() -> tuple[State, dict[str, Any]]:
+        say(f"{label} {key}: {len(samples)} images, {config.epochs} epochs")
+        started = time.perf_counter()
+        state, metrics = executor.ssl(samples, config, probe_plan,
+                                      settings.ssl_min_epoch_images, f"pretrain-prcc-ssl-{key}")
+        metrics = {**metrics, "prcc_images": len(tree.prcc), "ssl_images": len(samples),
+                   "pretrain_seconds": time.perf_counter() - started}
+        say(f"{label} {key}: loss {metrics.get('first_ssl_loss', float('nan')):.3f} -> "
+            f"{metrics.get('ssl_loss', float('nan')):.3f}; CAM16 probe: k-NN "
+            f"{metrics.get('knn_accuracy', float('nan')):.3f} (random init "
+            f"{metrics.get('knn_accuracy_random', float('nan')):.3f}), linear "
+            f"{metrics.get('linear_probe_accuracy', float('nan')):.3f} (random init "
+            f"{metrics.get('linear_probe_accuracy_random', float('nan')):.3f}) in "
+            f"{metrics['pretrain_seconds']:.0f} s")
+        return state, metrics
+
+    result, made = store.ensure(kind_of("prcc_ssl"), key, make)
+    if not made:
+        say(f"{label} {key}: reused (k-NN probe accuracy "
+            f"{result.metrics.get('knn_accuracy', float('nan')):.3f})")
+    return Pretrained(result.weights, key, result.metrics,
+                      float(result.metrics.get("loop_seconds", 0.0)) if made else 0.0,
+                      executor.cpus if made else 0.0)
+
+
+def _ensure_cam16(tree: Tree, base: TrainConfig, settings: PretrainSettings,
+                  store: WeightsStore, executor: Executor, *, cache_dir: str | None,
+                  say: Callable[[str], None], init: Pretrained | None) -> Pretrained:
     """Supervised CAM16 weights, from random init or from ``init`` (the SSL backbone)."""
-    config = pretrain_config(spec.base_config(), epochs=spec.pretrain_epochs,
-                             lr=spec.pretrain_lr, from_ssl=init is not None)
-    plan = plan_cam16(tree, image_size=spec.image_size)
-    fingerprint = decode_samples([*plan.train, *plan.val, *plan.test], plan.image_size,
-                                 name=plan.dataset, cache_dir=cache_dir).fingerprint
+    config = pretrain_config(base, epochs=settings.cam16_epochs, lr=settings.cam16_lr,
+                             from_ssl=init is not None)
+    plan = plan_cam16(tree, image_size=base.data.image_size)
+    fingerprint = _fingerprint([*plan.train, *plan.val, *plan.test], plan.image_size, "CAM16",
+                               cache_dir)
     key = pretrain_key(fingerprint, config, init=init.key if init else None)
     label = "CAM16 pretraining" + (" from the pRCC SSL backbone" if init else "")
-    found = cached_pretrain(key, results)
-    if found is not None:
-        say(f"{label} {key}: found in the results folder (val accuracy "
-            f"{found.metrics.get('val_accuracy', float('nan')):.3f})")
-        return Pretrained(found.weights, key, found.metrics, 0.0, 0.0)
-    started = time.perf_counter()
-    say(f"{label} {key}: {len(plan.train)} images, {spec.pretrain_epochs} epochs")
-    resources = spec.resources
-    if resources.mode == "train":
-        from study.train import RunSpec, ensure_cam16_pretrain
 
-        run = RunSpec(storage_path=str(results / "train"), name=f"pretrain-cam16-{key}",
-                      workers=resources.workers_per_trial, use_gpu=resources.gpus_per_trial > 0,
-                      cpus_per_worker=resources.cpus_per_trial, cache_dir=cache_dir)
-        outcome = ensure_cam16_pretrain(tree, spec.base_config(), run,
-                                        epochs=spec.pretrain_epochs, lr=spec.pretrain_lr,
-                                        log=say, store_dir=results,
-                                        init=(init.weights, init.key) if init else None)
-        loop = float(outcome.metrics.get("pretrain_seconds", 0.0))
-        return Pretrained(outcome.weights, key, outcome.metrics, loop,
-                          resources.cpus_per_trial * resources.workers_per_trial)
-    cpus = _pretrain_cpus()
-    use_gpu = resources.gpus_per_trial > 0
-    task = ray.remote(_train_cam16).options(num_cpus=cpus, num_gpus=1 if use_gpu else 0)
-    state, metrics = ray.get(task.remote(plan, config.to_flat(), cpus, use_gpu, cache_dir,
-                                         str(init.weights) if init else None))
-    metrics = {**metrics, "pretrain_seconds": time.perf_counter() - started,
-               "epochs": spec.pretrain_epochs, "train_images": len(plan.train),
-               "cpus": cpus, "init_key": init.key if init else None}
-    stored = store_pretrain(key, state, metrics, results)
-    say(f"{label} {key}: val accuracy {metrics.get('val_accuracy', 0):.3f}, "
-        f"test accuracy {metrics.get('test_accuracy', 0):.3f} "
-        f"in {metrics['pretrain_seconds']:.0f} s")
-    return Pretrained(stored.weights, key, stored.metrics, float(metrics["loop_seconds"]), cpus)
+    def make() -> tuple[State, dict[str, Any]]:
+        say(f"{label} {key}: {len(plan.train)} images, {settings.cam16_epochs} epochs")
+        started = time.perf_counter()
+        state, metrics = executor.supervised(plan, config, init.weights if init else None,
+                                             f"pretrain-cam16-{key}")
+        metrics = {**metrics, "pretrain_seconds": time.perf_counter() - started,
+                   "epochs": settings.cam16_epochs, "train_images": len(plan.train),
+                   "cpus": executor.cpus, "init_key": init.key if init else None}
+        say(f"{label} {key}: val accuracy {metrics.get('val_accuracy', 0):.3f}, "
+            f"test accuracy {metrics.get('test_accuracy', 0):.3f} "
+            f"in {metrics['pretrain_seconds']:.0f} s")
+        return state, metrics
+
+    result, made = store.ensure(kind_of("cam16"), key, make)
+    if not made:
+        say(f"{label} {key}: reused (val accuracy "
+            f"{result.metrics.get('val_accuracy', float('nan')):.3f})")
+    return Pretrained(result.weights, key, result.metrics,
+                      float(result.metrics.get("loop_seconds", 0.0)) if made else 0.0,
+                      executor.cpus if made else 0.0)
 
 
-def _pretrain_cpus() -> int:
-    """CPUs of a one-off pretraining run: the cluster's, up to 8 (more gain little)."""
-    return max(1, int(min(ray.cluster_resources().get("CPU", 1), 8)))
-
-
-def _ensure_ssl(tree: Tree, spec: StudySpec, results: Path, *, cache_dir: str | None,
-                say: Callable[[str], None]) -> Pretrained:
-    """The pRCC self-supervised backbone: a Ray Train run, stored in the results folder."""
-    from study.train import RunSpec, ensure_ssl_pretrain
-
-    resources = spec.resources
-    train_mode = resources.mode == "train"
-    run = RunSpec(storage_path=str(results / "train"), name="pretrain-prcc-ssl",
-                  workers=resources.workers_per_trial if train_mode else 1,
-                  use_gpu=resources.gpus_per_trial > 0,
-                  cpus_per_worker=resources.cpus_per_trial if train_mode else _pretrain_cpus(),
-                  cache_dir=cache_dir)
-    started = time.perf_counter()
-    outcome, trained_now = ensure_ssl_pretrain(tree, spec.ssl_config(), run,
-                                               min_epoch_images=spec.ssl_min_epoch_images,
-                                               include_wbc=spec.ssl_include_wbc,
-                                               log=say, store_dir=results)
-    loop = float(outcome.metrics.get("loop_seconds", 0.0)) if trained_now else 0.0
-    if trained_now:
-        say(f"pRCC self-supervised pretraining {outcome.key}: done in "
-            f"{time.perf_counter() - started:.0f} s")
-    return Pretrained(outcome.weights, outcome.key, outcome.metrics, loop,
-                      run.cpus_per_worker * run.workers if trained_now else 0.0)
+def ensure_sources(sources: Iterable[str], tree: Tree, base: TrainConfig,
+                   settings: PretrainSettings, store: WeightsStore, executor: Executor, *,
+                   cache_dir: str | None = None,
+                   say: Callable[[str], None] = print) -> dict[str, Pretrained]:
+    """Every source in ``sources``: found in ``store`` or trained now by ``executor``, the
+    self-supervised backbone before the CAM16 run that starts from it. ``base`` is the WBC
+    runs' configuration (resolution, precision, optimiser) that CAM16 runs follow."""
+    wanted = set(sources)
+    unknown = wanted - set(SOURCES)
+    if unknown:
+        raise ValueError(f"unknown weights source(s) {', '.join(sorted(unknown))}; known: "
+                         f"{', '.join(SOURCES)}")
+    if wanted & {"prcc_ssl", "prcc_ssl+cam16"}:
+        wanted.add("prcc_ssl")
+    settings = dataclasses.replace(
+        settings, ssl=dataclasses.replace(settings.ssl, image_size=base.data.image_size))
+    done: dict[str, Pretrained] = {}
+    for source in (s for s in SOURCES if s in wanted):
+        if source == "prcc_ssl":
+            done[source] = _ensure_ssl(tree, settings, store, executor, cache_dir=cache_dir,
+                                       say=say)
+        else:
+            init = done["prcc_ssl"] if source == "prcc_ssl+cam16" else None
+            done[source] = _ensure_cam16(tree, base, settings, store, executor,
+                                         cache_dir=cache_dir, say=say, init=init)
+    return done

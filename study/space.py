@@ -17,7 +17,10 @@ from optuna.distributions import (
 from study.spec import SearchSpace
 from wbc.strategies import get_strategy
 
-__all__ = ["cell_space", "searched_names"]
+__all__ = ["SEARCHABLE", "cell_space", "searched_names"]
+
+# Every name a cell may search, in the order tables show them.
+SEARCHABLE = ("lr", "weight_decay", "imbalance", "mask_augment", "aug_factor", "background")
 
 
 def cell_space(space: SearchSpace, strategy: str) -> dict[str, BaseDistribution]:
@@ -38,8 +41,7 @@ def cell_space(space: SearchSpace, strategy: str) -> dict[str, BaseDistribution]
 
 
 def searched_names(space: SearchSpace, strategies: tuple[str, ...]) -> tuple[str, ...]:
-    """Every hyperparameter some cell searches: the Parquet columns they land in."""
-    names: dict[str, None] = {}
-    for strategy in strategies:
-        names.update(dict.fromkeys(cell_space(space, strategy)))
-    return tuple(names)
+    """Every hyperparameter some cell searches (the Parquet columns they land in), in the
+    order of ``SEARCHABLE``."""
+    names = {name for strategy in strategies for name in cell_space(space, strategy)}
+    return tuple(n for n in SEARCHABLE if n in names)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from wbc.config import TrainConfig
+from wbc.config import PretrainSettings, SSLConfig, TrainConfig
 from wbc.layout import subset_percent
 from wbc.strategies import get_strategy, strategy_names
 
@@ -47,6 +47,7 @@ class SearchSpace:
             if not 0 < getattr(self, low) <= getattr(self, high):
                 raise ValueError(f"space.{low}={getattr(self, low)!r} must be above 0 and at "
                                  f"most space.{high}={getattr(self, high)!r}")
+
         for name, valid in (("imbalance", ("none", "weighted", "balanced")),
                             ("background", ("none", "own", "other"))):
             values = getattr(self, name)
@@ -106,15 +107,16 @@ class StudySpec:
     seed: int = 0  # seeds the samplers; trial seeds derive from it
     pretrain_epochs: int = 8  # CAM16, once per study
     pretrain_lr: float = 0.05
-    # Self-supervised pretraining (the ssl strategies): wbc.ssl.SSLConfig settings, image_size
-    # aside (the study's); an epoch sees at least ssl_min_epoch_images images (pRCC tiled).
-    ssl: dict[str, Any] = field(default_factory=lambda: {
-        "epochs": 20, "batch_size": 64, "lr": 2e-3, "warmup_epochs": 2.0, "probe_steps": 50})
+    # Self-supervised pretraining (the ssl strategies); its image_size and seed follow the
+    # study's. An epoch sees at least ssl_min_epoch_images images (pRCC tiled).
+    ssl: SSLConfig = field(default_factory=lambda: SSLConfig(
+        epochs=20, batch_size=64, lr=2e-3, warmup_epochs=2.0, probe_steps=50))
     ssl_min_epoch_images: int = 256
     ssl_include_wbc: bool = False  # add the WBC_100 training images, labels unused
-    # Settings every trial shares (flat wbc.config.TrainConfig names); the search overrides its own.
-    train: dict[str, Any] = field(default_factory=lambda: {
-        "batch_size": 64, "bn_recalibrate": 128, "min_epoch_images": 128})
+    # Settings every trial shares (a table of flat TrainConfig names in a spec file); the search
+    # overrides its own. Its image_size, epochs and exclude_bad follow the study's fields.
+    train: TrainConfig = field(default_factory=lambda: TrainConfig().replace(
+        batch_size=64, bn_recalibrate=128, min_epoch_images=128))
     # Epochs between resumable trial checkpoints; 0: none (a trial cut off by a crash restarts,
     # which costs less than writing ResNet-18 and its optimiser state every epoch on short runs).
     checkpoint_every: int = 0
@@ -143,9 +145,17 @@ class StudySpec:
             raise ValueError(f"reduction_factor={self.reduction_factor!r} must be at least 2")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"name={self.name!r}: use a plain folder name")
-        self.base_config()  # the shared settings must make a valid TrainConfig
-        if self.needs_prcc:
-            self.ssl_config()
+        # The shared settings follow the study's own fields (frozen: set through object).
+        try:
+            object.__setattr__(self, "train", self.train.replace(
+                image_size=self.image_size, epochs=self.epochs, exclude_bad=self.exclude_bad))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"train settings: {err}") from err
+        try:
+            object.__setattr__(self, "ssl", dataclasses.replace(
+                self.ssl, image_size=self.image_size, seed=self.seed))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"ssl settings: {err}") from err
         if self.ssl_min_epoch_images < 0:
             raise ValueError(f"ssl_min_epoch_images={self.ssl_min_epoch_images!r} must be at "
                              "least 0")
@@ -164,31 +174,31 @@ class StudySpec:
     def needs_prcc(self) -> bool:
         return any(get_strategy(s).ssl == "prcc" for s in self.strategies)
 
-    def ssl_config(self) -> Any:
-        """The ``wbc.ssl.SSLConfig`` of the study's self-supervised pretraining."""
-        from wbc.ssl import SSLConfig
-
-        unknown = sorted(set(self.ssl) - {f.name for f in dataclasses.fields(SSLConfig)})
-        if unknown:
-            raise ValueError(f"ssl settings: unknown {', '.join(unknown)}; valid: "
-                             f"{', '.join(f.name for f in dataclasses.fields(SSLConfig))}")
-        try:
-            return SSLConfig(**{**self.ssl, "image_size": self.image_size,
-                                "seed": self.ssl.get("seed", self.seed)})
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"ssl settings: {err}") from err
+    def ssl_config(self) -> SSLConfig:
+        """The ``SSLConfig`` of the study's self-supervised pretraining."""
+        return self.ssl
 
     def base_config(self) -> TrainConfig:
         """The TrainConfig every trial starts from."""
-        try:
-            return TrainConfig.from_flat({**self.train, "image_size": self.image_size,
-                                          "epochs": self.epochs,
-                                          "exclude_bad": self.exclude_bad})
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"train settings: {err}") from err
+        return self.train
+
+    def pretrain_settings(self) -> PretrainSettings:
+        """How the study makes its starting weights (``study.pretraining``)."""
+        return PretrainSettings(cam16_epochs=self.pretrain_epochs, cam16_lr=self.pretrain_lr,
+                                ssl=self.ssl, ssl_min_epoch_images=self.ssl_min_epoch_images,
+                                ssl_include_wbc=self.ssl_include_wbc)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data: tables for the nested settings, flat names for ``train`` and ``ssl``."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in values.items():
+            if isinstance(value, TrainConfig | SSLConfig):
+                values[name] = value.to_flat()
+            elif dataclasses.is_dataclass(value):
+                values[name] = dataclasses.asdict(value)  # type: ignore[arg-type]
+            elif isinstance(value, tuple):
+                values[name] = list(value)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> StudySpec:
@@ -244,7 +254,9 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
         hint = hints[name]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if hint in (TrainConfig, SSLConfig):
+            kwargs[name] = _settings(hint, value, f"{prefix}{name}")
+        elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ValueError(f"{prefix}{name} must be a table of settings, got {value!r}")
             kwargs[name] = _build(hint, value, f"{prefix}{name}.")
@@ -256,6 +268,24 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         else:
             kwargs[name] = _typed(f"{prefix}{name}", hint, value)
     return cls(**kwargs)
+
+
+def _settings(hint: Any, value: Any, name: str) -> TrainConfig | SSLConfig:
+    """A ``train`` or ``ssl`` table (flat setting names) as its typed config."""
+    if isinstance(value, hint):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a table of settings, got {value!r}")
+    try:
+        if hint is TrainConfig:
+            return TrainConfig.from_flat(value)
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(SSLConfig)})
+        if unknown:
+            raise ValueError(f"unknown {', '.join(unknown)}; valid: "
+                             f"{', '.join(f.name for f in dataclasses.fields(SSLConfig))}")
+        return SSLConfig(**value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} settings: {err}") from err
 
 
 def _typed(name: str, hint: Any, value: Any) -> Any:
@@ -291,11 +321,10 @@ _PAPER = StudySpec(
     startup_trials=8, epochs=30, grace_epochs=5, reduction_factor=3, final_seeds=5,
     pretrain_epochs=20, pretrain_lr=0.05,
     # SimCLR on the 1,419 pRCC images: 200 epochs of 5,700 images (pRCC tiled 4x) at batch 256.
-    ssl={"epochs": 200, "batch_size": 256, "lr": 1e-3, "warmup_epochs": 10.0,
-         "probe_steps": 100},
+    ssl=SSLConfig(epochs=200, batch_size=256, lr=1e-3, warmup_epochs=10.0, probe_steps=100),
     ssl_min_epoch_images=5700,
-    train={"batch_size": 256, "bn_recalibrate": 2048, "min_epoch_images": 4096,
-           "report_every": 1},
+    train=TrainConfig().replace(batch_size=256, bn_recalibrate=2048, min_epoch_images=4096,
+                                report_every=1),
     checkpoint_every=5,
     resources=Resources(cpus_per_trial=4.0, gpus_per_trial=1.0),
 )

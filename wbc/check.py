@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from wbc.datasets import Sample, Tree, class_counts
-from wbc.layout import CAM16_CLASSES, WBC_CLASSES
+from wbc.layout import CAM16_CLASSES, WBC_CLASSES, subset_percent
 
 __all__ = ["format_tables", "tree_summary"]
 
@@ -24,16 +24,18 @@ def _split_counts(samples: Sequence[Sample], classes: tuple[str, ...]) -> dict[s
 def tree_summary(tree: Tree) -> dict[str, Any]:
     """Everything ``wbc check`` reports, as plain JSON-able data."""
     wbc = {}
-    for name, samples in tree.wbc.items():
+    for name, samples in tree.wbc.groups():
         entry = _split_counts(samples, WBC_CLASSES)
-        entry["derived_seed"] = tree.derived.get(name)
+        percent = subset_percent(name.split("/")[0])
+        entry["derived_seed"] = tree.wbc.derived.get(percent) if name.endswith("/train") and \
+            percent is not None else None
         wbc[name] = entry
     return {
         "root": str(tree.root),
         "usable": tree.usable,
         "verified": tree.verified,
         "wbc": wbc,
-        "cam16": {name: _split_counts(s, CAM16_CLASSES) for name, s in tree.cam16.items()},
+        "cam16": {name: _split_counts(s, CAM16_CLASSES) for name, s in tree.cam16.groups()},
         "prcc": {"train": len(tree.prcc)} if tree.prcc else {},
         "problems": [
             {"severity": p.severity, "path": str(p.path), "reason": p.reason}

@@ -76,8 +76,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     else:
         print(format_tables(summary))
         print()
-        n_wbc = sum(len(v) for k, v in tree.wbc.items() if k.startswith("WBC_100/"))
-        n_cam = sum(len(v) for v in tree.cam16.values())
+        n_wbc = len(tree.wbc.subset(100)) + len(tree.wbc.val) + len(tree.wbc.test)
+        n_cam = sum(1 for _ in tree.cam16.samples())
         excluded = len(tree.excluded_files)
         verdict = "usable" if tree.usable else f"NOT usable: {len(tree.errors)} error(s)"
         print(f"{verdict}: {n_wbc} WBC_100, {n_cam} CAM16 and {len(tree.prcc)} pRCC images"
@@ -114,8 +114,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         _print_problems(tree.errors)
         raise UserError(f"{args.root}: not usable ({len(tree.errors)} error(s) above); fix them "
                         "or add --exclude-bad")
-    groups = {"WBC": [s for g in tree.wbc.values() for s in g],
-              "CAM16": [s for g in tree.cam16.values() for s in g], "pRCC": list(tree.prcc)}
+    groups = {"WBC": list(tree.wbc.samples()), "CAM16": list(tree.cam16.samples()),
+              "pRCC": list(tree.prcc)}
     for name, samples in groups.items():
         if not samples:
             continue

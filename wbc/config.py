@@ -17,7 +17,10 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "OptimConfig",
+    "PretrainSettings",
+    "SSLConfig",
     "TrainConfig",
+    "check_fields",
 ]
 
 Background = Literal["none", "own", "other"]
@@ -26,8 +29,12 @@ Precision = Literal["auto", "fp32", "bf16"]
 LrRule = Literal["none", "linear", "sqrt"]
 
 
-def _check(config: object, **ranges: tuple[float, float]) -> None:
-    """Reject values outside a field's ``Literal`` choices or numeric range, naming both."""
+def check_fields(config: object, **ranges: tuple[float, float]) -> None:
+    """Reject values outside a field's ``Literal`` choices or numeric range, naming both.
+
+    Every config dataclass calls it from ``__post_init__``; a number field given something else
+    (a string, a bool, NaN) is refused with the same message shape.
+    """
     for name, hint in get_type_hints(type(config)).items():
         value = getattr(config, name)
         if get_origin(hint) is Literal and value not in get_args(hint):
@@ -35,61 +42,75 @@ def _check(config: object, **ranges: tuple[float, float]) -> None:
             raise ValueError(f"{name}={value!r} is not one of: {choices}")
     for name, (low, high) in ranges.items():
         value = getattr(config, name)
-        if not low <= value <= high:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name}={value!r} must be a number in [{low}, {high}]")
+        if not low <= value <= high:  # also refuses NaN
             raise ValueError(f"{name}={value!r} is outside [{low}, {high}]")
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
+    """A config field with its command-line help: ``wbc train`` makes its options from the
+    fields (``wbc.options``), so defaults, choices and help have one source."""
+    return field(default=default, metadata={"help": help}, **kwargs)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    subset: str = "WBC_100"  # which label budget trains the model
-    image_size: int = 128  # working resolution; the cache holds one array per size
-    subset_seed: int | None = None  # redraw derived subsets per seed; None: the tree's (seed 0)
-    exclude_bad: bool = False  # leave out unreadable files instead of failing
+    subset: str = setting("WBC_100", "label budget that trains the model: WBC_100, WBC_50, "
+                          "WBC_10, WBC_1 (or WBC_<p>, drawn from WBC_100)")
+    # The cache holds one array per size.
+    image_size: int = setting(128, "working resolution in pixels")
+    subset_seed: int | None = setting(None, "redraw the subset from WBC_100 with this seed "
+                                      "(default: the tree's own subset)")
+    exclude_bad: bool = setting(False, "leave out unreadable files instead of failing")
 
     def __post_init__(self) -> None:
-        _check(self, image_size=(16, 2048))
+        check_fields(self, image_size=(16, 2048))
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    strategy: str = "scratch"  # a name in wbc.strategies: scratch | pretrain | pretrain_aug | ...
-    imagenet_weights: str | None = None  # a local torchvision resnet18 file; never downloaded
-    channels_last: bool = True  # ~20% faster convolutions on CPU and GPU
-    # torch.compile the model: off by default, its compile time (tens of seconds per trial)
-    # outweighs the gain on the short trials of a study; benchmarks/train_throughput.py --compile
-    # measures both.
-    compile: bool = False
+    strategy: str = setting("scratch", "how the model starts and is augmented (wbc.strategies)")
+    imagenet_weights: str | None = setting(
+        None, "a local torchvision resnet18 ImageNet weights file (never downloaded)")
+    channels_last: bool = setting(True, "channels-last memory format (~20%% faster convolutions)")
+    # Off by default: its compile time (tens of seconds per trial) outweighs the gain on the
+    # short trials of a study; benchmarks/train_throughput.py --compile measures both.
+    compile: bool = setting(False, "torch.compile the model")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.05  # peak learning rate, reached after warmup
-    weight_decay: float = 5e-4
-    momentum: float = 0.9  # SGD only
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = 1.0  # linear warmup; keeps large-batch starts stable
-    step_every: int = 10  # step schedule: epochs between decays
-    step_gamma: float = 0.1  # step schedule: decay factor
-    label_smoothing: float = 0.0
-    imbalance: Imbalance = "none"  # Neutrophils are 61%: weighted loss or balanced sampling
-    batch_size: int = 64  # per worker
-    # Large batches: the peak rate becomes lr * rule(global batch / lr_reference_batch), with the
-    # global batch = batch_size x workers. "linear" is Goyal et al. (2017) for SGD, "sqrt" suits
-    # AdamW; "none" uses lr as given whatever the batch.
-    lr_rule: LrRule = "none"
-    lr_reference_batch: int = 256
-    epochs: int = 10
-    # An epoch passes over the training set as often as it takes to see this many images:
+    optimizer: Literal["sgd", "adamw"] = setting("sgd", "SGD with Nesterov momentum, or AdamW")
+    lr: float = setting(0.05, "peak learning rate, reached after warmup")
+    weight_decay: float = setting(5e-4, "weight decay (not on biases and norms)")
+    momentum: float = setting(0.9, "SGD momentum")
+    schedule: Literal["cosine", "step", "constant"] = setting("cosine", "learning-rate schedule")
+    # Keeps large-batch starts stable.
+    warmup_epochs: float = setting(1.0, "epochs of linear warmup")
+    step_every: int = setting(10, "step schedule: epochs between decays")
+    step_gamma: float = setting(0.1, "step schedule: decay factor")
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
+    # Neutrophils are 61% of the data.
+    imbalance: Imbalance = setting("none", "class imbalance: none, a class-weighted loss, or "
+                                   "class-balanced sampling")
+    batch_size: int = setting(64, "batch size per worker")
+    # The peak rate becomes lr * rule(global batch / lr_reference_batch), with the global
+    # batch = batch_size x workers. "linear" is Goyal et al. (2017) for SGD, "sqrt" suits AdamW.
+    lr_rule: LrRule = setting("none", "scale lr with the global batch: none, linear or sqrt")
+    lr_reference_batch: int = setting(256, "the global batch at which lr is meant as given")
+    epochs: int = setting(10, "training epochs")
     # WBC_1 (82 images at full scale, a handful on a small synthetic tree) would otherwise get
     # one or two optimiser steps per epoch. 0: one pass, as the report.
-    min_epoch_images: int = 0
+    min_epoch_images: int = setting(0, "an epoch passes over the training set until it has seen "
+                                    "this many images (0: one pass)")
 
     def __post_init__(self) -> None:
-        _check(self, min_epoch_images=(0, 1 << 30), lr=(1e-8, 10.0), weight_decay=(0.0, 1.0), momentum=(0.0, 1.0),
-               warmup_epochs=(0.0, 1e6), label_smoothing=(0.0, 0.5), batch_size=(1, 1 << 16),
-               epochs=(1, 100_000), step_every=(1, 100_000), step_gamma=(0.0, 1.0),
-               lr_reference_batch=(1, 1 << 20))
+        check_fields(self, min_epoch_images=(0, 1 << 30), lr=(1e-8, 10.0),
+                     weight_decay=(0.0, 1.0), momentum=(0.0, 1.0), warmup_epochs=(0.0, 1e6),
+                     label_smoothing=(0.0, 0.5), batch_size=(1, 1 << 16), epochs=(1, 100_000),
+                     step_every=(1, 100_000), step_gamma=(0.0, 1.0),
+                     lr_reference_batch=(1, 1 << 20))
 
     def peak_lr(self, workers: int = 1) -> float:
         """The learning rate after warmup for ``workers`` data-parallel workers (``lr_rule``)."""
@@ -103,18 +124,21 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    aug_factor: int = 5  # new images per masked image (the report: 5); used by *_aug strategies
-    background: Background = "none"  # none (the report's empty background), own, other
-    max_shift: float = 0.25  # translation as a fraction of the side
-    paste_every_epoch: bool = False  # redraw the pastes each epoch (the report drew them once)
-    flips: bool = True  # flips and 90-degree rotations: a smear has no up
-    color_jitter: float = 0.1  # brightness/contrast/saturation strength; 0 turns it off
-    # The pastes on or off for a strategy whose augmentation is a searched switch (ssl,
-    # ssl_pretrain); None: the strategy's default. Other strategies ignore it.
-    mask_augment: bool | None = None
+    aug_factor: int = setting(5, "pastes per masked image, for strategies that paste (the "
+                              "report: 5)")
+    background: Background = setting("none", "background of pasted cells: none (the report's "
+                                     "empty one), own (its image inpainted) or other")
+    max_shift: float = setting(0.25, "largest move of a pasted cell, as a fraction of the side")
+    paste_every_epoch: bool = setting(False, "redraw the pastes every epoch (the report drew "
+                                      "them once)")
+    flips: bool = setting(True, "random flips and quarter turns (a smear has no up)")
+    color_jitter: float = setting(0.1, "brightness/contrast/saturation jitter strength (0: off)")
+    # The searched switch of ssl and ssl_pretrain; None: the strategy's default.
+    mask_augment: bool | None = setting(None, "the pastes on or off for strategies whose pastes "
+                                        "are a switch (ssl, ssl_pretrain; default: off)")
 
     def __post_init__(self) -> None:
-        _check(self, aug_factor=(0, 100), max_shift=(0.0, 0.5), color_jitter=(0.0, 1.0))
+        check_fields(self, aug_factor=(0, 100), max_shift=(0.0, 0.5), color_jitter=(0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -123,21 +147,23 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    seed: int = 0
-    deterministic: bool = False  # bit-reproducible kernels; slower
+    seed: int = setting(0, "seed of the run (initialisation, order, augmentation)")
+    deterministic: bool = setting(False, "deterministic kernels (bit-reproducible; slower)")
     # auto: bf16 autocast on a GPU (measured not to cost accuracy, README performance section),
-    # fp32 on a CPU (no bf16 hardware on AVX2 machines; "bf16" asks for it on AVX-512/AMX ones).
-    precision: Precision = "auto"
-    # Training images whose batch statistics replace BatchNorm's running averages before each
-    # evaluation ("precise BN", Wu & Johnson 2021): with few steps per epoch (WBC_1 has 82
-    # images) the running averages lag the weights and evaluation collapses. 0 turns it off.
-    bn_recalibrate: int = 512
-    report_every: int = 1  # epochs between metric reports (each Ray report costs ~1 s)
-    checkpoint_every: int = 1  # epochs between resumable checkpoints
+    # fp32 on a CPU (AVX2 machines have no bf16 hardware; "bf16" asks for it on AVX-512/AMX).
+    precision: Precision = setting("auto", "auto (bf16 autocast on a GPU, fp32 on a CPU), fp32 "
+                                   "or bf16")
+    # "Precise BN" (Wu & Johnson 2021): with few steps per epoch (WBC_1 has 82 images) the
+    # running averages lag the weights and evaluation collapses.
+    bn_recalibrate: int = setting(512, "training images whose batch statistics replace "
+                                  "BatchNorm's running averages before each evaluation (0: off)")
+    # Each Ray report costs about 1 s.
+    report_every: int = setting(1, "epochs between metric reports")
+    checkpoint_every: int = setting(1, "epochs between resumable checkpoints")
 
     def __post_init__(self) -> None:
-        _check(self, report_every=(1, 100_000), checkpoint_every=(1, 100_000),
-               bn_recalibrate=(0, 1 << 24))
+        check_fields(self, report_every=(1, 100_000), checkpoint_every=(1, 100_000),
+                     bn_recalibrate=(0, 1 << 24))
 
     def to_flat(self) -> dict[str, Any]:
         """Every leaf field under its own name (``lr``, ``aug_factor``, ``subset``, ...)."""
@@ -179,3 +205,58 @@ class TrainConfig:
     def replace(self, **flat: Any) -> TrainConfig:
         """A copy with some flat settings changed: ``cfg.replace(lr=0.1, epochs=3)``."""
         return TrainConfig.from_flat({**self.to_flat(), **flat})
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """One SimCLR pretraining run (``wbc.ssl``). ``batch_size`` is per rank (images; each gives
+    two views)."""
+
+    image_size: int = 128  # working resolution: the same as the downstream WBC runs'
+    epochs: int = 100  # contrastive learning wants many passes over a small set
+    batch_size: int = 256  # per rank; negatives per view are 2 * batch_size - 2
+    lr: float = 1e-3  # AdamW peak learning rate, after warmup; cosine to 0
+    weight_decay: float = 1e-4  # AdamW, decoupled; not on biases and norms
+    warmup_epochs: float = 5.0  # linear warmup: the first steps of contrastive training are wild
+    temperature: float = 0.2  # NT-Xent; SimCLR's 0.1-0.5 range, lower is sharper
+    projection_dim: int = 128  # SimCLR's z; the head is 512 -> 512 -> projection_dim
+    crop_scale_min: float = 0.35  # crops keep at least this area fraction: most of a cell
+    # Colour jitter strength: brightness, contrast and saturation in [1 - j, 1 + j], hue a
+    # turn of j / 4 (SimCLR's CIFAR strength 0.5 is j = 0.4): stain and scanner variation.
+    jitter: float = 0.4
+    seed: int = 0
+    precision: Precision = "auto"  # auto: bf16 autocast on a GPU, fp32 on a CPU
+    channels_last: bool = True  # ~20% faster convolutions on CPU and GPU
+    checkpoint_every: int = 0  # epochs between checkpoints handed to on_epoch; 0: at the end only
+    knn_k: int = 20  # neighbours of the k-NN probe
+    probe_steps: int = 100  # L-BFGS iterations of the final linear probe
+
+    def __post_init__(self) -> None:
+        check_fields(self, image_size=(16, 2048), epochs=(1, 100_000), batch_size=(2, 1 << 16),
+                     lr=(1e-8, 10.0), weight_decay=(0.0, 1.0), warmup_epochs=(0.0, 1e6),
+                     temperature=(1e-3, 10.0), projection_dim=(1, 8192),
+                     crop_scale_min=(0.01, 1.0), jitter=(0.0, 1.0), seed=(0, 2**32 - 1),
+                     checkpoint_every=(0, 100_000), knn_k=(1, 100_000),
+                     probe_steps=(1, 100_000))
+
+    def to_flat(self) -> dict[str, Any]:
+        """Every field under its own name: plain scalars for fingerprints and checkpoints."""
+        return dataclasses.asdict(self)
+
+    def optim(self) -> OptimConfig:
+        """The optimisation settings in the supervised runs' terms: AdamW, cosine, warmup, so
+        that both loops build their optimiser and schedule the same way."""
+        return OptimConfig(optimizer="adamw", lr=self.lr, weight_decay=self.weight_decay,
+                           schedule="cosine", warmup_epochs=self.warmup_epochs,
+                           batch_size=self.batch_size, epochs=self.epochs)
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """How the starting weights are made: the CAM16 runs and the SimCLR run."""
+
+    cam16_epochs: int = 8
+    cam16_lr: float | None = None  # None: the WBC runs' lr
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    ssl_min_epoch_images: int = 0  # an SSL epoch sees at least this many images (pRCC tiled)
+    ssl_include_wbc: bool = False  # add the WBC_100 training images, their labels unused

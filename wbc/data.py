@@ -5,7 +5,7 @@ Which split does what:
 - train: ``<subset>/train`` (a subset redrawn from WBC_100/train when ``subset_seed`` is set).
 - selection (chooses the best epoch) and reporting (the figures reported): the tree's test split
   when it has one (selection = val, reporting = test); otherwise a fixed stratified half of val
-  each (``wbc.train.selection_reporting_split``, seed 0 for every trial of every study).
+  each (``selection_reporting_split``, seed 0 for every trial of every study).
 
 Documented behaviour for awkward inputs:
 
@@ -24,18 +24,80 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from wbc.augment import pastes_enabled
 from wbc.cache import DecodedSet, decode_samples
 from wbc.config import TrainConfig
 from wbc.datasets import DatasetError, Sample, Tree
 from wbc.layout import CAM16_CLASSES, WBC_CLASSES, subset_percent
-from wbc.strategies import get_strategy, uses_pastes
+from wbc.strategies import get_strategy
 from wbc.subsets import derive_subsets
-from wbc.train import EvalData, TrainData, selection_reporting_split
 
-__all__ = ["PreparedData", "SplitPlan", "load_plan", "plan_cam16", "plan_wbc", "train_samples"]
+__all__ = [
+    "EvalData",
+    "PreparedData",
+    "SplitPlan",
+    "TrainData",
+    "load_plan",
+    "plan_cam16",
+    "plan_wbc",
+    "selection_reporting_split",
+    "train_samples",
+]
 
 SELECTION_SEED = 0  # the val halves are fixed across trials and seeds: comparable figures
+
+
+@dataclass
+class TrainData:
+    """The training split on the device: uint8 NHWC images, labels, masks of the masked rows."""
+
+    images: Tensor  # (N, S, S, 3) uint8
+    labels: Tensor  # (N,) int64
+    has_mask: Tensor  # (N,) bool
+    masks: Tensor  # (M, S, S) bool, one per True in has_mask, in order
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to(self, device: torch.device) -> TrainData:
+        return TrainData(self.images.to(device), self.labels.to(device),
+                         self.has_mask.to(device), self.masks.to(device), self.class_names)
+
+
+@dataclass
+class EvalData:
+    """An evaluation split on the device."""
+
+    name: str  # what it is, for the record: "WBC_100/val (half A)", "WBC_100/test", ...
+    images: Tensor  # (N, S, S, 3) uint8
+    labels: Tensor  # (N,) int64
+
+    def to(self, device: torch.device) -> EvalData:
+        return EvalData(self.name, self.images.to(device), self.labels.to(device))
+
+
+def selection_reporting_split(labels: Sequence[int] | np.ndarray, *, seed: int = 0
+                              ) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed stratified half of a validation set: (selection indices, reporting indices).
+
+    Used when a tree has no test split: the best epoch is chosen on one half and the reported
+    figures come from the other, so the figures are not inflated by the choice. The split
+    depends only on the labels and ``seed`` (fixed for a study), never on the trial.
+    """
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    selection, reporting = [], []
+    for cls in np.unique(labels_arr):
+        members = np.flatnonzero(labels_arr == cls)
+        members = members[rng.permutation(members.size)]
+        half = (members.size + 1) // 2  # an odd class gives selection the extra image
+        selection.append(members[:half])
+        reporting.append(members[half:])
+    return np.sort(np.concatenate(selection)), np.sort(np.concatenate(reporting))
 
 
 @dataclass(frozen=True)
@@ -72,15 +134,14 @@ def train_samples(tree: Tree, config: TrainConfig) -> tuple[Sample, ...]:
     if percent is None:
         raise DatasetError(f"subset {subset!r} is not a WBC subset name (WBC_100, WBC_50, ...)")
     if config.data.subset_seed is not None and percent != 100:
-        full = tree.wbc.get("WBC_100/train", ())
+        full = tree.wbc.subset(100)
         drawn = derive_subsets([s.label for s in full], [s.mask is not None for s in full],
                                [percent], seed=config.data.subset_seed)[percent]
         return tuple(full[i] for i in drawn)
-    key = f"WBC_{percent}/train"
-    if key not in tree.wbc:
-        have = ", ".join(k.split("/")[0] for k in tree.wbc if k.endswith("/train"))
+    if not tree.wbc.has(percent):
+        have = ", ".join(f"WBC_{p}" for p in tree.wbc.percents)
         raise DatasetError(f"{tree.root}: no {subset} in this tree (it has {have})")
-    return tree.wbc[key]
+    return tree.wbc.subset(percent)
 
 
 def _train_data(decoded: DecodedSet, samples: Sequence[Sample], classes: tuple[str, ...]
@@ -120,14 +181,14 @@ def plan_wbc(tree: Tree, config: TrainConfig) -> SplitPlan:
         raise DatasetError(f"strategy {strategy.name!r} pretrains self-supervised on pRCC, but "
                            f"{tree.root / 'pRCC'} holds no images; add pRCC or use --strategy "
                            "scratch")
-    if strategy.pretrain == "cam16" and not tree.cam16.get("train"):
+    if strategy.pretrain == "cam16" and not tree.cam16.train:
         raise DatasetError(f"strategy {strategy.name!r} pretrains on CAM16, but "
                            f"{tree.root / 'CAM16'} has no train split; add CAM16 "
                            "(CAM16/train/data/{normal,tumor}) or use --strategy scratch")
     train = train_samples(tree, config)
     notes = []
-    if uses_pastes(strategy, config.augment.mask_augment) and config.augment.aug_factor > 0:
-        if not any(s.mask is not None for s in tree.wbc.get("WBC_100/train", ())):
+    if pastes_enabled(config):
+        if not any(s.mask is not None for s in tree.wbc.subset(100)):
             raise DatasetError(f"strategy {strategy.name!r} pastes masked cells, but "
                                f"{tree.root} has no masks (WBC_100/train/mask/<Class>/); add "
                                "masks or use --strategy pretrain")
@@ -137,19 +198,18 @@ def plan_wbc(tree: Tree, config: TrainConfig) -> SplitPlan:
     if missing:
         notes.append(f"{config.data.subset} has no training images of {', '.join(missing)}; "
                      "the model cannot learn them (their recall will show it)")
-    return SplitPlan("WBC", WBC_CLASSES, train, tree.wbc.get("WBC_100/val", ()),
-                     tree.wbc.get("WBC_100/test", ()), config.data.image_size,
+    return SplitPlan("WBC", WBC_CLASSES, train, tree.wbc.val, tree.wbc.test,
+                     config.data.image_size,
                      len(tree.excluded_files), tuple(notes))
 
 
 def plan_cam16(tree: Tree, *, image_size: int) -> SplitPlan:
     """The CAM16 splits for pretraining: train; val selects; test (or half of val) reports."""
-    train = tree.cam16.get("train", ())
-    val = tree.cam16.get("val", ())
+    train, val = tree.cam16.train, tree.cam16.val
     if not train or not val:
         raise DatasetError(f"{tree.root / 'CAM16'}: pretraining needs CAM16/train and CAM16/val "
                            "with normal and tumor images")
-    return SplitPlan("CAM16", CAM16_CLASSES, train, val, tree.cam16.get("test", ()), image_size,
+    return SplitPlan("CAM16", CAM16_CLASSES, train, val, tree.cam16.test, image_size,
                      len(tree.excluded_files))
 
 

@@ -109,7 +109,7 @@ def write_subsets(root: Path, *, seed: int, percents: Sequence[int] = SUBSET_PER
     their images. Returns percent -> images written.
     """
     tree = scan_tree(root, verify=False, derive=())
-    full = tree.wbc.get("WBC_100/train", ())
+    full = tree.wbc.subset(100)
     drawn = derive_subsets([s.label for s in full], [s.mask is not None for s in full],
                            list(percents), seed=seed)
     train_dir = root / "WBC_100" / "train"
@@ -140,6 +140,62 @@ def _find_mask_root(src: Path, masks: Path | None) -> Path | None:
     return None
 
 
+def _source_samples(src: Path, mask_root: Path | None, problems: list[Problem]) -> list[Sample]:
+    """The labelled images of ``src/<Class>/`` and their masks (problems appended)."""
+    folders = find_class_folders(src, WBC_CLASSES, problems, kind=str(src))
+    # The masks folder sits inside the source in the usual ImageFolder-with-masks shape.
+    problems[:] = [p for p in problems if mask_root is None or p.path != mask_root]
+    mask_folders = (
+        find_class_folders(mask_root, WBC_CLASSES, problems, kind=f"{mask_root}")
+        if mask_root is not None else {}
+    )
+    samples: list[Sample] = []
+    for label, cls in enumerate(WBC_CLASSES):
+        images = [p for f in folders.get(cls, []) for p in find_images(f, problems)]
+        mask_files = [p for f in mask_folders.get(cls, []) for p in find_images(f, problems)]
+        paired = pair_masks(images, mask_files, problems)
+        samples += [Sample(p, label, paired.get(p)) for p in images]
+    if not samples:
+        raise DatasetError(f"{src}: no images in class folders named "
+                           f"{', '.join(WBC_CLASSES)} (any case, singular or plural)")
+    return samples
+
+
+def _verified(src: Path, samples: list[Sample], problems: list[Problem], *, exclude_bad: bool,
+              workers: int | None, progress: Callable[[str], None] | None
+              ) -> tuple[list[Sample], list[Problem], tuple[Path, ...]]:
+    """Decode every file; (kept samples, remaining problems, excluded files), or
+    ``DatasetError`` listing the errors when ``exclude_bad`` is off."""
+    if progress is not None:
+        progress(f"verifying {len(samples)} images in {src}")
+    files = [p for s in samples for p in (s.path, s.mask) if p is not None]
+    groups = {"source": samples}
+    problems_from_decoding(groups, verify_files(files, workers=workers), problems)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors and not exclude_bad:
+        lines = "\n".join(str(p) for p in errors)
+        raise DatasetError(f"{src}: {len(errors)} problem(s); fix them or rerun with "
+                           f"--exclude-bad to leave those files out:\n{lines}")
+    problems, dropped = exclude_problem_files(groups, problems)
+    excluded = tuple(dict.fromkeys(f for p in dropped for f in p.excludes))
+    return groups["source"], problems, excluded
+
+
+def _copy_split(staging: Path, kept: list[Sample], is_val: np.ndarray) -> None:
+    """WBC_100's train and val (data and masks) in the layout, copies with their times."""
+    used: set[Path] = set()
+    for sample, val in zip(kept, is_val, strict=True):
+        split = staging / "WBC_100" / ("val" if val else "train")
+        target = _relative_target(sample, used, split / "data")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(sample.path, target)
+        if sample.mask is not None:
+            mask_target = (split / "mask" / target.relative_to(split / "data")).with_suffix(
+                sample.mask.suffix)
+            mask_target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(sample.mask, mask_target)
+
+
 def import_imagefolder(
     src: Path | str,
     root: Path | str,
@@ -165,53 +221,15 @@ def import_imagefolder(
     if root.exists() and any(root.iterdir()):
         raise DatasetError(f"{root}: exists and is not empty; give a new folder to import into")
     mask_root = _find_mask_root(src, Path(masks) if masks is not None else None)
-
     problems: list[Problem] = []
-    folders = find_class_folders(src, WBC_CLASSES, problems, kind=str(src))
-    # The masks folder sits inside the source in the usual ImageFolder-with-masks shape.
-    problems = [p for p in problems if mask_root is None or p.path != mask_root]
-    mask_folders = (
-        find_class_folders(mask_root, WBC_CLASSES, problems, kind=f"{mask_root}")
-        if mask_root is not None else {}
-    )
-    samples: list[Sample] = []
-    for label, cls in enumerate(WBC_CLASSES):
-        images = [p for f in folders.get(cls, []) for p in find_images(f, problems)]
-        mask_files = [p for f in mask_folders.get(cls, []) for p in find_images(f, problems)]
-        paired = pair_masks(images, mask_files, problems)
-        samples += [Sample(p, label, paired.get(p)) for p in images]
-    if not samples:
-        raise DatasetError(f"{src}: no images in class folders named "
-                           f"{', '.join(WBC_CLASSES)} (any case, singular or plural)")
-    if progress is not None:
-        progress(f"verifying {len(samples)} images in {src}")
-    files = [p for s in samples for p in (s.path, s.mask) if p is not None]
-    groups = {"source": samples}
-    problems_from_decoding(groups, verify_files(files, workers=workers), problems)
-    errors = [p for p in problems if p.severity == "error"]
-    if errors and not exclude_bad:
-        lines = "\n".join(str(p) for p in errors)
-        raise DatasetError(f"{src}: {len(errors)} problem(s); fix them or rerun with "
-                           f"--exclude-bad to leave those files out:\n{lines}")
-    problems, dropped = exclude_problem_files(groups, problems)
-    excluded = tuple(dict.fromkeys(f for p in dropped for f in p.excludes))
-    kept = groups["source"]
-
+    samples = _source_samples(src, mask_root, problems)
+    kept, problems, excluded = _verified(src, samples, problems, exclude_bad=exclude_bad,
+                                         workers=workers, progress=progress)
     is_val = stratified_val_split([s.label for s in kept], val_fraction, seed=seed)
     staging = root.with_name(f".{root.name}.importing-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        used: set[Path] = set()
-        for sample, val in zip(kept, is_val, strict=True):
-            split = staging / "WBC_100" / ("val" if val else "train")
-            target = _relative_target(sample, used, split / "data")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(sample.path, target)
-            if sample.mask is not None:
-                mask_target = (split / "mask" / target.relative_to(split / "data")).with_suffix(
-                    sample.mask.suffix)
-                mask_target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(sample.mask, mask_target)
+        _copy_split(staging, kept, is_val)
         subsets = write_subsets(staging, seed=seed)
         record = {
             "source": str(src.resolve()),

@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 __all__ = ["ClassificationMetrics", "classification_metrics", "flatten_metrics", "mean_interval",
-           "wilson_interval"]
+           "scalars", "wilson_interval"]
 
 
 class ClassificationMetrics(TypedDict):
@@ -131,6 +131,13 @@ def flatten_metrics(prefix: str, metrics: Mapping[str, object]) -> dict[str, flo
                 if (scalar := number(inner)) is not None:
                     flat[f"{head}{key}_{sub}"] = scalar
     return flat
+
+
+def scalars(metrics: Mapping[str, object]) -> dict[str, object]:
+    """The numbers, strings and Nones of a flat record (no matrices, histories or nested
+    records): what a per-epoch row keeps of a report."""
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, bool | int | float | str) or v is None}
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -1,19 +1,20 @@
-"""CAM16 pretraining (the report's step A), paid for once and reused by every cell.
+"""Pretrained starting weights: how a WBC model starts, and where the weights are kept.
 
-A pretraining run is an ordinary ``fit`` with two classes. Its result (the best epoch's weights
-and its CAM16 val and test accuracy) is stored under a key made of the CAM16 decode fingerprint
-(the exact files and resolution) and the pretraining configuration, so a study, or several
-``wbc train`` runs, pay for it once. Steps B-E (load, drop the head, add a 5-way head, train on
-WBC) are ``initial_model``.
+The report's step A (a CAM16 tumour/normal classifier) and the self-supervised pRCC backbone are
+paid for once and reused by every cell that starts from them. A result (the weights and the
+run's figures) is stored in a :class:`WeightsStore` under a key made of the decode fingerprint of
+its data (the exact files and resolution), every setting of the run and the key of the weights
+it started from, so a study, a resumed study or several ``wbc train`` runs pay for it once.
+``WeightsStore.ensure`` is the one place that says "the weights for this key: stored, or made now
+under a lock". Steps B-E (load, drop the head, add a 5-way head, train on WBC) are
+:func:`initial_model`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,28 +23,82 @@ import torch
 from torch import nn
 
 from wbc.cache import default_cache_dir
-from wbc.config import TrainConfig
+from wbc.config import SSLConfig, TrainConfig
+from wbc.fileio import atomic_write_text, file_lock, save_torch
 from wbc.layout import WBC_CLASSES
 from wbc.model import build_resnet18, load_backbone, read_state_dict
 from wbc.strategies import get_strategy
 
 __all__ = [
     "PretrainResult",
-    "cached_pretrain",
+    "WeightsStore",
     "initial_model",
+    "kind_of",
     "pretrain_config",
-    "pretrain_dir",
     "pretrain_key",
-    "pretrain_lock",
-    "store_pretrain",
+    "ssl_key",
 ]
+
+WEIGHTS_FILE = "model.pt"
+RECORD_FILE = "result.json"  # written after the weights: its presence marks a complete entry
 
 
 @dataclass(frozen=True)
 class PretrainResult:
-    weights: Path  # state dict of the 2-class CAM16 classifier (best epoch)
-    metrics: dict[str, Any]  # val_accuracy, test_accuracy, best_epoch, ... of the CAM16 run
+    weights: Path  # a ResNet-18 state dict (the best epoch's, for a supervised run)
+    metrics: dict[str, Any]  # val_accuracy, test_accuracy, ... or the SSL probe figures
     key: str
+
+
+def kind_of(source: str) -> str:
+    """The store's folder kind of a weights source: the CAM16 classifiers (from random init or
+    from the SSL backbone) are ``cam16``, the SimCLR backbone ``prcc_ssl``."""
+    return "prcc_ssl" if source == "prcc_ssl" else "cam16"
+
+
+class WeightsStore:
+    """Pretrained weights under ``<root>/pretrain/<kind>-<key>/`` (``model.pt``,
+    ``result.json``); ``root`` is a study's results folder (shared storage on a cluster) or
+    the cache (``wbc train``)."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def folder(self, kind: str, key: str) -> Path:
+        return self.root / "pretrain" / f"{kind}-{key}"
+
+    def find(self, kind: str, key: str) -> PretrainResult | None:
+        """The stored result for ``key``, or None."""
+        folder = self.folder(kind, key)
+        if not (folder / RECORD_FILE).exists():
+            return None
+        metrics = json.loads((folder / RECORD_FILE).read_text())
+        return PretrainResult(folder / WEIGHTS_FILE, metrics, key)
+
+    def store(self, kind: str, key: str, state: dict[str, torch.Tensor],
+              metrics: dict[str, Any]) -> PretrainResult:
+        """Save the weights, then the figures (plain scalars): the record marks completion."""
+        folder = self.folder(kind, key)
+        save_torch(state, folder / WEIGHTS_FILE)
+        record = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | None)}
+        atomic_write_text(folder / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True))
+        return PretrainResult(folder / WEIGHTS_FILE, record, key)
+
+    def ensure(self, kind: str, key: str,
+               make: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+               ) -> tuple[PretrainResult, bool]:
+        """The weights for ``key``: stored, or made now by ``make()`` (weights, figures) under
+        a lock, so that two processes asking at once train once. Returns (result, made now)."""
+        found = self.find(kind, key)
+        if found is not None:
+            return found, False
+        folder = self.folder(kind, key)
+        with file_lock(folder.parent / f"{folder.name}.lock"):
+            found = self.find(kind, key)
+            if found is not None:
+                return found, False
+            state, metrics = make()
+            return self.store(kind, key, state, metrics), True
 
 
 def pretrain_config(wbc_config: TrainConfig, *, epochs: int, lr: float | None = None,
@@ -70,45 +125,9 @@ def pretrain_key(fingerprint: str, config: TrainConfig | dict[str, Any], *,
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def pretrain_dir(key: str, cache_dir: Path | str | None = None, *, kind: str = "cam16"
-                 ) -> Path:
-    """``<cache or results>/pretrain/<kind>-<key>``; kinds: ``cam16``, ``prcc_ssl``."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / "pretrain" / f"{kind}-{key}"
-
-
-@contextmanager
-def pretrain_lock(key: str, cache_dir: Path | str | None = None, *, kind: str = "cam16"
-                  ) -> Iterator[None]:
-    """Held while one process pretrains; others wait and then find the stored result."""
-    directory = pretrain_dir(key, cache_dir, kind=kind)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with (directory.parent / f"{directory.name}.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-def cached_pretrain(key: str, cache_dir: Path | str | None = None, *, kind: str = "cam16"
-                    ) -> PretrainResult | None:
-    directory = pretrain_dir(key, cache_dir, kind=kind)
-    if not (directory / "result.json").exists():
-        return None
-    metrics = json.loads((directory / "result.json").read_text())
-    return PretrainResult(directory / "model.pt", metrics, key)
-
-
-def store_pretrain(key: str, state: dict[str, torch.Tensor], metrics: dict[str, Any],
-                   cache_dir: Path | str | None = None, *, kind: str = "cam16"
-                   ) -> PretrainResult:
-    """Save the weights, then the metrics: ``result.json`` marks a complete entry."""
-    directory = pretrain_dir(key, cache_dir, kind=kind)
-    directory.mkdir(parents=True, exist_ok=True)
-    partial = directory / "model.pt.partial"
-    torch.save(state, partial)
-    partial.replace(directory / "model.pt")
-    record = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | None)}
-    (directory / "result.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-    return PretrainResult(directory / "model.pt", record, key)
+def ssl_key(fingerprint: str, config: SSLConfig, *, min_epoch_images: int) -> str:
+    """The key of a self-supervised run on the images of ``fingerprint``."""
+    return pretrain_key(fingerprint, {**config.to_flat(), "min_epoch_images": min_epoch_images})
 
 
 def initial_model(config: TrainConfig, *, pretrained: Path | None = None,
@@ -118,8 +137,8 @@ def initial_model(config: TrainConfig, *, pretrained: Path | None = None,
     ``scratch``: random init (or ``imagenet_weights``). A CAM16 strategy: the pretrained binary
     classifier's weights loaded, its 2-way head dropped and a fresh ``num_classes``-way head
     added (the report's steps B-D). ``ssl``: the self-supervised backbone, a fresh head;
-    ``ssl_pretrain``: the CAM16 classifier that itself started from that backbone. Random weights come from torch's global generator, which
-    ``wbc.seeding.seed_everything`` has seeded.
+    ``ssl_pretrain``: the CAM16 classifier that itself started from that backbone. Random
+    weights come from torch's global generator, which ``wbc.seeding.seed_everything`` seeded.
     """
     strategy = get_strategy(config.model.strategy)
     model = build_resnet18(num_classes, weights_path=config.model.imagenet_weights)

@@ -25,12 +25,11 @@ by DDP as usual. BatchNorm statistics are per rank too.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -39,16 +38,18 @@ from torch import Tensor, nn
 from torchvision.models import ResNet
 
 from wbc.augment import color_jitter, flip_rot90, normalize, random_resized_crop, to_float_nchw
+from wbc.config import SSLConfig
+from wbc.distributed import autocast, world
 from wbc.model import HEAD, build_resnet18, unwrap_model
+from wbc.schedule import Schedule, build_optimizer
 from wbc.seeding import derive_seed
-from wbc.train import IMAGENET_MEAN, IMAGENET_STD, _autocast, _world
+from wbc.train import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "FEATURE_DIM",
     "ProjectionHead",
     "SSLConfig",
     "SSLResult",
-    "cosine_lr",
     "features",
     "initial_encoder",
     "knn_accuracy",
@@ -65,55 +66,6 @@ SAVED_HEAD_CLASSES = 2
 
 Precision = Literal["auto", "fp32", "bf16"]
 EpochCallback = Callable[[dict[str, Any], dict[str, Any] | None], None]
-
-
-@dataclass(frozen=True)
-class SSLConfig:
-    """One SimCLR pretraining run. ``batch_size`` is per rank (images; each gives two views)."""
-
-    image_size: int = 128  # working resolution: the same as the downstream WBC runs'
-    epochs: int = 100  # contrastive learning wants many passes over a small set
-    batch_size: int = 256  # per rank; negatives per view are 2 * batch_size - 2
-    lr: float = 1e-3  # AdamW peak learning rate, after warmup; cosine to 0
-    weight_decay: float = 1e-4  # AdamW, decoupled; not on biases and norms
-    warmup_epochs: float = 5.0  # linear warmup: the first steps of contrastive training are wild
-    temperature: float = 0.2  # NT-Xent; SimCLR's 0.1-0.5 range, lower is sharper
-    projection_dim: int = 128  # SimCLR's z; the head is 512 -> 512 -> projection_dim
-    crop_scale_min: float = 0.35  # crops keep at least this area fraction: most of a cell
-    # Colour jitter strength: brightness, contrast and saturation in [1 - j, 1 + j], hue a
-    # turn of j / 4 (SimCLR's CIFAR strength 0.5 is j = 0.4): stain and scanner variation.
-    jitter: float = 0.4
-    seed: int = 0
-    precision: Precision = "auto"  # auto: bf16 autocast on a GPU, fp32 on a CPU
-    channels_last: bool = True  # ~20% faster convolutions on CPU and GPU
-    checkpoint_every: int = 0  # epochs between checkpoints handed to on_epoch; 0: at the end only
-    knn_k: int = 20  # neighbours of the k-NN probe
-    probe_steps: int = 100  # L-BFGS iterations of the final linear probe
-
-    def __post_init__(self) -> None:
-        for name, hint in get_type_hints(type(self)).items():
-            value = getattr(self, name)
-            if get_origin(hint) is Literal and value not in get_args(hint):
-                raise ValueError(f"{name}={value!r} is not one of: "
-                                 f"{', '.join(map(str, get_args(hint)))}")
-        ranges: dict[str, tuple[float, float]] = {
-            "image_size": (16, 2048), "epochs": (1, 100_000), "batch_size": (2, 1 << 16),
-            "lr": (1e-8, 10.0), "weight_decay": (0.0, 1.0), "warmup_epochs": (0.0, 1e6),
-            "temperature": (1e-3, 10.0), "projection_dim": (1, 8192),
-            "crop_scale_min": (0.01, 1.0), "jitter": (0.0, 1.0), "seed": (0, 2**32 - 1),
-            "checkpoint_every": (0, 100_000), "knn_k": (1, 100_000),
-            "probe_steps": (1, 100_000),
-        }
-        for name, (low, high) in ranges.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name}={value!r} must be a number in [{low}, {high}]")
-            if not low <= value <= high:
-                raise ValueError(f"{name}={value!r} is outside [{low}, {high}]")
-
-    def to_flat(self) -> dict[str, Any]:
-        """Every field under its own name: plain scalars for fingerprints and checkpoints."""
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -162,15 +114,6 @@ def initial_encoder(config: SSLConfig) -> ResNet:
     random-init baseline of the ``*_random`` probe scores.
     """
     return _initial_net(config).encoder
-
-
-def cosine_lr(step: int, *, base_lr: float, total_steps: int, warmup_steps: int) -> float:
-    """Learning rate at ``step`` (0-based): linear warmup to ``base_lr``, then cosine to 0."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _as_model_input(x: Tensor, channels_last: bool) -> Tensor:
@@ -256,7 +199,7 @@ def features(model: nn.Module, images_u8: Tensor, *, batch_size: int = 256,
     try:
         for start in range(0, images_u8.shape[0], batch_size):
             x = _as_model_input(to_float_nchw(images_u8[start:start + batch_size]), channels_last)
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 out.append(_pooled(plain, x).float())
     finally:
         plain.train(was_training)
@@ -392,18 +335,6 @@ def _probe_scores(encoder: nn.Module, probe: Probe, config: SSLConfig, *, linear
     return scores
 
 
-def _build_optimizer(net: nn.Module, config: SSLConfig) -> torch.optim.Optimizer:
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for param in net.parameters():
-        (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    # Fused AdamW: one kernel over all parameters, several times faster per step on CPU too.
-    fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
-
-
 def _snapshot(obj: Any) -> Any:
     """A CPU copy that later training cannot change: ``.cpu()`` of a CPU tensor is itself."""
     if isinstance(obj, Tensor):
@@ -423,16 +354,16 @@ def _saved_backbone(encoder: nn.Module) -> dict[str, Tensor]:
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images_u8: Tensor, *,
-                 config: SSLConfig, epoch: int, step: int, steps_per_epoch: int,
-                 total_steps: int, warmup_steps: int) -> tuple[dict[str, Any], int]:
-    rank, world = _world()
+                 config: SSLConfig, epoch: int, step: int, schedule: Schedule
+                 ) -> tuple[dict[str, Any], int]:
+    rank, workers = world()
     device = images_u8.device
     n = images_u8.shape[0]
     batch = config.batch_size
     model.train()
     order_gen = torch.Generator().manual_seed(derive_seed(config.seed, "ssl", "order", epoch))
     # Every rank the same permutation, cut to a multiple of the world, then a stride per rank.
-    order = torch.randperm(n, generator=order_gen)[: (n // world) * world][rank::world]
+    order = torch.randperm(n, generator=order_gen)[: (n // workers) * workers][rank::workers]
     order = order.to(device)
     # On the data's device: host random numbers would be copied to a GPU every step, and a
     # copy from pageable memory waits for the GPU's queue to drain.
@@ -441,15 +372,12 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images_u8: 
     loss_sum = torch.zeros((), device=device)
     lr = config.lr
     started = time.perf_counter()
-    for i in range(steps_per_epoch):  # the last incomplete batch is dropped
+    for i in range(schedule.steps_per_epoch):  # the last incomplete batch is dropped
         index = order[i * batch:(i + 1) * batch]
         views = _views(images_u8[index], generator=generator, config=config)
-        lr = cosine_lr(step, base_lr=config.lr, total_steps=total_steps,
-                       warmup_steps=warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = schedule.apply(optimizer, step)
         # Both views in one forward: BatchNorm sees the 2B views together, as in SimCLR.
-        with _autocast(device, config.precision):
+        with autocast(device, config.precision):
             z = model(views)
         loss = nt_xent(z[:batch], z[batch:], config.temperature)
         optimizer.zero_grad(set_to_none=True)
@@ -457,14 +385,60 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images_u8: 
         optimizer.step()
         loss_sum += loss.detach()
         step += 1
-    if world > 1:
+    if workers > 1:
         dist.all_reduce(loss_sum)
-    mean_loss = float(loss_sum.item()) / (steps_per_epoch * world)  # the epoch's one sync
+    # The epoch's one host sync.
+    mean_loss = float(loss_sum.item()) / (schedule.steps_per_epoch * workers)
     seconds = time.perf_counter() - started
-    images = steps_per_epoch * batch * world
-    return {"epoch": epoch, "ssl_loss": mean_loss, "lr": lr, "steps": step,
+    images = schedule.steps_per_epoch * batch * workers
+    return {"epoch": epoch, "ssl_loss": mean_loss, "scheduled_lr": lr, "steps": step,
             "epoch_seconds": seconds,
             "images_per_second": images / seconds if seconds > 0 else 0.0}, step
+
+
+class _SSLState:
+    """A SimCLR run's network, optimiser, position, history and random-init probe baselines,
+    with ``state_dict``/``load_state_dict`` for complete checkpoints."""
+
+    def __init__(self, net: _SimCLRNet, optimizer: torch.optim.Optimizer, config: SSLConfig
+                 ) -> None:
+        self.net, self.optimizer, self.config = net, optimizer, config
+        self.epoch, self.step = 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.baselines: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": _saved_backbone(self.net.encoder),
+                "projector": _snapshot(self.net.projector.state_dict()),
+                "optimizer": _snapshot(self.optimizer.state_dict()),
+                "epoch": self.epoch, "step": self.step, "config": self.config.to_flat(),
+                "history": _snapshot(self.history), "baselines": dict(self.baselines)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = dict(state.get("config", {}))
+        changed = sorted(k for k, v in self.config.to_flat().items()
+                         if k in saved and saved[k] != v and k not in _RESUMABLE)
+        if changed:
+            differences = ", ".join(f"{k}={saved[k]!r}, now {getattr(self.config, k)!r}"
+                                    for k in changed)
+            raise ValueError(f"resume: the checkpoint was made with other settings "
+                             f"({differences}); resume with its config")
+        self.net.encoder.load_state_dict(
+            {k: v for k, v in state["model"].items() if not k.startswith(HEAD + ".")})
+        self.net.projector.load_state_dict(state["projector"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history = list(state["history"])
+        self.baselines = dict(state["baselines"])
+
+
+def _steps_per_epoch(n: int, config: SSLConfig) -> int:
+    _, workers = world()
+    steps = (n // workers) // config.batch_size
+    if steps < 1:
+        raise ValueError(f"batch_size={config.batch_size} is more than the {n // workers} images "
+                         f"per rank ({n} images, {workers} rank(s)); lower batch_size")
+    return steps
 
 
 def ssl_pretrain(images_u8: Tensor, config: SSLConfig, *, probe: Probe | None = None,
@@ -474,106 +448,69 @@ def ssl_pretrain(images_u8: Tensor, config: SSLConfig, *, probe: Probe | None = 
 
     The images stay on their device (pass them on the GPU to train there). An epoch is a fresh
     permutation in batches of ``config.batch_size`` per rank, the incomplete last batch
-    dropped; AdamW with linear warmup and a cosine schedule per step. The network's initial
-    weights come from ``config.seed`` (the global RNG is not used), so a run is a function of
-    the images and the config.
+    dropped; AdamW with linear warmup and a cosine schedule per step (``wbc.schedule``, as the
+    supervised runs). The network's initial weights come from ``config.seed`` (the global RNG
+    is not used), so a run is a function of the images and the config.
 
     ``probe = (train_images_u8, train_labels, test_images_u8, test_labels)``, e.g. CAM16
     train and val: k-NN accuracy of the frozen backbone after every epoch, a linear probe at
     the end, and both once before training (``*_random``: the random-init baseline).
 
-    ``on_epoch(row, checkpoint)`` gets every epoch's row (``epoch``, ``ssl_loss``, ``lr``,
-    ``steps``, ``epoch_seconds``, ``images_per_second`` (source images, two views each, all
-    ranks), ``knn_accuracy`` and ``probe_seconds`` with a probe; the last row also the final
-    metrics), and a complete checkpoint every ``checkpoint_every`` epochs and after the last
-    (else None): plain tensors and data that ``torch.load(weights_only=True)`` reads, and that
-    ``wbc.model.read_state_dict`` reads as the backbone (key ``"model"``). Under DDP every rank
-    calls it; save on rank 0. ``resume`` is such a checkpoint: training continues at the next
-    epoch and ends as the uninterrupted run would (bit for bit on a CPU).
+    ``on_epoch(row, checkpoint)`` gets every epoch's row (``epoch``, ``ssl_loss``,
+    ``scheduled_lr``, ``steps``, ``epoch_seconds``, ``images_per_second`` (source images, two
+    views each, all ranks), ``knn_accuracy`` and ``probe_seconds`` with a probe; the last row
+    also the final metrics), and a complete checkpoint every ``checkpoint_every`` epochs and
+    after the last (else None): plain tensors and data that ``torch.load(weights_only=True)``
+    reads, and that ``wbc.model.read_state_dict`` reads as the backbone (key ``"model"``).
+    Under DDP every rank calls it; save on rank 0. ``resume`` is such a checkpoint: training
+    continues at the next epoch and ends as the uninterrupted run would (bit for bit on a CPU).
     """
     started = time.perf_counter()
     _check_images(images_u8, config)
-    _, world = _world()
     device = images_u8.device
     n = images_u8.shape[0]
-    steps_per_epoch = (n // world) // config.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size={config.batch_size} is more than the {n // world} images "
-                         f"per rank ({n} images, {world} rank(s)); lower batch_size")
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    schedule = Schedule.for_run(config.optim(), steps_per_epoch=_steps_per_epoch(n, config))
     probe = _check_probe(probe, device)
-
     net = _initial_net(config)
     net.to(device)
     if config.channels_last:
         net.to(memory_format=torch.channels_last)
-    optimizer = _build_optimizer(net, config)
-    first_epoch, step = 1, 0
-    history: list[dict[str, Any]] = []
-    baselines: dict[str, float] = {}
+    state = _SSLState(net, build_optimizer(net, config.optim()), config)
     if resume is not None:
-        saved = dict(resume.get("config", {}))
-        changed = sorted(k for k, v in config.to_flat().items()
-                         if k in saved and saved[k] != v and k not in _RESUMABLE)
-        if changed:
-            differences = ", ".join(f"{k}={saved[k]!r}, now {getattr(config, k)!r}"
-                                    for k in changed)
-            raise ValueError(f"resume: the checkpoint was made with other settings "
-                             f"({differences}); resume with its config")
-        net.encoder.load_state_dict(
-            {k: v for k, v in resume["model"].items() if not k.startswith(HEAD + ".")})
-        net.projector.load_state_dict(resume["projector"])
-        optimizer.load_state_dict(resume["optimizer"])
-        first_epoch, step = int(resume["epoch"]) + 1, int(resume["step"])
-        history = list(resume["history"])
-        baselines = dict(resume["baselines"])
+        state.load_state_dict(resume)
     elif probe is not None:
         scores = _probe_scores(net.encoder, probe, config, linear=True)
-        baselines = {f"{k}_random": v for k, v in scores.items()}
+        state.baselines = {f"{k}_random": v for k, v in scores.items()}
     model: nn.Module = net
-    if world > 1:
+    if world()[1] > 1:
         model = nn.parallel.DistributedDataParallel(
             net, device_ids=[device] if device.type == "cuda" else None)
 
     def final_metrics() -> dict[str, Any]:
         scores = _probe_scores(net.encoder, probe, config, linear=True) if probe else {}
-        last = history[-1] if history else {}
-        return {"ssl_loss": last.get("ssl_loss", math.nan), **scores, **baselines,
-                "epochs": config.epochs, "images": n, "steps": step,
+        last = state.history[-1] if state.history else {}
+        return {"ssl_loss": last.get("ssl_loss", math.nan), **scores, **state.baselines,
+                "epochs": config.epochs, "images": n, "steps": state.step,
                 "wall_seconds": time.perf_counter() - started}
 
-    metrics: dict[str, Any] = {}
+    first_epoch, metrics = state.epoch + 1, {}
     for epoch in range(first_epoch, config.epochs + 1):
-        row, step = _train_epoch(model, optimizer, images_u8, config=config, epoch=epoch,
-                                 step=step, steps_per_epoch=steps_per_epoch,
-                                 total_steps=total_steps, warmup_steps=warmup_steps)
+        row, state.step = _train_epoch(model, state.optimizer, images_u8, config=config,
+                                       epoch=epoch, step=state.step, schedule=schedule)
         if probe is not None:
             tick = time.perf_counter()
             row.update(_probe_scores(net.encoder, probe, config, linear=False))
             row["probe_seconds"] = time.perf_counter() - tick
-        history.append(row)
+        state.history.append(row)
+        state.epoch = epoch
         last = epoch == config.epochs
-        report = dict(row)
         if last:
             metrics = final_metrics()
-            report.update(metrics)
         if on_epoch is not None:
-            checkpoint = None
-            if last or (config.checkpoint_every and epoch % config.checkpoint_every == 0):
-                checkpoint = {
-                    "model": _saved_backbone(net.encoder),
-                    "projector": _snapshot(net.projector.state_dict()),
-                    "optimizer": _snapshot(optimizer.state_dict()),
-                    "epoch": epoch,
-                    "step": step,
-                    "config": config.to_flat(),
-                    "history": _snapshot(history),
-                    "baselines": dict(baselines),
-                }
-            on_epoch(report, checkpoint)
+            due = last or (config.checkpoint_every and epoch % config.checkpoint_every == 0)
+            on_epoch({**row, **metrics}, state.state_dict() if due else None)
     if not metrics:  # resumed from the final checkpoint: nothing left to train
         metrics = final_metrics()
-    return SSLResult(backbone=_saved_backbone(net.encoder), history=history, metrics=metrics,
-                     wall_seconds=time.perf_counter() - started,
+    return SSLResult(backbone=_saved_backbone(net.encoder), history=state.history,
+                     metrics=metrics, wall_seconds=time.perf_counter() - started,
                      resumed_from_epoch=first_epoch - 1, config=config.to_flat())

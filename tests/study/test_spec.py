@@ -66,8 +66,8 @@ def test_base_config_carries_image_size_and_epochs(name: str) -> None:
     config = spec.base_config()
     assert config.data.image_size == spec.image_size
     assert config.optim.epochs == spec.epochs
-    assert config.optim.batch_size == spec.train["batch_size"]
-    assert config.bn_recalibrate == spec.train["bn_recalibrate"]
+    assert config.optim.batch_size == spec.train.optim.batch_size
+    assert config.bn_recalibrate == spec.train.bn_recalibrate
 
 
 def test_paper_base_config_values() -> None:
@@ -109,7 +109,7 @@ batch_size = 32
     assert spec.space.imbalance == quick.space.imbalance
     assert spec.resources.gpus_per_trial == 0.5
     assert spec.resources.cpus_per_trial == quick.resources.cpus_per_trial
-    assert spec.train == {**quick.train, "batch_size": 32}
+    assert spec.train == quick.train.replace(batch_size=32, epochs=5)  # epochs: the study's
     assert spec.base_config().optim.batch_size == 32
     assert spec.base_config().optim.epochs == 5
 
@@ -125,7 +125,7 @@ def test_load_json_overrides_and_merges_nested_tables(tmp_path: Path) -> None:
     assert spec.space.weight_decay_min == quick.space.weight_decay_min
     assert spec.resources.execution == "train"
     assert spec.resources.workers_per_trial == quick.resources.workers_per_trial
-    assert spec.train == {**quick.train, "report_every": 2}
+    assert spec.train == quick.train.replace(report_every=2)
 
 
 def test_preset_key_in_file_picks_paper_defaults(tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def test_preset_key_in_file_picks_paper_defaults(tmp_path: Path) -> None:
     assert spec.image_size == 224 and spec.epochs == paper.epochs
     assert spec.final_seeds == 2
     assert spec.resources == paper.resources
-    assert spec.train == {**paper.train, "batch_size": 128}  # report_every kept from paper
+    assert spec.train == paper.train.replace(batch_size=128)  # report_every kept from paper
 
 
 def test_base_argument_gives_defaults_without_preset_key(tmp_path: Path) -> None:
@@ -240,8 +240,8 @@ def test_overrides_dotted_names() -> None:
 
 def test_overrides_train_settings_go_through_train_config() -> None:
     spec = preset("quick").with_overrides(["train.lr=0.1", "train.precision=\"bf16\""])
-    assert spec.train["lr"] == 0.1
-    assert spec.train["batch_size"] == preset("quick").train["batch_size"]
+    assert spec.train.optim.lr == 0.1
+    assert spec.train.optim.batch_size == preset("quick").train.optim.batch_size
     config = spec.base_config()
     assert config.optim.lr == 0.1 and config.precision == "bf16"
 

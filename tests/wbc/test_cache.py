@@ -17,7 +17,7 @@ from wbc.layout import WBC_CLASSES
 
 def _all_wbc(root: Path) -> list:
     tree = scan_tree(root, verify=False)
-    return [s for group in tree.wbc.values() for s in group]
+    return list(tree.wbc.samples())
 
 
 def test_second_load_decodes_nothing_and_maps_the_same_pixels(tmp_path: Path) -> None:
@@ -40,7 +40,7 @@ def test_second_load_decodes_nothing_and_maps_the_same_pixels(tmp_path: Path) ->
 def test_masks_align_with_their_images(tmp_path: Path) -> None:
     root = make_wbc_tree(tmp_path / "t", {c: (2, 2, 1) for c in WBC_CLASSES},
                          sizes=((80, 64),))
-    samples = scan_tree(root, verify=False).wbc["WBC_100/train"]
+    samples = scan_tree(root, verify=False).wbc.subset(100)
     decoded = decode_samples(samples, 32, workers=1)
     assert decoded.masks.shape == (10, 32, 32) and decoded.masks.dtype == bool
     for row in decoded.rows(samples):
@@ -65,8 +65,8 @@ def test_subset_links_and_copies_share_rows(tmp_path: Path) -> None:
     decoded = decode_samples(samples, 24, workers=1)
     assert len(decoded) == 25  # 20 train + 5 val; the 10 subset files are the same images
     tree = scan_tree(root, verify=False)
-    sub = decoded.rows(tree.wbc["WBC_10/train"])
-    full = decoded.rows(tree.wbc["WBC_100/train"])
+    sub = decoded.rows(tree.wbc.subset(10))
+    full = decoded.rows(tree.wbc.subset(100))
     assert set(sub.tolist()) <= set(full.tolist())
 
 

@@ -77,13 +77,13 @@ def test_real_like_tree_counts(tmp_path: Path) -> None:
 def test_derived_subsets_keep_masks_with_their_images(tmp_path: Path) -> None:
     make_wbc_tree(tmp_path, {c: (40, 10, 2) for c in WBC_CLASSES})
     tree = scan_tree(tmp_path, verify=False, subset_seed=5)
-    half = tree.wbc["WBC_50/train"]
+    half = tree.wbc.subset(50)
     assert len(half) == 100 and sum(s.mask is not None for s in half) == 25
     for sample in half:
         if sample.mask is not None:
             assert sample.mask.stem == sample.path.stem
-    again = scan_tree(tmp_path, verify=False, subset_seed=5).wbc["WBC_50/train"]
-    other = scan_tree(tmp_path, verify=False, subset_seed=6).wbc["WBC_50/train"]
+    again = scan_tree(tmp_path, verify=False, subset_seed=5).wbc.subset(50)
+    other = scan_tree(tmp_path, verify=False, subset_seed=6).wbc.subset(50)
     assert [s.path for s in again] == [s.path for s in half]
     assert [s.path for s in other] != [s.path for s in half]
 
@@ -214,7 +214,7 @@ def test_a_bad_mask_is_excluded_alone(tmp_path: Path) -> None:
     mask.write_bytes(b"")
     tree = scan_tree(root, exclude_bad=True)
     assert tree.usable and tree.excluded_files == (mask,)
-    sample = next(s for s in tree.wbc["WBC_100/train"] if s.path.stem == "tr0001"
+    sample = next(s for s in tree.wbc.subset(100) if s.path.stem == "tr0001"
                   and s.label == 0)
     assert sample.mask is None
 

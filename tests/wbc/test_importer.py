@@ -48,13 +48,13 @@ def test_import_makes_a_checkable_tree_and_leaves_the_source_alone(tmp_path: Pat
     assert result.train + result.val == 63 and result.masks == 10
     tree = scan_tree(root)
     assert tree.usable, tree.problems
-    assert not tree.derived  # the subsets are written out
-    train = tree.wbc["WBC_100/train"]
+    assert not tree.wbc.derived  # the subsets are written out
+    train = tree.wbc.subset(100)
     assert len(train) == result.train
-    assert {s.label for s in tree.wbc["WBC_100/val"]} == set(range(5))
-    assert len(tree.wbc["WBC_50/train"]) == sum(n // 2 for n in (2, 10, 9, 7, 25))
+    assert {s.label for s in tree.wbc.val} == set(range(5))
+    assert len(tree.wbc.subset(50)) == sum(n // 2 for n in (2, 10, 9, 7, 25))
     # Subset files are links to (or copies of) WBC_100's, masks included.
-    for sample in tree.wbc["WBC_10/train"]:
+    for sample in tree.wbc.subset(10):
         twin = root / "WBC_100/train" / sample.path.relative_to(root / "WBC_10/train")
         assert twin.read_bytes() == sample.path.read_bytes()
     record = json.loads((root / "import.json").read_text())

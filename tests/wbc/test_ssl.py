@@ -17,10 +17,10 @@ from wbc.augment import random_resized_crop
 from wbc.cache import decode_samples
 from wbc.datasets import Sample, scan_tree
 from wbc.model import build_resnet18, load_backbone, read_state_dict
+from wbc.schedule import Schedule
 from wbc.ssl import (
     SSLConfig,
     SSLResult,
-    cosine_lr,
     features,
     initial_encoder,
     knn_accuracy,
@@ -60,8 +60,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
                 torch.from_numpy(decoded.labels[rows].astype(np.int64)))
 
     prcc, _ = arrays(tree.prcc, "pRCC")
-    train, train_labels = arrays(tree.cam16["train"], "CAM16")
-    heldout, heldout_labels = arrays(tree.cam16["val"] + tree.cam16["test"], "CAM16")
+    train, train_labels = arrays(tree.cam16.train, "CAM16")
+    heldout, heldout_labels = arrays(tree.cam16.val + tree.cam16.test, "CAM16")
     return Data(prcc, train, train_labels, heldout, heldout_labels)
 
 
@@ -141,7 +141,10 @@ def test_config_flattens_to_plain_values() -> None:
 
 
 def test_cosine_lr_warms_up_then_decays_to_zero() -> None:
-    values = [cosine_lr(s, base_lr=1.0, total_steps=50, warmup_steps=5) for s in range(50)]
+    # SimCLR's schedule is the supervised runs' (wbc.schedule), built from its settings.
+    optim = SSLConfig(lr=1.0, epochs=10, warmup_epochs=1.0).optim()
+    schedule = Schedule.for_run(optim, steps_per_epoch=5)
+    values = [schedule.lr(s) for s in range(50)]
     assert values[0] == pytest.approx(0.2) and values[4] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(values[4:]))
     assert values[-1] < 0.01

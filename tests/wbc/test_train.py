@@ -9,22 +9,16 @@ import pytest
 import torch
 
 from tests.treegen import make_cam16_prcc, make_wbc_tree
-from wbc.augment import _constant, normalize
+from wbc.augment import device_constant, normalize
 from wbc.config import OptimConfig, TrainConfig
-from wbc.data import PreparedData, load_plan, plan_cam16, plan_wbc
+from wbc.data import PreparedData, load_plan, plan_cam16, plan_wbc, selection_reporting_split
 from wbc.datasets import DatasetError, scan_tree
+from wbc.distributed import autocast
 from wbc.layout import WBC_CLASSES
 from wbc.model import build_resnet18
+from wbc.schedule import Schedule, build_optimizer
 from wbc.seeding import seed_everything
-from wbc.train import (
-    _autocast,
-    build_optimizer,
-    fit,
-    load_checkpoint,
-    lr_at,
-    save_checkpoint,
-    selection_reporting_split,
-)
+from wbc.train import fit, load_checkpoint, save_checkpoint
 
 FAST = {"image_size": 32, "batch_size": 16, "lr": 0.02, "color_jitter": 0.0,
         "warmup_epochs": 0.5}
@@ -44,14 +38,14 @@ def _prepared(root: Path, config: TrainConfig, cache: Path) -> PreparedData:
 
 def test_lr_schedules_are_pure_functions_of_the_step() -> None:
     cosine = OptimConfig(lr=1.0, schedule="cosine")
-    values = [lr_at(s, total_steps=100, warmup_steps=10, optim=cosine, steps_per_epoch=10)
-              for s in range(100)]
+    schedule = Schedule.for_run(cosine, steps_per_epoch=10, epochs=10)
+    values = [schedule.lr(s) for s in range(100)]
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
     assert values[10] == pytest.approx(1.0) and values[-1] < 0.01
     assert all(a >= b for a, b in itertools.pairwise(values[10:]))
-    step = OptimConfig(lr=1.0, schedule="step", step_every=2, step_gamma=0.5)
-    assert [lr_at(s, total_steps=60, warmup_steps=0, optim=step, steps_per_epoch=10)
-            for s in (0, 19, 20, 40)] == [1.0, 1.0, 0.5, 0.25]
+    step = OptimConfig(lr=1.0, schedule="step", step_every=2, step_gamma=0.5, warmup_epochs=0)
+    schedule = Schedule.for_run(step, steps_per_epoch=10, epochs=6)
+    assert [schedule.lr(s) for s in (0, 19, 20, 40)] == [1.0, 1.0, 0.5, 0.25]
 
 
 def test_large_batch_rules_scale_the_peak_rate_by_the_global_batch() -> None:
@@ -62,8 +56,8 @@ def test_large_batch_rules_scale_the_peak_rate_by_the_global_batch() -> None:
     assert sqrt.peak_lr() == pytest.approx(0.2)
     assert OptimConfig(lr=0.1, batch_size=1024).peak_lr(workers=8) == 0.1  # "none"
     # The schedule warms up to, and decays from, the scaled rate.
-    assert lr_at(9, total_steps=100, warmup_steps=10, optim=linear, steps_per_epoch=10,
-                 workers=4) == pytest.approx(0.8)
+    schedule = Schedule.for_run(linear, steps_per_epoch=10, epochs=10, workers=4)
+    assert schedule.lr(9) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="lr_rule='cubic'"):
         OptimConfig(lr_rule="cubic")  # type: ignore[arg-type]
 
@@ -80,7 +74,7 @@ def test_precision_auto_means_fp32_on_a_cpu(tiny_tree: Path) -> None:
     x = torch.randn(2, 3, 32, 32)
     for precision, dtype in (("auto", torch.float32), ("fp32", torch.float32),
                              ("bf16", torch.bfloat16)):
-        with _autocast(torch.device("cpu"), precision):
+        with autocast(torch.device("cpu"), precision):
             assert model(x).dtype == dtype, precision
     assert TrainConfig().precision == "auto"
 
@@ -92,7 +86,7 @@ def test_normalize_keeps_its_constants_on_the_device_once() -> None:
     assert torch.allclose(normalize(x, mean, std), want)
     assert normalize(x, mean, std) is not x
     # Made once per (values, device, dtype): no host-to-device copy per batch.
-    assert _constant((0.5, 0.25), (2,), torch.device("cpu"), torch.float32) is _constant(
+    assert device_constant((0.5, 0.25), (2,), torch.device("cpu"), torch.float32) is device_constant(
         (0.5, 0.25), (2,), torch.device("cpu"), torch.float32)
 
 

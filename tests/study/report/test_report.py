@@ -138,7 +138,7 @@ def test_the_committed_reference_report_is_reproduced(tmp_path: Path) -> None:
     """``study report results/quick`` on a fresh clone writes the committed report.md."""
     import shutil
 
-    committed = Path(__file__).resolve().parents[2] / "results" / "quick"
+    committed = Path(__file__).resolve().parents[3] / "results" / "quick"
     for name in ("trials.parquet", "epochs.parquet", "study.json"):
         shutil.copy(committed / name, tmp_path / name)
     path, report = write_report(tmp_path)

@@ -1,44 +1,39 @@
-"""Batched augmentations: mask-based cell copy-paste (the report's 2.3) and cell-safe jitter.
+"""Mask-based cell copy-paste (the report's 2.3), and when a run makes pastes at all.
 
-Every function is pure: it takes a batch on any device and returns new tensors on that device,
-draws its randomness from an explicit ``torch.Generator`` and never touches the global RNG.
-Random parameters are drawn on the generator's device and then moved to the data's device, so
-one CPU generator gives the same augmentation on the CPU and on a GPU.
+The report cut the masked cells out of their images and pasted them back moved, rotated and
+flipped, ``aug_factor`` new images per masked image, on an empty background. ``mask_paste`` does
+that for a batch in one warp, on the empty background or on a real one (the cell's own image
+with the cell inpainted, or another image's); ``make_pastes`` applies it to a run's training
+split on the device; ``pastes_enabled`` is the one place that decides whether a run pastes.
 
-Conventions, the same in every function:
-
-- images: float ``(N, 3, H, W)`` with values in [0, 1] (before ``normalize``). The decode
-  cache stores uint8 ``(N, H, W, 3)``; ``to_float_nchw`` converts and keeps the NHWC layout
-  in memory, which is ``torch.channels_last``.
-- masks: bool ``(N, H, W)``, True on the cell.
-
-torchvision's v2 transforms draw one parameter per call, i.e. per batch; a batch of cells needs
-one per image, so flips and colour jitter here are per-image tensor arithmetic instead.
+Conventions as in ``wbc.augment.tensors``: float ``(N, 3, H, W)`` images in [0, 1], bool masks.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wbc.augment.tensors import rand_on, randint_on, to_float_nchw, work_dtype
+from wbc.strategies import get_strategy, uses_pastes
+
+if TYPE_CHECKING:
+    from wbc.config import AugmentConfig, TrainConfig
+
 __all__ = [
+    "BACKGROUNDS",
+    "PASTE_CHUNK",
     "Background",
     "PasteParams",
-    "color_jitter",
     "expand_with_pastes",
-    "flip_rot90",
     "inpaint_cells",
+    "make_pastes",
     "mask_paste",
-    "normalize",
-    "random_resized_crop",
-    "to_float_nchw",
+    "pastes_enabled",
 ]
 
 Background = Literal["none", "own", "other"]
@@ -54,13 +49,15 @@ INPAINT_DILATE = 2
 # grid_sample weights this close to 0 or 1 are rounding, not coverage (half an 8-bit step).
 COVERAGE_EPS = 0.5 / 255
 
-# RGB -> YIQ (NTSC 1953). Y uses the ITU-R 601 luma weights, the same as torchvision's grayscale,
-# so saturation here equals torchvision's blend with grayscale.
-_RGB_TO_YIQ = torch.tensor(
-    [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
-    dtype=torch.float64,
-)
-_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+PASTE_CHUNK = 256  # masked images warped per grid_sample call: bounds the float scratch memory
+
+
+def pastes_enabled(config: TrainConfig) -> bool:
+    """Whether a run with ``config`` makes copy-paste images: its strategy pastes (or, for a
+    strategy whose pastes are a searched switch, ``mask_augment`` says so) and ``aug_factor``
+    is above 0. Every other place asks this function."""
+    strategy = get_strategy(config.model.strategy)
+    return uses_pastes(strategy, config.augment.mask_augment) and config.augment.aug_factor > 0
 
 
 @dataclass(frozen=True)
@@ -77,68 +74,6 @@ class PasteParams:
     shifts: Tensor  # (K, 2) float, pixels (dx, dy)
     flips: Tensor  # (K,) bool
     background_index: Tensor | None = None  # (K,) long into the backgrounds; "other" mode only
-
-
-def to_float_nchw(images: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
-    """uint8 ``(N, H, W, 3)`` -> ``dtype`` ``(N, 3, H, W)`` in [0, 1], channels_last in memory.
-
-    The permute is a view, so the result keeps the NHWC storage order that convolutions on
-    channels_last want, and no extra copy is made.
-    """
-    if images.dim() != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {tuple(images.shape)}")
-    if images.dtype != torch.uint8:
-        raise TypeError(f"expected uint8 images as the decode cache stores them, got {images.dtype}")
-    return images.permute(0, 3, 1, 2).to(dtype).div_(255)
-
-
-@functools.lru_cache(maxsize=64)
-def _constant(values: tuple[float, ...], shape: tuple[int, ...], device: torch.device,
-              dtype: torch.dtype) -> Tensor:
-    """A small constant on ``device``, copied there once: a copy from host memory per batch
-    would make the host wait for the GPU's queue to drain (a synchronisation every step)."""
-    return torch.tensor(values, dtype=dtype).view(shape).to(device)
-
-
-def _on(matrix: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
-    return _constant(tuple(matrix.flatten().tolist()), tuple(matrix.shape), device, dtype)
-
-
-def normalize(
-    images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor
-) -> Tensor:
-    """``(images - mean) / std`` per channel of float ``(N, 3, H, W)``; returns a new tensor."""
-    if not isinstance(std, Tensor) and any(v == 0 for v in std):
-        raise ValueError(f"normalize: std must be nonzero per channel, got {list(std)}")
-    if isinstance(mean, Tensor) or isinstance(std, Tensor):
-        mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device)
-        std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device)
-    else:
-        mean_t = _constant(tuple(map(float, mean)), (len(mean),), images.device, images.dtype)
-        std_t = _constant(tuple(map(float, std)), (len(std),), images.device, images.dtype)
-    return (images - mean_t.view(1, -1, 1, 1)) / std_t.view(1, -1, 1, 1)
-
-
-def _rand(generator: torch.Generator, shape: Sequence[int], device: torch.device) -> Tensor:
-    return torch.rand(tuple(shape), generator=generator, device=generator.device).to(device)
-
-
-def _randint(
-    generator: torch.Generator, low: int, high: int, shape: Sequence[int], device: torch.device
-) -> Tensor:
-    return torch.randint(
-        low, high, tuple(shape), generator=generator, device=generator.device
-    ).to(device)
-
-
-def _work_dtype(images: Tensor, name: str) -> torch.dtype:
-    if not images.is_floating_point():
-        raise TypeError(
-            f"{name}: expected float images in [0, 1], got {images.dtype}; "
-            "convert with wbc.augment.to_float_nchw"
-        )
-    # grid_sample and pooling in half precision lose the exact copy of integer shifts.
-    return images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def _check_batch(images: Tensor, masks: Tensor, name: str) -> None:
@@ -180,7 +115,7 @@ def inpaint_cells(
         raise ValueError(f"inpaint_cells: dilate must be >= 0, got {dilate}")
     if images.shape[0] == 0:
         return images.clone()
-    dtype = _work_dtype(images, "inpaint_cells")
+    dtype = work_dtype(images, "inpaint_cells")
     x = images.to(dtype)
     hole = masks.to(dtype).unsqueeze(1)
     if dilate:
@@ -237,9 +172,9 @@ def _sample_params(
     device = centroids.device
     dtype = centroids.dtype
     h, w = size
-    angles = _rand(generator, (k,), device).to(dtype) * 360
-    flips = _rand(generator, (k,), device) < 0.5
-    u = _rand(generator, (k, 2), device).to(dtype)
+    angles = rand_on(generator, (k,), device).to(dtype) * 360
+    flips = rand_on(generator, (k,), device) < 0.5
+    u = rand_on(generator, (k, 2), device).to(dtype)
     c = centroids.repeat_interleave(factor, 0)
     r = radii.repeat_interleave(factor, 0).unsqueeze(1)
     extent = torch.tensor([w - 1, h - 1], dtype=dtype, device=device)
@@ -256,11 +191,11 @@ def _sample_params(
         if avoid_self and n > 1:
             # Uniform over the other images: skip the source by an offset in 1..n-1.
             source = torch.arange(n, device=device).repeat_interleave(factor)
-            index = (source + _randint(generator, 1, n, (k,), device)) % n
+            index = (source + randint_on(generator, 1, n, (k,), device)) % n
         elif avoid_self:
             index = torch.zeros(k, dtype=torch.long, device=device)
         else:
-            index = _randint(generator, 0, n_backgrounds, (k,), device)
+            index = randint_on(generator, 0, n_backgrounds, (k,), device)
     return PasteParams(angles=angles, shifts=shifts, flips=flips, background_index=index)
 
 
@@ -346,26 +281,13 @@ def mask_paste(
     pixels, source_index (N*factor,) long)``; new image ``k`` comes from input ``k // factor``.
     The image dtype is kept; an empty input mask gives the bare background.
     """
-    _check_batch(images, masks, "mask_paste")
-    if factor < 0:
-        raise ValueError(f"mask_paste: factor must be >= 0, got {factor}")
-    if background not in BACKGROUNDS:
-        raise ValueError(f"mask_paste: background must be one of {BACKGROUNDS}, got {background!r}")
-    if max_shift < 0:
-        raise ValueError(f"mask_paste: max_shift must be >= 0, got {max_shift}")
-    dtype = _work_dtype(images, "mask_paste")
+    _check_paste_args(images, masks, factor=factor, background=background,
+                      backgrounds=backgrounds, max_shift=max_shift)
+    dtype = work_dtype(images, "mask_paste")
     n, _, h, w = images.shape
     device = images.device
     k = n * factor
     masks = masks if masks.dtype == torch.bool else masks != 0
-    if background == "other" and backgrounds is not None:
-        if backgrounds.dim() != 4 or tuple(backgrounds.shape[1:]) != (3, h, w):
-            raise ValueError(
-                f"mask_paste: backgrounds must be (B, 3, {h}, {w}) like the images, "
-                f"got {tuple(backgrounds.shape)}"
-            )
-        if backgrounds.shape[0] == 0 and k > 0:
-            raise ValueError("mask_paste: background='other' got an empty backgrounds tensor")
     source = torch.arange(n, device=device).repeat_interleave(factor)
     if k == 0:
         return (
@@ -408,20 +330,48 @@ def mask_paste(
     cell = torch.where(covered, cell, 0)
     alpha = torch.where(alpha < 1 - COVERAGE_EPS, alpha, 1) * covered
 
-    if background == "none":
-        base = _fill_tensor(fill, dtype, device).unsqueeze(0)
-    elif background == "own":
-        base = inpaint_cells(x, masks, fill=fill).unsqueeze(1)
-    else:
-        assert params.background_index is not None
-        index = params.background_index.to(device)
-        if backgrounds is None:
-            base = inpaint_cells(x, masks, fill=fill)[index]
-        else:
-            base = backgrounds.to(device, dtype)[index]
-        base = base.view(n, factor, 3, h, w)
+    base = _paste_base(x, masks, params, background=background, backgrounds=backgrounds,
+                       fill=fill, factor=factor)
     out = (cell + (1 - alpha) * base).reshape(k, 3, h, w).contiguous()
     return out.to(images.dtype), alpha.reshape(k, h, w) > 0.5, source
+
+
+
+def _check_paste_args(images: Tensor, masks: Tensor, *, factor: int, background: str,
+                      backgrounds: Tensor | None, max_shift: float) -> None:
+    _check_batch(images, masks, "mask_paste")
+    if factor < 0:
+        raise ValueError(f"mask_paste: factor must be >= 0, got {factor}")
+    if background not in BACKGROUNDS:
+        raise ValueError(f"mask_paste: background must be one of {BACKGROUNDS}, got {background!r}")
+    if max_shift < 0:
+        raise ValueError(f"mask_paste: max_shift must be >= 0, got {max_shift}")
+    n, _, h, w = images.shape
+    if background == "other" and backgrounds is not None:
+        if backgrounds.dim() != 4 or tuple(backgrounds.shape[1:]) != (3, h, w):
+            raise ValueError(
+                f"mask_paste: backgrounds must be (B, 3, {h}, {w}) like the images, "
+                f"got {tuple(backgrounds.shape)}"
+            )
+        if backgrounds.shape[0] == 0 and n * factor > 0:
+            raise ValueError("mask_paste: background='other' got an empty backgrounds tensor")
+
+
+def _paste_base(x: Tensor, masks: Tensor, params: PasteParams, *, background: str,
+                backgrounds: Tensor | None, fill: float | Tensor | None, factor: int) -> Tensor:
+    """What the moved cells are composited onto: broadcastable to ``(N, factor, 3, H, W)``."""
+    n, _, h, w = x.shape
+    if background == "none":
+        return _fill_tensor(fill, x.dtype, x.device).unsqueeze(0)
+    if background == "own":
+        return inpaint_cells(x, masks, fill=fill).unsqueeze(1)
+    assert params.background_index is not None
+    index = params.background_index.to(x.device)
+    if backgrounds is None:
+        base = inpaint_cells(x, masks, fill=fill)[index]
+    else:
+        base = backgrounds.to(x.device, x.dtype)[index]
+    return base.view(n, factor, 3, h, w)
 
 
 def expand_with_pastes(
@@ -475,165 +425,29 @@ def expand_with_pastes(
     return torch.cat([images, new_images]), torch.cat([labels, new_labels])
 
 
-@overload
-def flip_rot90(images: Tensor, *, generator: torch.Generator, masks: None = None) -> Tensor: ...
-@overload
-def flip_rot90(
-    images: Tensor, *, generator: torch.Generator, masks: Tensor
-) -> tuple[Tensor, Tensor]: ...
-def flip_rot90(
-    images: Tensor, *, generator: torch.Generator, masks: Tensor | None = None
-) -> Tensor | tuple[Tensor, Tensor]:
-    """One of the 8 symmetries of the square per image, uniformly: orientation means nothing
-    in a smear.
+def make_pastes(images: Tensor, labels: Tensor, has_mask: Tensor, masks: Tensor, *,
+                augment: AugmentConfig, seed: int) -> tuple[Tensor, Tensor]:
+    """The report's 2.3 on a run's training split: ``augment.aug_factor`` uint8 pastes per
+    masked image, and their labels.
 
-    ``images`` ``(N, C, H, W)`` of any dtype; ``masks`` ``(N, H, W)`` get the same transform.
-    Transpose, vertical flip and horizontal flip, each on or off per image, make the dihedral
-    group; each is a ``torch.where`` over the batch, as airbench's ``batch_flip_lr``. For
-    non-square images the transpose is left out (the 4 flips and the 180-degree turn).
+    ``images`` uint8 ``(N, S, S, 3)`` on the training device, ``masks`` ``(M, S, S)`` one per
+    True in ``has_mask``, in order (as the decode cache stores them). The masked images are
+    warped ``PASTE_CHUNK`` at a time, which bounds the float scratch memory. Random parameters
+    come from a CPU generator seeded with ``seed``: the same pastes on any device.
     """
-    n, h, w = images.shape[0], images.shape[-2], images.shape[-1]
-    if masks is not None and tuple(masks.shape) != (n, h, w):
-        raise ValueError(
-            f"flip_rot90: masks must be (N, H, W) = {(n, h, w)}, got {tuple(masks.shape)}"
-        )
-    code = _randint(generator, 0, 8 if h == w else 4, (n,), images.device)
-
-    def apply(x: Tensor) -> Tensor:
-        shape = (n,) + (1,) * (x.dim() - 1)
-        if h == w:
-            x = torch.where((code & 4).bool().view(shape), x.transpose(-1, -2), x)
-        x = torch.where((code & 2).bool().view(shape), x.flip(-2), x)
-        return torch.where((code & 1).bool().view(shape), x.flip(-1), x)
-
-    if masks is None:
-        return apply(images)
-    return apply(images), apply(masks.to(images.device))
-
-
-def color_jitter(
-    images: Tensor,
-    *,
-    generator: torch.Generator,
-    brightness: float = 0.1,
-    contrast: float = 0.1,
-    saturation: float = 0.1,
-    hue: float = 0.02,
-) -> Tensor:
-    """Per-image brightness, contrast, saturation and hue jitter of float ``(N, 3, H, W)`` in [0, 1].
-
-    Factors are uniform in ``[1 - s, 1 + s]`` (hue: a turn of ``[-hue, hue]``), as
-    torchvision's ``ColorJitter``, but drawn per image and applied in a fixed order, clamping to
-    [0, 1] after each. Brightness scales; contrast blends with the image's mean grey. Saturation
-    and hue are one 3x3 matrix per image: the chroma (I, Q) of YIQ scaled and rotated, which
-    approximates a hue shift in HSV without its per-pixel branches. A strength of 0 skips its
-    step, so all zeros return the input unchanged.
-    """
-    for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
-        if value < 0:
-            raise ValueError(f"color_jitter: {name} must be >= 0, got {value}")
-    if not 0 <= hue <= 0.5:
-        raise ValueError(f"color_jitter: hue must be in [0, 0.5], got {hue}")
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"color_jitter: expected images (N, 3, H, W), got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(
-            f"color_jitter: expected float images in [0, 1], got {images.dtype}; "
-            "convert with wbc.augment.to_float_nchw"
-        )
-    n = images.shape[0]
-    device, dtype = images.device, images.dtype
-    # Draw all four always, so that one strength does not change the others' random numbers.
-    u = _rand(generator, (4, n), device).to(dtype) * 2 - 1
-    x = images
-    if brightness:
-        factor = (1 + brightness * u[0]).clamp_min(0).view(n, 1, 1, 1)
-        x = (x * factor).clamp(0, 1)
-    if contrast:
-        factor = (1 + contrast * u[1]).clamp_min(0).view(n, 1, 1, 1)
-        luma = _on(_RGB_TO_YIQ[0], device, dtype).view(1, 3, 1, 1)
-        mean = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-        x = (factor * x + (1 - factor) * mean).clamp(0, 1)
-    if saturation or hue:
-        s = (1 + saturation * u[2]).clamp_min(0)
-        angle = math.tau * hue * u[3]
-        chroma = torch.zeros(n, 3, 3, dtype=dtype, device=device)
-        chroma[:, 0, 0] = 1
-        chroma[:, 1, 1] = s * angle.cos()
-        chroma[:, 1, 2] = -s * angle.sin()
-        chroma[:, 2, 1] = s * angle.sin()
-        chroma[:, 2, 2] = s * angle.cos()
-        matrix = _on(_YIQ_TO_RGB, device, dtype) @ chroma @ _on(_RGB_TO_YIQ, device, dtype)
-        x = torch.einsum("nij,njhw->nihw", matrix, x).clamp(0, 1)
-    return x
-
-
-def random_resized_crop(
-    images: Tensor,
-    *,
-    generator: torch.Generator,
-    scale: tuple[float, float] = (0.35, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    rotate: bool = True,
-    padding_mode: Literal["reflection", "border"] = "reflection",
-) -> Tensor:
-    """A random crop of each image, turned by any angle and resized back to the input size.
-
-    torchvision's ``RandomResizedCrop`` (Szegedy et al. 2015) drawn per image, with a rotation
-    folded into the same warp: per image the crop covers a fraction ``scale`` of the area
-    (uniform), has aspect ratio (width / height in pixels) log-uniform in ``ratio``, lies
-    inside the image before it is turned, and is turned about its centre by a uniform angle in
-    [0, 360) when ``rotate``. A smear has no up, so any angle is as real as the 8 of
-    ``flip_rot90``; the corners a turn brings in from outside the image are ``padding_mode``
-    (``"reflection"``: mirrored content, ``"border"``: the edge pixels repeated). A crop side
-    that would exceed the image is clipped to it (torchvision retries the draw instead).
-
-    All crops are one ``affine_grid`` and one bilinear ``grid_sample`` over float
-    ``(N, C, H, W)``; the output has the input's shape and dtype. ``scale=(1, 1)``,
-    ``ratio=(W / H, W / H)`` (1 for square images), ``rotate=False`` is the identity (to float
-    rounding).
-    """
-    if images.dim() != 4:
-        raise ValueError(
-            f"random_resized_crop: expected images (N, C, H, W), got {tuple(images.shape)}"
-        )
-    if not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"random_resized_crop: scale must satisfy 0 < low <= high <= 1, got {scale}")
-    if not 0 < ratio[0] <= ratio[1]:
-        raise ValueError(f"random_resized_crop: ratio must satisfy 0 < low <= high, got {ratio}")
-    if padding_mode not in ("reflection", "border"):
-        raise ValueError(
-            f"random_resized_crop: padding_mode must be 'reflection' or 'border', got {padding_mode!r}"
-        )
-    dtype = _work_dtype(images, "random_resized_crop")
-    n, c, h, w = images.shape
-    if n == 0:
-        return images.clone()
+    factor = augment.aug_factor
+    rows = has_mask.nonzero().squeeze(1)
+    if factor == 0 or rows.numel() == 0:
+        return images[:0], labels[:0]
     device = images.device
-    # Draw all five always, so that ``rotate`` does not change the other parameters.
-    u = _rand(generator, (5, n), device).to(dtype)
-    area = scale[0] + (scale[1] - scale[0]) * u[0]
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[1])
-    # Crop sides as fractions of the image's: area * H * W pixels of width / height = aspect.
-    cw = (area * aspect * (h / w)).sqrt().clamp(max=1)
-    ch = (area / aspect * (w / h)).sqrt().clamp(max=1)
-    # Centre in normalised coordinates, the crop inside [-1, 1] before it is turned.
-    tx = (1 - cw) * (2 * u[2] - 1)
-    ty = (1 - ch) * (2 * u[3] - 1)
-    angle = u[4] * math.tau if rotate else torch.zeros_like(u[4])
-    cos, sin = angle.cos(), angle.sin()
-    # Output normalised (a, b) -> crop pixels (a cw W/2, b ch H/2) about its centre, turned
-    # in pixel space (square pixels, whatever H / W), back to normalised input coordinates.
-    theta = torch.stack(
-        [
-            torch.stack([cos * cw, -sin * ch * (h / w), tx], 1),
-            torch.stack([sin * cw * (w / h), cos * ch, ty], 1),
-        ],
-        1,
-    )
-    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
-    out = F.grid_sample(
-        images.to(dtype), grid, mode="bilinear", padding_mode=padding_mode, align_corners=False
-    )
-    return out.to(images.dtype)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    out_images, out_labels = [], []
+    for start in range(0, rows.numel(), PASTE_CHUNK):
+        chunk = rows[start:start + PASTE_CHUNK]
+        new, _, source = mask_paste(
+            to_float_nchw(images[chunk]), masks[start:start + PASTE_CHUNK].to(device),
+            generator=generator, factor=factor, background=augment.background,
+            max_shift=augment.max_shift)
+        out_images.append((new.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1))
+        out_labels.append(labels[chunk][source.to(device)])
+    return torch.cat(out_images).contiguous(), torch.cat(out_labels)

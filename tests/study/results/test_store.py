@@ -235,7 +235,7 @@ def test_crash_before_rename_leaves_previous_trials_file(tmp_path: Path,
             raise OSError("power cut")
         real(fd)
 
-    monkeypatch.setattr("study.results.os.fsync", crash_on_second)
+    monkeypatch.setattr("wbc.fileio.os.fsync", crash_on_second)
     with pytest.raises(OSError, match="power cut"):
         store.write_trial(_trial("b", val_macro_f1=0.99), _epochs(1))
     assert store.trials_path.read_bytes() == before

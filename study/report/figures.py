@@ -17,7 +17,7 @@ from wbc.layout import WBC_CLASSES
 from wbc.metrics import mean_interval
 
 if TYPE_CHECKING:
-    from study.report import Report
+    from study.report.summary import Report
 
 __all__ = ["draw_all"]
 

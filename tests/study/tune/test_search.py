@@ -9,8 +9,8 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from study.search import CellScheduler, CellSearcher, cell_name, final_seeds
 from study.spec import StudySpec
+from study.tune.search import CellScheduler, CellSearcher, cell_name, final_seeds
 
 SPEC = StudySpec(subsets=("WBC_100", "WBC_1"), strategies=("scratch", "pretrain_aug"),
                  search_trials=3, final_seeds=2, startup_trials=1, epochs=4, grace_epochs=1,

@@ -9,10 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from study.train import RunSpec, ensure_cam16_pretrain, run_training, warm_cache
-from wbc.config import TrainConfig
+from study.pretraining import TrainExecutor, ensure_sources
+from study.train import RunSpec, run_training, warm_cache
+from wbc.config import PretrainSettings, TrainConfig
 from wbc.data import load_plan, plan_wbc
 from wbc.datasets import scan_tree
+from wbc.pretrain import WeightsStore
 from wbc.synth import synthesize
 
 
@@ -36,8 +38,8 @@ def test_every_strategy_learns_on_a_real_shaped_tree(ray_local: None, tmp_path: 
     _as_bmp(root)
     tree = scan_tree(root)
     assert tree.usable, tree.problems
-    assert {p.suffix for s in tree.wbc["WBC_100/train"] for p in [s.path]} == {".bmp"}
-    assert any(s.mask is not None and s.mask.suffix == ".png" for s in tree.wbc["WBC_100/train"])
+    assert {p.suffix for s in tree.wbc.subset(100) for p in [s.path]} == {".bmp"}
+    assert any(s.mask is not None and s.mask.suffix == ".png" for s in tree.wbc.subset(100))
     base = TrainConfig().replace(image_size=48, epochs=12, batch_size=32, lr=0.05,
                                  warmup_epochs=1.0, imbalance="weighted", report_every=12,
                                  checkpoint_every=12)
@@ -50,7 +52,10 @@ def test_every_strategy_learns_on_a_real_shaped_tree(ray_local: None, tmp_path: 
         plan = plan_wbc(tree, config)
         warm_cache(plan, spec.cache_dir)
         if strategy != "scratch" and pretrained is None:
-            pretrained = ensure_cam16_pretrain(tree, config, spec, epochs=4).weights
+            pretrained = ensure_sources(
+                ["cam16"], tree, config, PretrainSettings(cam16_epochs=4),
+                WeightsStore(spec.cache_dir), TrainExecutor(spec),
+                cache_dir=spec.cache_dir)["cam16"].weights
         outcome = run_training(plan, config, RunSpec(**{**spec.__dict__, "name": strategy}),
                                pretrained=pretrained if strategy != "scratch" else None)
         scores[strategy] = outcome.metrics["test_macro_f1"]

@@ -14,182 +14,18 @@ comparisons in the table.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
-from study.results import EPOCHS_FILE, STUDY_FILE, TRIALS_FILE, read_table
-from wbc.layout import REPORT_TABLE1, WBC_CLASSES, subset_percent
+from study.report.figures import draw_all
+from study.report.load import load_results
+from study.report.summary import METRICS, REPORT_ACCURACY, Report, importances, paired, summarise
+from wbc.layout import REPORT_TABLE1, WBC_CLASSES
 from wbc.metrics import mean_interval
-from wbc.strategies import strategy_names
 
-__all__ = ["REPORT_ACCURACY", "Report", "load_results", "paired", "summarise", "write_report"]
-
-# The seed report's Table 1: test accuracy (%) of its three experiments (one run each, scored
-# on the validation set that also picked the epoch).
-REPORT_ACCURACY: dict[str, dict[str, float]] = {
-    "scratch": {"WBC_100": 97.05, "WBC_50": 96.59, "WBC_10": 92.53, "WBC_1": 84.03},
-    "pretrain": {"WBC_100": 97.57, "WBC_50": 95.78, "WBC_10": 93.06, "WBC_1": 84.32},
-    "pretrain_aug": {"WBC_100": 97.63, "WBC_50": 96.47, "WBC_10": 93.69, "WBC_1": 82.93},
-}
-METRICS = (("test_accuracy", "accuracy"), ("test_macro_f1", "macro-F1"),
-           ("test_balanced_accuracy", "balanced accuracy"))
-COMPARISONS = (("pretrain", "scratch", "does CAM16 pretraining help?"),
-               ("pretrain_aug", "pretrain", "does the mask-based augmentation help?"),
-               ("pretrain_aug", "scratch", "both against scratch"),
-               ("ssl", "scratch", "does pRCC self-supervised pretraining help?"),
-               ("ssl_pretrain", "pretrain", "does pRCC SSL before CAM16 help?"),
-               ("ssl", "pretrain", "pRCC SSL against CAM16 supervised"))
-SEARCHED = ("lr", "weight_decay", "imbalance", "mask_augment", "aug_factor", "background")
-
-
-@dataclass
-class Results:
-    trials: pd.DataFrame
-    epochs: pd.DataFrame
-    study: dict[str, Any]
-    source: str  # "results folder" or "Tune experiment folder"
-
-
-def _frame(path: Path) -> pd.DataFrame:
-    try:
-        return read_table(path).to_pandas()
-    except FileNotFoundError:
-        return pd.DataFrame()
-
-
-def load_results(path: Path) -> Results:
-    """A results folder, or a Tune experiment folder (the results folder's ``tune/`` or any)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a folder: give a study's results folder (it "
-                                "holds trials.parquet) or a Ray Tune experiment folder")
-    if (path / TRIALS_FILE).exists():
-        study = json.loads((path / STUDY_FILE).read_text()) if (path / STUDY_FILE).exists() \
-            else {}
-        return Results(_frame(path / TRIALS_FILE), _frame(path / EPOCHS_FILE), study,
-                       "results folder")
-    tune_dir = path / "tune" if (path / "tune").is_dir() else path
-    if not any(tune_dir.glob("experiment_state-*.json")):
-        raise FileNotFoundError(f"{path} holds neither trials.parquet nor a Ray Tune experiment "
-                                "(experiment_state-*.json); is this a study's results folder?")
-    return _from_tune(tune_dir, path)
-
-
-def _from_tune(tune_dir: Path, root: Path) -> Results:
-    """Rows rebuilt from Tune's own record of each trial (its config and reported results)."""
-    from ray.tune import ExperimentAnalysis
-
-    from study.callbacks import _epoch_row, trial_row
-
-    analysis = ExperimentAnalysis(str(tune_dir))
-    frames = analysis.trial_dataframes
-    trials, epochs = [], []
-    found = [p / STUDY_FILE for p in (root, tune_dir.parent) if (p / STUDY_FILE).exists()]
-    study = json.loads(found[0].read_text()) if found else {}
-    name = study.get("study", tune_dir.name)
-    for trial in analysis.trials:
-        config = dict(trial.config)
-        if "trial_key" not in config:
-            continue  # not a study trial
-        frame = frames.get(trial.trial_id)
-        rows = {}
-        if frame is not None and "epoch" in frame:
-            for record in frame.to_dict("records"):
-                if record.get("epoch") == record.get("epoch") and not record.get("replayed"):
-                    rows[int(record["epoch"])] = _epoch_row(record)
-        curve = [rows[k] for k in sorted(rows)]
-        last = dict(trial.last_result or {})
-        if last.get("replayed"):
-            last = {**last, "time_total_s": last.get("wall_seconds")}
-        final = last if "test_accuracy" in last else None
-        status = ("error" if trial.status == "ERROR" else "completed" if final
-                  else "stopped" if trial.status == "TERMINATED" else "running")
-        row = trial_row(name, config, {k: v for k, v in config.items()
-                                       if k not in ("cell", "phase", "trial_key")},
-                        curve, final, status=status, tune_trial_id=trial.trial_id)
-        trials.append(row)
-        epochs += [{**e, "trial_id": row["trial_id"], "cell": row["cell"],
-                    "phase": row["phase"]} for e in curve]
-    return Results(pd.DataFrame(trials), pd.DataFrame(epochs), study,
-                   "Tune experiment folder")
-
-
-@dataclass
-class Cell:
-    subset: str
-    strategy: str
-    search_done: int = 0
-    search_expected: int | None = None
-    finals: pd.DataFrame = field(default_factory=pd.DataFrame)
-    final_expected: int | None = None
-    best: dict[str, Any] | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.subset}-{self.strategy}"
-
-
-@dataclass
-class Report:
-    results: Results
-    cells: dict[tuple[str, str], Cell]
-    subsets: list[str]
-    strategies: list[str]
-    missing: list[str]
-
-
-def _sort_subsets(subsets: Sequence[str]) -> list[str]:
-    return sorted(set(subsets), key=lambda s: -(subset_percent(s) or 0))
-
-
-def summarise(results: Results) -> Report:
-    """Cells, their final rows and best configurations, and what is missing."""
-    trials = results.trials
-    spec = results.study.get("spec", {})
-    subsets = _sort_subsets(list(spec.get("subsets", [])) or list(trials.get("subset", [])))
-    known = list(strategy_names())
-    strategies = list(spec.get("strategies", [])) or sorted(
-        set(trials.get("strategy", [])), key=lambda s: (known.index(s) if s in known
-                                                        else len(known), s))
-    cells: dict[tuple[str, str], Cell] = {}
-    missing = []
-    for subset in subsets:
-        for strategy in strategies:
-            cell = Cell(subset, strategy, search_expected=spec.get("search_trials"),
-                        final_expected=spec.get("final_seeds"))
-            rows = trials[(trials["subset"] == subset) & (trials["strategy"] == strategy)] \
-                if len(trials) else trials
-            search = rows[rows["phase"] == "search"] if len(rows) else rows
-            cell.search_done = len(search)
-            if len(rows):
-                cell.finals = rows[(rows["phase"] == "final")
-                                   & (rows["status"] == "completed")].sort_values("seed")
-            scored = search[search["val_macro_f1"].notna()] if len(search) else search
-            if len(scored):
-                best = scored.sort_values(["val_macro_f1", "trial_id"],
-                                          ascending=[False, True]).iloc[0]
-                cell.best = {k: best[k] for k in SEARCHED if k in best and _present(best[k])}
-                cell.best["val_macro_f1"] = float(best["val_macro_f1"])
-            wanted = cell.final_expected
-            if not len(rows):
-                missing.append(f"{cell.name}: no trial has finished")
-            elif wanted is not None and len(cell.finals) < wanted:
-                missing.append(f"{cell.name}: {len(cell.finals)} of {wanted} final seeds "
-                               f"({cell.search_done} of {cell.search_expected} search trials)")
-            cells[(subset, strategy)] = cell
-    return Report(results, cells, subsets, strategies, missing)
-
-
-def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
-
+__all__ = ["table1", "terminal_table", "write_report"]
 
 def _interval(values: Sequence[float], percent: bool = True) -> str:
     mean, low, high = mean_interval(list(values))
@@ -200,50 +36,6 @@ def _interval(values: Sequence[float], percent: bool = True) -> str:
     if math.isfinite(low):
         text += f" [{scale * max(low, 0.0):.{digits}f}, {scale * min(high, 1.0):.{digits}f}]"
     return text
-
-
-def paired(report: Report, metric: str = "test_accuracy") -> pd.DataFrame:
-    """Per subset and comparison: mean difference over shared seeds, its interval, p (paired t)
-    and Holm-adjusted p over every comparison in the table."""
-    from scipy import stats
-
-    rows = []
-    for subset in report.subsets:
-        for better, base, question in COMPARISONS:
-            a = report.cells.get((subset, better))
-            b = report.cells.get((subset, base))
-            if a is None or b is None or not len(a.finals) or not len(b.finals):
-                continue
-            left = a.finals.set_index("seed")[metric]
-            right = b.finals.set_index("seed")[metric]
-            seeds = sorted(set(left.index) & set(right.index))
-            diff = np.array([left[s] - right[s] for s in seeds], dtype=float)
-            mean, low, high = mean_interval(diff)
-            p = math.nan
-            if len(diff) >= 2 and np.std(diff) > 0:
-                p = float(stats.ttest_1samp(diff, 0.0).pvalue)
-            elif len(diff) >= 2:
-                p = 0.0 if abs(mean) > 0 else 1.0
-            rows.append({"subset": subset, "comparison": f"{better} - {base}",
-                         "question": question, "seeds": len(seeds), "difference": mean,
-                         "low": low, "high": high, "p": p})
-    table = pd.DataFrame(rows)
-    if len(table):
-        table["p_holm"] = _holm(table["p"].to_numpy())
-        table["significant"] = table["p_holm"] < 0.05
-    return table
-
-
-def _holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjustment (NaN stays NaN)."""
-    out = np.full(p.shape, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    order = valid[np.argsort(p[valid])]
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p[index]))
-        out[index] = running
-    return out
 
 
 def _on_report_data(study: dict[str, Any]) -> bool:
@@ -305,8 +97,6 @@ def write_report(source: Path, out: Path | None = None) -> tuple[Path, Report]:
     report = summarise(results)
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
-    from study.figures import draw_all
-
     drawn = draw_all(report, figures)
     text = _markdown(report, [p.name for p in drawn])
     (out / "report.md").write_text(text)
@@ -452,14 +242,14 @@ def _pretrain_lines(pretrain: dict[str, Any]) -> list[str]:
 def _best_section(report: Report) -> list[str]:
     lines = ["## Best configuration per cell", "",
              "The search trial with the highest selection macro-F1 (what the final seeds "
-             "re-ran).", "", "| cell | val macro-F1 | " + " | ".join(SEARCHED) + " |",
-             "|---|---|" + "---|" * len(SEARCHED)]
+             "re-ran).", "", "| cell | val macro-F1 | " + " | ".join(report.searched) + " |",
+             "|---|---|" + "---|" * len(report.searched)]
     for cell in report.cells.values():
         if not cell.best:
-            lines.append(f"| {cell.name} | – |" + " – |" * len(SEARCHED))
+            lines.append(f"| {cell.name} | – |" + " – |" * len(report.searched))
             continue
         values = []
-        for name in SEARCHED:
+        for name in report.searched:
             value = cell.best.get(name)
             if name in ("aug_factor", "background") and not cell.best.get("aug_factor"):
                 value = None
@@ -472,48 +262,6 @@ def _best_section(report: Report) -> list[str]:
     return [*lines, ""]
 
 
-def importances(report: Report) -> pd.DataFrame:
-    """Which hyperparameters mattered, per strategy: fANOVA (Optuna's default evaluator, seeded)
-    over the search trials of all subsets, each cell's objective turned into ranks within the
-    cell so that WBC_1's scale does not drown WBC_100's."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
-    from optuna.trial import create_trial
-
-    trials = report.results.trials
-    rows = []
-    for strategy in report.strategies:
-        search = trials[(trials["phase"] == "search") & (trials["strategy"] == strategy)
-                        & trials["val_macro_f1"].notna()].copy() if len(trials) else trials
-        if len(search) < 4:
-            continue
-        search["rank"] = search.groupby("subset")["val_macro_f1"].rank(pct=True)
-        names = [n for n in SEARCHED if n in search and search[n].notna().all()
-                 and search[n].nunique() > 1]
-        if not names:
-            continue
-        dists: dict[str, Any] = {}
-        for n in names:
-            if not pd.api.types.is_numeric_dtype(search[n]):
-                dists[n] = CategoricalDistribution(sorted(search[n].unique()))
-            else:
-                dists[n] = FloatDistribution(float(search[n].min()), float(search[n].max()),
-                                             log=n in ("lr", "weight_decay"))
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(direction="maximize")
-        for record in search.to_dict("records"):
-            params = {n: (record[n] if isinstance(dists[n], CategoricalDistribution)
-                          else float(record[n])) for n in names}
-            study.add_trial(create_trial(params=params, distributions=dists,
-                                         value=float(record["rank"])))
-        scores = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
-        for n, score in scores.items():
-            rows.append({"strategy": strategy, "parameter": n, "importance": float(score),
-                         "trials": len(search)})
-    return pd.DataFrame(rows)
-
-
 def _importance_section(report: Report) -> list[str]:
     table = importances(report)
     lines = ["## Which hyperparameters mattered", ""]
@@ -522,11 +270,11 @@ def _importance_section(report: Report) -> list[str]:
     lines += ["fANOVA importance (Optuna) of each searched hyperparameter for the selection "
               "macro-F1, ranked within each cell, per strategy over all subsets. With few "
               "trials these are rough.", "", "| strategy | trials | " +
-              " | ".join(SEARCHED) + " |", "|---|---|" + "---|" * len(SEARCHED)]
+              " | ".join(report.searched) + " |", "|---|---|" + "---|" * len(report.searched)]
     for strategy, group in table.groupby("strategy", sort=False):
         scores = dict(zip(group["parameter"], group["importance"], strict=True))
         lines.append(f"| {strategy} | {int(group['trials'].iloc[0])} | " + " | ".join(
-            f"{scores[n]:.2f}" if n in scores else "–" for n in SEARCHED) + " |")
+            f"{scores[n]:.2f}" if n in scores else "–" for n in report.searched) + " |")
     return [*lines, ""]
 
 

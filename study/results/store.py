@@ -1,4 +1,4 @@
-"""A study's results folder: ``trials.parquet``, ``epochs.parquet`` and ``study.json``.
+"""A study's results folder on disk: ``trials.parquet``, ``epochs.parquet`` and ``study.json``.
 
 One row per trial (search trials and final re-runs) and one per (trial, epoch). Rows are keyed
 by the trial's stable ``trial_id`` (``WBC_10-pretrain/search-02``): writing a trial again
@@ -13,9 +13,7 @@ No Ray here: the report reads these files with nothing but pandas.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,12 +23,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from study.results.rows import EPOCH_COLUMNS, TRIAL_COLUMNS
+from wbc.fileio import atomic_write_bytes, atomic_write_text, file_lock
+
 __all__ = [
     "EPOCHS_FILE",
     "STUDY_FILE",
     "TRIALS_FILE",
     "ResultsStore",
-    "atomic_write_bytes",
     "read_table",
     "table_from_rows",
 ]
@@ -43,19 +43,6 @@ STUDY_FILE = "study.json"
 _FLOAT_PREFIXES = ("val_", "test_", "lr", "weight_decay", "train_loss", "train_accuracy")
 _FLOAT_SUFFIXES = ("_seconds", "_per_second", "_accuracy", "_macro_f1", "_score")
 _INT_SUFFIXES = ("_n", "_epoch", "_images", "epoch", "seed", "aug_factor", "_files")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` so that it holds the old bytes or the new ones, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _column_type(name: str, values: Sequence[Any]) -> pa.DataType:
@@ -119,16 +106,6 @@ def _write_table(path: Path, table: pa.Table) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
-TRIAL_COLUMNS = ("study", "cell", "subset", "strategy", "phase", "trial_id", "seed", "status",
-                 "lr", "weight_decay", "imbalance", "aug_factor", "background", "best_epoch",
-                 "epochs_run", "val_accuracy", "val_macro_f1", "val_balanced_accuracy",
-                 "test_accuracy", "test_macro_f1", "test_balanced_accuracy", "train_images",
-                 "wall_seconds", "train_loop_seconds", "error")
-EPOCH_COLUMNS = ("study", "cell", "phase", "trial_id", "epoch", "train_loss", "train_accuracy",
-                 "lr", "val_accuracy", "val_macro_f1", "val_balanced_accuracy", "best_epoch",
-                 "epoch_seconds")
-
-
 class ResultsStore:
     """The results folder of one study; safe to use from several processes."""
 
@@ -140,9 +117,7 @@ class ResultsStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".results.lock").open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with file_lock(self.root / ".results.lock"):
             yield
 
     def write_trial(self, row: dict[str, Any], epochs: Sequence[dict[str, Any]]) -> None:
@@ -181,7 +156,7 @@ class ResultsStore:
     def write_study(self, record: dict[str, Any]) -> None:
         with self._locked():
             text = json.dumps(record, indent=2, sort_keys=False, default=str)
-            atomic_write_bytes(self.study_path, (text + "\n").encode())
+            atomic_write_text(self.study_path, text + "\n")
 
     def read_study(self) -> dict[str, Any]:
         if not self.study_path.exists():

@@ -137,7 +137,7 @@ def test_tune_experiment_folder_works_with_tune_analysis(
     frame = analysis.dataframe()
     assert len(frame) == len(_expected_keys(spec))
     assert set(frame["config/trial_key"]) == _expected_keys(spec)
-    from study.trial import run_trial
+    from study.tune.trial import run_trial
 
     grid = tune.Tuner.restore(str(results / "tune"), trainable=run_trial).get_results()
     assert len(grid) == len(_expected_keys(spec))

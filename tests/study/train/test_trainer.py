@@ -7,13 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from study.train import RunSpec, ensure_cam16_pretrain, run_training, warm_cache
-from wbc.config import TrainConfig
+from study.pretraining import TrainExecutor, ensure_sources
+from study.train import RunSpec, run_training, warm_cache
+from wbc.config import PretrainSettings, TrainConfig
 from wbc.data import plan_wbc
-from wbc.datasets import scan_tree
+from wbc.datasets import Tree, scan_tree
+from wbc.pretrain import PretrainResult, WeightsStore
 
 FAST = {"image_size": 32, "batch_size": 16, "lr": 0.02, "color_jitter": 0.0,
         "warmup_epochs": 0.5, "bn_recalibrate": 64}
+
+
+def ensure_cam16_pretrain(tree: Tree, config: TrainConfig, spec: RunSpec, *, epochs: int
+                          ) -> PretrainResult:
+    """The CAM16 weights as ``wbc train`` makes them: Ray Train runs, kept in the cache."""
+    done = ensure_sources(["cam16"], tree, config, PretrainSettings(cam16_epochs=epochs),
+                          WeightsStore(spec.cache_dir), TrainExecutor(spec),
+                          cache_dir=spec.cache_dir)["cam16"]
+    return PretrainResult(done.weights, done.record, done.key)
 
 
 def test_wbc_never_imports_ray() -> None:

@@ -1,0 +1,75 @@
+"""A study's data before Ray starts: the tree (made synthetic when none is given), checked,
+and decoded once into the shared cache so that trials only map it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from wbc.cache import decode_samples, default_cache_dir
+from wbc.config import TrainConfig
+from wbc.data import plan_cam16, plan_wbc
+from wbc.datasets import DatasetError, Tree, class_counts
+from wbc.fileio import file_lock
+from wbc.layout import WBC_CLASSES
+
+__all__ = ["StudyError", "check_tree", "synthetic_tree", "warm_caches", "wbc100_counts"]
+
+
+class StudyError(Exception):
+    """A problem the user can fix (bad data, an occupied results folder); the message says how."""
+
+
+def synthetic_tree(scale: float, image_size: int, *, seed: int = 0,
+                   cache_dir: Path | str | None = None,
+                   say: Callable[[str], None] | None = None) -> Path:
+    """The synthetic tree for (scale, resolution, seed), made once per cache and reused; two
+    processes asking at once make it once."""
+    from wbc.synth import synthesize
+
+    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    size = max(64, image_size)  # drawn at 64 px at least: small cells need the detail
+    root = base / "synth" / f"scale{scale:g}-{size}px-seed{seed}"
+    with file_lock(root.parent / f"{root.name}.lock"):
+        if not (root / "synth.json").exists():
+            if say is not None:
+                say(f"making a synthetic tree (scale {scale:g}, {size} px, seed {seed}) in "
+                    f"{root}; it is cached for later runs")
+            synthesize(root, scale=scale, image_size=size, seed=seed, overwrite=True)
+    return root
+
+
+def check_tree(tree: Tree, cells: tuple[tuple[str, str], ...], base_config: TrainConfig
+               ) -> None:
+    """Refuse a tree that cannot run every cell, naming the problem and the fix."""
+    if not tree.usable:
+        problems = "\n".join(f"  {p}" for p in tree.errors[:10])
+        more = f"\n  ... and {len(tree.errors) - 10} more" if len(tree.errors) > 10 else ""
+        raise StudyError(f"{tree.root}: the tree is not usable:\n{problems}{more}\nrun "
+                         f"`wbc check {tree.root}` for the full list; fix or remove the files, "
+                         "or set exclude_bad=true to leave them out")
+    for subset, strategy in cells:
+        try:
+            plan_wbc(tree, base_config.replace(subset=subset, strategy=strategy))
+        except DatasetError as err:
+            raise StudyError(f"cell {subset} x {strategy}: {err}") from err
+
+
+def warm_caches(tree: Tree, image_size: int, *, cam16: bool, cache_dir: str | None) -> str:
+    """Decode every WBC image (and CAM16's when ``cam16``) once; the WBC fingerprint."""
+    samples = {s.path: s for s in tree.wbc.samples()}
+    decoded = decode_samples(list(samples.values()), image_size, name="WBC",
+                             cache_dir=cache_dir)
+    if cam16:
+        plan = plan_cam16(tree, image_size=image_size)
+        decode_samples([*plan.train, *plan.val, *plan.test], image_size, name="CAM16",
+                       cache_dir=cache_dir)
+    return decoded.fingerprint
+
+
+def wbc100_counts(tree: Tree) -> dict[str, dict[str, int]]:
+    """Images per class of WBC_100's train, val and test splits."""
+    splits = {"train": tree.wbc.subset(100), "val": tree.wbc.val, "test": tree.wbc.test}
+    return {split: dict(zip(WBC_CLASSES, map(int, class_counts(samples, len(WBC_CLASSES))[0]),
+                            strict=True))
+            for split, samples in splits.items()}

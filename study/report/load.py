@@ -1,0 +1,91 @@
+"""Reading a study's results: its results folder, or a Ray Tune experiment folder alone."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from study.results import (
+    EPOCHS_FILE,
+    STUDY_FILE,
+    TRIALS_FILE,
+    epoch_row,
+    read_table,
+    resolved_config,
+    trial_row,
+)
+
+__all__ = ["Results", "load_results"]
+
+
+@dataclass
+class Results:
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    study: dict[str, Any]
+    source: str  # "results folder" or "Tune experiment folder"
+
+
+def _frame(path: Path) -> pd.DataFrame:
+    try:
+        return read_table(path).to_pandas()
+    except FileNotFoundError:
+        return pd.DataFrame()
+
+
+def load_results(path: Path) -> Results:
+    """A results folder, or a Tune experiment folder (the results folder's ``tune/`` or any)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder: give a study's results folder (it "
+                                "holds trials.parquet) or a Ray Tune experiment folder")
+    if (path / TRIALS_FILE).exists():
+        study = json.loads((path / STUDY_FILE).read_text()) if (path / STUDY_FILE).exists() \
+            else {}
+        return Results(_frame(path / TRIALS_FILE), _frame(path / EPOCHS_FILE), study,
+                       "results folder")
+    tune_dir = path / "tune" if (path / "tune").is_dir() else path
+    if not any(tune_dir.glob("experiment_state-*.json")):
+        raise FileNotFoundError(f"{path} holds neither trials.parquet nor a Ray Tune experiment "
+                                "(experiment_state-*.json); is this a study's results folder?")
+    return _from_tune(tune_dir, path)
+
+
+def _from_tune(tune_dir: Path, root: Path) -> Results:
+    """Rows rebuilt from Tune's own record of each trial (its config and reported results)."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(tune_dir))
+    frames = analysis.trial_dataframes
+    trials, epochs = [], []
+    found = [p / STUDY_FILE for p in (root, tune_dir.parent) if (p / STUDY_FILE).exists()]
+    study = json.loads(found[0].read_text()) if found else {}
+    name = study.get("study", tune_dir.name)
+    for trial in analysis.trials:
+        config = dict(trial.config)
+        if "trial_key" not in config:
+            continue  # not a study trial
+        frame = frames.get(trial.trial_id)
+        rows = {}
+        if frame is not None and "epoch" in frame:
+            for record in frame.to_dict("records"):
+                if record.get("epoch") == record.get("epoch") and not record.get("replayed"):
+                    rows[int(record["epoch"])] = epoch_row(record)
+        curve = [rows[k] for k in sorted(rows)]
+        last = dict(trial.last_result or {})
+        if last.get("replayed"):
+            last = {**last, "time_total_s": last.get("wall_seconds")}
+        final = last if "test_accuracy" in last else None
+        status = ("error" if trial.status == "ERROR" else "completed" if final
+                  else "stopped" if trial.status == "TERMINATED" else "running")
+        row = trial_row(name, config, resolved_config(last), curve, final, status=status,
+                        tune_trial_id=trial.trial_id)
+        trials.append(row)
+        epochs += [{**e, "trial_id": row["trial_id"], "cell": row["cell"],
+                    "phase": row["phase"]} for e in curve]
+    return Results(pd.DataFrame(trials), pd.DataFrame(epochs), study,
+                   "Tune experiment folder")

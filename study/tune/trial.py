@@ -1,0 +1,184 @@
+"""The Tune trainable: one trial of one cell, thin by design (house style 3).
+
+It turns Tune's flat ``config`` into a ``TrainConfig`` (here, and only here: ``trial_config``)
+and trains through ``wbc.run`` in one of two ways:
+
+- ``inline``: in the trial's own process, which Tune reuses from trial to trial (torch imported
+  and the decode cache mapped once per process). About 1 s of overhead per trial on a 2-core
+  CPU (the quick study's trials): what a study of many small trials needs.
+- ``train``: the trial drives a Ray Train ``TorchTrainer`` (DDP over ``workers_per_trial``
+  workers) whose reports reach Tune through ``TuneReportCallback``. About 30 s per trial on the
+  same CPU, mostly the trainer's and its worker group's start-up: for trials big enough to want
+  several GPUs.
+
+Either way every epoch is reported with ``epoch`` (ASHA's clock), ``best_val_macro_f1`` (the
+objective: macro-F1 of the best epoch so far on the selection split) and the resolved
+configuration (``resolved_config``, which the driver stores as the row's settings), and the last
+report carries the final record (``test_*`` on the reporting split).
+
+A trial whose row is already stored, complete and with the same hyperparameters (a restored
+study re-running work it had finished before the crash) replays the stored figures instead of
+training again.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from study.results import CONFIG_KEY, TRIAL_KEYS, ResultsStore
+from study.spec import StudySpec
+from study.train.trainer import CHECKPOINT_FILE, RunSpec, build_trainer
+from wbc.augment import pastes_enabled
+from wbc.config import TrainConfig
+from wbc.data import SplitPlan, plan_wbc
+from wbc.datasets import Tree
+from wbc.metrics import scalars
+from wbc.run import train_run
+from wbc.strategies import get_strategy
+from wbc.train import load_checkpoint, save_checkpoint
+
+__all__ = ["METRIC", "MODE", "StudyContext", "run_trial", "trial_config", "with_resources"]
+
+METRIC = "best_val_macro_f1"  # macro-F1: accuracy would favour always saying "Neutrophil"
+MODE = "max"
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What every trial needs and nothing a trial chooses: put in the object store once."""
+
+    spec: StudySpec
+    tree: Tree
+    results: str  # the results folder (shared storage on a cluster)
+    # Starting weights by source (wbc.strategies.Strategy.weights_source): (file, key).
+    pretrained: dict[str, tuple[str, str]] = field(default_factory=dict)
+    cache_dir: str | None = None
+
+    def starting_weights(self, strategy: str) -> tuple[Path | None, str | None]:
+        """The stored weights a strategy's trial starts from, and their key (None: random)."""
+        source = get_strategy(strategy).weights_source
+        if source is None:
+            return None, None
+        if source not in self.pretrained:
+            raise RuntimeError(f"strategy {strategy!r} starts from {source} weights, which "
+                               "this study did not pretrain")
+        weights, key = self.pretrained[source]
+        return Path(weights), key
+
+
+def trial_config(spec: StudySpec, config: dict[str, Any]) -> TrainConfig:
+    """Tune's flat config -> the trial's ``TrainConfig`` (the only place the two meet): the
+    study's shared settings, the searched ones, the cell and the seed. A strategy that does not
+    paste (``wbc.augment.pastes_enabled``) records ``aug_factor`` 0."""
+    searched = {k: v for k, v in config.items() if k not in TRIAL_KEYS}
+    epochs = spec.epochs
+    every = spec.checkpoint_every
+    resolved = spec.base_config().replace(
+        **searched, subset=config["subset"], strategy=config["strategy"],
+        seed=int(config["seed"]), checkpoint_every=every if 0 < every < epochs else epochs)
+    if not pastes_enabled(resolved):
+        resolved = resolved.replace(aug_factor=0)
+    if spec.redraw_subsets and config["phase"] == "final":
+        resolved = resolved.replace(subset_seed=int(config["seed"]))
+    return resolved
+
+
+def _replay(context: StudyContext, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored final record of this trial, if it finished with these same settings."""
+    row = ResultsStore(Path(context.results)).trial_rows().get(config["trial_key"])
+    if row is None or row.get("status") != "completed":
+        return None
+    for key, value in config.items():
+        stored = row.get(key)
+        if isinstance(value, float) and isinstance(stored, float):
+            if not math.isclose(value, stored, rel_tol=1e-9):
+                return None
+        elif key in row and stored != value:
+            return None
+    return row
+
+
+def run_trial(config: dict[str, Any], context: StudyContext) -> None:
+    """The trainable handed to ``tune.with_parameters``."""
+    stored = _replay(context, config)
+    if stored is not None:
+        tune.report({**scalars(stored), "epoch": int(stored.get("epochs_run") or 1),
+                     METRIC: stored.get("val_macro_f1"), "replayed": True})
+        return
+    train_config = trial_config(context.spec, config)
+    plan = plan_wbc(context.tree, train_config)
+    weights, key = context.starting_weights(train_config.model.strategy)
+    extra = {"pretrain_key": key, CONFIG_KEY: train_config.to_flat()}
+    if context.spec.resources.mode == "train":
+        _run_on_ray_train(context, config, train_config, plan, weights, extra)
+    else:
+        _run_inline(context, train_config, plan, weights, extra)
+
+
+def _run_inline(context: StudyContext, config: TrainConfig, plan: SplitPlan,
+                weights: Path | None, extra: dict[str, Any]) -> None:
+    resources = context.spec.resources
+    use_gpu = resources.gpus_per_trial > 0 and torch.cuda.is_available()
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    epochs = config.optim.epochs
+
+    def on_epoch(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        if state is None or context.spec.checkpoint_every <= 0 or metrics["epoch"] == epochs:
+            tune.report(metrics)  # the last state is not kept: the row has the figures
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    train_run(plan, config, device="cuda" if use_gpu else "cpu", weights=weights,
+              resume=resume, on_epoch=on_epoch, cache_dir=context.cache_dir,
+              threads=int(resources.cpus_per_trial), extra=extra)
+
+
+def run_spec(context: StudyContext, name: str) -> RunSpec:
+    """The Ray Train run of a trial (or of pretraining in train mode): the study's per-trial
+    resources, stored under the results folder."""
+    resources = context.spec.resources
+    return RunSpec(storage_path=str(Path(context.results) / "train"), name=name,
+                   workers=resources.workers_per_trial, use_gpu=resources.gpus_per_trial > 0,
+                   gpus_per_worker=resources.gpus_per_trial or 1.0,
+                   cpus_per_worker=resources.cpus_per_trial, cache_dir=context.cache_dir)
+
+
+def _run_on_ray_train(context: StudyContext, config: dict[str, Any], train_config: TrainConfig,
+                      plan: SplitPlan, weights: Path | None, extra: dict[str, Any]) -> None:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    # Stable per trial: a restored study resumes the run from its own checkpoints.
+    name = f"{context.spec.name}-{config['trial_key'].replace('/', '-')}"
+    trainer = build_trainer(plan, train_config, run_spec(context, name),
+                            callbacks=[TuneReportCallback()], pretrained=weights,
+                            extra_metrics=extra)
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+
+
+def with_resources(context: StudyContext) -> Any:
+    """The trainable with the context bound and the resources a trial holds."""
+    resources = context.spec.resources
+    bound = tune.with_parameters(run_trial, context=context)
+    if resources.mode == "train":
+        # The driver function only waits on its TorchTrainer; the workers hold the CPUs and
+        # GPUs. A trial must request something, hence a token of memory.
+        return tune.with_resources(bound, {"cpu": 0, "memory": 1 << 20})
+    request: dict[str, float] = {"cpu": resources.cpus_per_trial}
+    if resources.gpus_per_trial > 0:
+        request["gpu"] = resources.gpus_per_trial
+    return tune.with_resources(bound, request)

@@ -1,0 +1,85 @@
+"""Optimisers and learning-rate schedules, shared by supervised and self-supervised training.
+
+A schedule is computed once per run from its optimisation settings and the number of steps an
+epoch takes, and is then a pure function of the step (house style 5, nanoGPT's ``get_lr``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from wbc.config import OptimConfig
+
+__all__ = ["Schedule", "build_optimizer"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Linear warmup to ``peak_lr``, then cosine to 0, step decay, or constant."""
+
+    peak_lr: float
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    kind: str = "cosine"  # cosine | step | constant
+    step_every: int = 10  # step schedule: epochs between decays
+    step_gamma: float = 0.1
+
+    @classmethod
+    def for_run(cls, optim: OptimConfig, *, steps_per_epoch: int, epochs: int | None = None,
+                workers: int = 1) -> Schedule:
+        """The schedule of a run of ``epochs`` (default ``optim.epochs``) epochs of
+        ``steps_per_epoch`` steps on ``workers`` data-parallel workers (``optim.lr_rule``)."""
+        epochs = optim.epochs if epochs is None else epochs
+        return cls(peak_lr=optim.peak_lr(workers), steps_per_epoch=steps_per_epoch,
+                   total_steps=steps_per_epoch * epochs,
+                   warmup_steps=round(optim.warmup_epochs * steps_per_epoch),
+                   kind=optim.schedule, step_every=optim.step_every,
+                   step_gamma=optim.step_gamma)
+
+    def lr(self, step: int) -> float:
+        """The learning rate at ``step`` (0-based)."""
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return self.peak_lr * (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return self.peak_lr
+        if self.kind == "step":
+            every = max(1, self.step_every * self.steps_per_epoch)
+            return self.peak_lr * self.step_gamma ** (step // every)
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set every parameter group's rate for ``step``; returns it."""
+        lr = self.lr(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW; no weight decay on biases and normalisation parameters.
+
+    The fused implementations (one kernel over all parameters) on CPU and GPU alike: on the
+    2-core development CPU a ResNet-18 step of SGD takes 5.4 ms fused against 11.2 ms in a
+    loop, AdamW 8.5 ms against 40 ms (``benchmarks/train_throughput.py`` times whole steps).
+    """
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": optim.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    params = decay + no_decay
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                                 for p in params)
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum,
+                               nesterov=optim.momentum > 0, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=optim.lr, fused=fused or None)
