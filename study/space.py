@@ -20,7 +20,8 @@ from wbc.strategies import get_strategy
 __all__ = ["SEARCHABLE", "cell_space", "searched_names"]
 
 # Every name a cell may search, in the order tables show them.
-SEARCHABLE = ("lr", "weight_decay", "imbalance", "mask_augment", "aug_factor", "background")
+SEARCHABLE = ("lr", "weight_decay", "imbalance", "label_smoothing", "mask_augment", "aug_factor",
+              "background")
 
 
 def cell_space(space: SearchSpace, strategy: str) -> dict[str, BaseDistribution]:
@@ -31,6 +32,9 @@ def cell_space(space: SearchSpace, strategy: str) -> dict[str, BaseDistribution]
                                           log=True),
         "imbalance": CategoricalDistribution(list(space.imbalance)),
     }
+    if space.label_smoothing_max > 0:
+        dists["label_smoothing"] = FloatDistribution(space.label_smoothing_min,
+                                                     space.label_smoothing_max)
     chosen = get_strategy(strategy)
     if chosen.augment_switch:
         dists["mask_augment"] = CategoricalDistribution([False, True])

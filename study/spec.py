@@ -40,6 +40,10 @@ class SearchSpace:
     aug_factor_min: int = 1  # pastes per masked image, for strategies that paste (the report: 5)
     aug_factor_max: int = 8
     background: tuple[str, ...] = ("none", "own", "other")  # the report's empty one, or real ones
+    # Label smoothing (Szegedy et al. 2016), searched when label_smoothing_max > 0; at 0 it stays
+    # at the train settings' value (off), which keeps a small search on the knobs that matter.
+    label_smoothing_min: float = 0.0
+    label_smoothing_max: float = 0.0
 
     def __post_init__(self) -> None:
         for low, high in (("lr_min", "lr_max"), ("weight_decay_min", "weight_decay_max"),
@@ -48,6 +52,10 @@ class SearchSpace:
                 raise ValueError(f"space.{low}={getattr(self, low)!r} must be above 0 and at "
                                  f"most space.{high}={getattr(self, high)!r}")
 
+        if not 0 <= self.label_smoothing_min <= self.label_smoothing_max <= 0.5:
+            raise ValueError(f"space.label_smoothing_min={self.label_smoothing_min!r} and "
+                             f"space.label_smoothing_max={self.label_smoothing_max!r} must "
+                             "satisfy 0 <= min <= max <= 0.5")
         for name, valid in (("imbalance", ("none", "weighted", "balanced")),
                             ("background", ("none", "own", "other"))):
             values = getattr(self, name)
@@ -325,6 +333,7 @@ _PAPER = StudySpec(
     ssl_min_epoch_images=5700,
     train=TrainConfig().replace(batch_size=256, bn_recalibrate=2048, min_epoch_images=4096,
                                 report_every=1),
+    space=SearchSpace(label_smoothing_max=0.2),
     checkpoint_every=5,
     resources=Resources(cpus_per_trial=4.0, gpus_per_trial=1.0),
 )

@@ -344,3 +344,15 @@ def test_search_space_rejects_inverted_and_empty_bounds() -> None:
         SearchSpace(weight_decay_min=0)
     with pytest.raises(ValueError, match=r"space\.background"):
         SearchSpace(background=())
+
+
+def test_label_smoothing_is_searched_only_where_its_bounds_allow() -> None:
+    from study.space import cell_space
+
+    assert "label_smoothing" not in cell_space(preset("quick").space, "scratch")
+    space = preset("quick").with_overrides(["space.label_smoothing_max=0.2"]).space
+    dist = cell_space(space, "pretrain_aug")["label_smoothing"]
+    assert (dist.low, dist.high) == (0.0, 0.2)  # type: ignore[attr-defined]
+    assert "label_smoothing" in cell_space(preset("paper").space, "scratch")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        preset("quick").with_overrides(["space.label_smoothing_max=0.7"])
