@@ -8,7 +8,9 @@
 set -u
 out=${1:-gpu-results}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# wbc and study come from the installed package (pip install -e .); each script finds
+# benchmarks/harness.py next to itself.
+export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 size=${SIZE:-224} scale=${SCALE:-0.25} batch=${BATCH:-256} device=${DEVICE:-cuda}
 tree=${TREE:-/tmp/wbc-bench-tree}

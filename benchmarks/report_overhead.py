@@ -6,29 +6,29 @@ Ray Train trial reports with ``ray.train.report`` in its worker, which reaches T
 trainer's controller and ``TuneReportCallback``. This times both on a local Ray: each run makes
 ``--reports`` reports with no work between them, and again with one report; the difference over
 ``reports - 1`` is the cost of one report, measured by the wall time of the whole run (what the
-study pays), not by the call alone. The baseline is the Tune function trial.
+study pays), not by the call alone. The baseline is the Tune function trial. Ray Train runs
+twice: with Ray's own controller poll, and with the study's (``study.train.trainer``'s
+``POLL_INTERVAL_SECONDS`` in ``POLL_INTERVAL_ENV``).
+
+It prints a line per kind (the run with one report, the run with ``--reports``, the cost of one
+report), then ``per-report cost: <kind> <ms> ms, ...``. Nothing trains: the trials only report,
+so no run goes through ``wbc.run``. The trials are defined here, in ``__main__``, so that Ray
+ships them by value and its workers need nothing from ``benchmarks/``.
 
     python benchmarks/report_overhead.py --reports 40
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+import harness
 
-
-from study.train import POLL_INTERVAL_ENV, POLL_INTERVAL_SECONDS  # noqa: E402
+from study.train.trainer import POLL_INTERVAL_ENV, POLL_INTERVAL_SECONDS
 
 
 def tune_trial(config: dict[str, Any]) -> None:
@@ -79,45 +79,37 @@ def run(kind: str, reports: int, storage: Path, poll: str = "") -> float:
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(name=f"{kind}-{reports}-{time.time_ns()}",
                                   storage_path=str(storage), verbose=0))
-    started = time.perf_counter()
-    grid = tuner.fit()
-    seconds = time.perf_counter() - started
+    with harness.Timer() as timer:
+        grid = tuner.fit()
     if grid.errors:
         raise RuntimeError(f"{kind} run failed: {grid.errors[0]}")
-    last = grid[0].metrics
+    last = grid[0].metrics or {}
     if last.get("epoch") != reports:
         raise RuntimeError(f"{kind}: expected {reports} reports to arrive, the last said "
                            f"epoch {last.get('epoch')}")
-    return seconds
+    return timer.seconds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reports", type=int, default=40)
-    parser.add_argument("--cpus", type=int, default=2)
+    parser = harness.parser(__doc__)
+    parser.add_argument("--reports", type=int, default=40,
+                        help="reports of the long run (at least 2)")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs given to the local Ray")
     args = parser.parse_args()
-    import logging
-
-    import ray
-
-    from wbc.hardware import describe
-
-    ray.init(num_cpus=args.cpus, logging_level=logging.WARNING, log_to_driver=False)
-    print(f"{describe()}, Ray {ray.__version__}, {args.cpus} CPUs", flush=True)
+    if args.reports < 2 or args.cpus < 1:
+        parser.error("--reports must be at least 2 and --cpus at least 1")
+    harness.header(f"{args.cpus} CPUs given to Ray", ray=True)
     figures: dict[str, float] = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for label, kind, poll in (("tune function trial", "tune", ""),
-                                      ("Ray Train, Ray's poll", "train", ""),
-                                      (f"Ray Train, {POLL_INTERVAL_SECONDS} s poll", "train",
-                                       POLL_INTERVAL_SECONDS)):
-                one = run(kind, 1, Path(tmp), poll)
-                many = run(kind, args.reports, Path(tmp), poll)
-                figures[label] = (many - one) / (args.reports - 1)
-                print(f"{label:26s}: 1 report {one:6.2f} s, {args.reports} reports {many:6.2f} "
-                      f"s -> {1000 * figures[label]:7.1f} ms a report", flush=True)
-    finally:
-        ray.shutdown()
+    with harness.local_ray(args.cpus), tempfile.TemporaryDirectory() as tmp:
+        for label, kind, poll in (("tune function trial", "tune", ""),
+                                  ("Ray Train, Ray's poll", "train", ""),
+                                  (f"Ray Train, {POLL_INTERVAL_SECONDS} s poll", "train",
+                                   POLL_INTERVAL_SECONDS)):
+            one = run(kind, 1, Path(tmp), poll)
+            many = run(kind, args.reports, Path(tmp), poll)
+            figures[label] = (many - one) / (args.reports - 1)
+            print(f"{label:26s}: 1 report {one:6.2f} s, {args.reports} reports {many:6.2f} "
+                  f"s -> {1000 * figures[label]:7.1f} ms a report", flush=True)
     print("per-report cost: " + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in figures.items()))
 
 

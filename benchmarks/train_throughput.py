@@ -19,7 +19,11 @@ the measured matmul peak. It checks that the full path's step does not synchroni
 the GPU (CUDA's sync debug mode counts synchronising calls in two epochs of different lengths: a
 per-epoch count is fine, a per-step one is not). Last come the ratio lines: on the CPU
 ``speedup fp32=<x> bf16=<y>`` (full path over the baseline); on a GPU ``full path = <p>% of model
-only`` and the images per second. ``--json`` writes every figure with the hardware.
+only`` and the images per second. ``--json`` writes every figure with the hardware and the
+provenance (``harness.write_json``).
+
+These are micro-benchmarks of single epochs and steps: they call ``wbc.train.train_one_epoch``
+(and, for the model alone and the baseline, the optimiser step) directly, not ``wbc.run``.
 
     python benchmarks/train_throughput.py --image-size 128            # the 2-core CPU
     python benchmarks/train_throughput.py --device cuda --image-size 224 --batch-size 256 --compile
@@ -27,56 +31,29 @@ only`` and the images per second. ``--json`` writes every figure with the hardwa
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import resource
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 import torch.nn.functional as F
+from harness import gpu_peak_gib, gpu_peak_reset, host_peak_gib, sync
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
+from wbc.augment import make_pastes
 from wbc.config import TrainConfig
-from wbc.data import load_plan, plan_wbc
-from wbc.datasets import scan_tree
-from wbc.hardware import cpu_model, describe, gpu_name, pick_device
+from wbc.data import PreparedData, load_plan, plan_wbc
+from wbc.distributed import autocast
+from wbc.hardware import cpu_model, gpu_name
 from wbc.model import build_resnet18
+from wbc.schedule import Schedule, build_optimizer
 from wbc.seeding import seed_everything
-from wbc.synth import synthesize
-from wbc.train import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    build_optimizer,
-    make_pastes,
-    train_one_epoch,
-)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_memory_reset(device: torch.device) -> None:
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
-def host_peak_gib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+from wbc.train import IMAGENET_MEAN, IMAGENET_STD, train_one_epoch
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats: int = 5
@@ -87,13 +64,11 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     a @ b
-    sync(device)
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - start)
+        with harness.Timer(device) as timer:
+            a @ b
+        best = min(best, timer.seconds)
     return 2 * n**3 / best / 1e9
 
 
@@ -110,16 +85,14 @@ def step_flops(size: int) -> float:
 def _timed_loop(device: torch.device, warmup: int, steps: int, step: Any) -> float:
     for i in range(warmup):
         step(i)
-    sync(device)
-    started = time.perf_counter()
-    for i in range(steps):
-        step(warmup + i)
-    sync(device)
-    return time.perf_counter() - started
+    with harness.Timer(device) as timer:
+        for i in range(steps):
+            step(warmup + i)
+    return timer.seconds
 
 
 def model_only(size: int, batch: int, steps: int, warmup: int, device: torch.device, *,
-               autocast: bool, channels_last: bool) -> dict[str, Any]:
+               bf16: bool, channels_last: bool) -> dict[str, Any]:
     """The step alone: normalised float batches already on the device, nothing else."""
     model = build_resnet18(5).to(device)
     if channels_last:
@@ -129,10 +102,11 @@ def model_only(size: int, batch: int, steps: int, warmup: int, device: torch.dev
     xs = [torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
           for _ in range(2)]  # two batches in turn: no single buffer stays in cache
     ys = [torch.randint(0, 5, (batch,), device=device) for _ in range(2)]
-    peak_memory_reset(device)
+    precision = "bf16" if bf16 else "fp32"
+    gpu_peak_reset(device)
 
     def step(i: int) -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with autocast(device, precision):
             logits = model(xs[i % 2])
         loss = F.cross_entropy(logits.float(), ys[i % 2])
         optimizer.zero_grad(set_to_none=True)
@@ -140,12 +114,12 @@ def model_only(size: int, batch: int, steps: int, warmup: int, device: torch.dev
         optimizer.step()
 
     seconds = _timed_loop(device, warmup, steps, step)
-    return {"images_per_second": batch * steps / seconds, "gpu_peak_gib": peak_memory_gib(device)}
+    return {"images_per_second": batch * steps / seconds, "gpu_peak_gib": gpu_peak_gib(device)}
 
 
-def full_path(data: Any, size: int, batch: int, steps: int, warmup: int, device: torch.device, *,
-              precision: str, channels_last: bool = True, optimizer_impl: str = "fused",
-              compile_model: bool = False) -> dict[str, Any]:
+def full_path(data: PreparedData, size: int, batch: int, steps: int, warmup: int,
+              device: torch.device, *, precision: str, channels_last: bool = True,
+              optimizer_impl: str = "fused", compile_model: bool = False) -> dict[str, Any]:
     """``train_one_epoch`` on uint8 images resident on the device, with the online augmentation.
 
     A warm-up epoch of ``warmup`` steps, then a timed one of ``steps``. ``optimizer_impl``
@@ -163,24 +137,21 @@ def full_path(data: Any, size: int, batch: int, steps: int, warmup: int, device:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
                                     foreach=True)
     step_model: Any = model
-    compile_seconds = 0.0
     if compile_model:
         step_model = torch.compile(model)
-    common = {"config": config, "epoch": 1, "step": 0, "total_steps": warmup + steps,
-              "steps_per_epoch": warmup + steps, "loss_weights": None}
-    peak_memory_reset(device)
-    tick = time.perf_counter()
-    train_one_epoch(step_model, optimizer, images[: batch * warmup], labels[: batch * warmup],
-                    **common)
-    sync(device)
-    if compile_model:
-        compile_seconds = time.perf_counter() - tick
+    schedule = Schedule.for_run(config.optim, steps_per_epoch=warmup + steps, workers=1)
+    common = {"config": config, "epoch": 1, "step": 0, "schedule": schedule,
+              "loss_weights": None}
+    gpu_peak_reset(device)
+    with harness.Timer(device) as warm:  # the compile happens here
+        train_one_epoch(step_model, optimizer, images[: batch * warmup],
+                        labels[: batch * warmup], **common)
     row = train_one_epoch(step_model, optimizer, images[: batch * steps],
                           labels[: batch * steps], **common)
     return {"images_per_second": row["images_per_second"],
             "data_share": row["data_seconds"] / row["epoch_seconds"],
-            "gpu_peak_gib": peak_memory_gib(device),
-            "compile_seconds": compile_seconds if compile_model else None}
+            "gpu_peak_gib": gpu_peak_gib(device),
+            "compile_seconds": warm.seconds if compile_model else None}
 
 
 def _tile(images: torch.Tensor, labels: torch.Tensor, n: int, device: torch.device
@@ -189,20 +160,23 @@ def _tile(images: torch.Tensor, labels: torch.Tensor, n: int, device: torch.devi
     return images[index].to(device), labels[index].to(device)
 
 
-def paste_rate(data: Any, size: int, device: torch.device) -> dict[str, float]:
+def paste_rate(data: PreparedData, size: int, device: torch.device) -> dict[str, float]:
     """``make_pastes`` (the report's copy-paste, ``aug_factor`` 5) on the device: new images/s."""
     config = TrainConfig().replace(image_size=size, strategy="pretrain_aug", aug_factor=5)
     train = data.train.to(device)
-    make_pastes(train, config, seed=0)  # warm-up
-    sync(device)
-    started = time.perf_counter()
-    images, _ = make_pastes(train, config, seed=1)
-    sync(device)
-    seconds = time.perf_counter() - started
-    return {"images_per_second": images.shape[0] / seconds, "images": float(images.shape[0])}
+
+    def pastes(seed: int) -> torch.Tensor:
+        return make_pastes(train.images, train.labels, train.has_mask, train.masks,
+                           augment=config.augment, seed=seed)[0]
+
+    pastes(0)  # warm-up
+    with harness.Timer(device) as timer:
+        images = pastes(1)
+    return {"images_per_second": images.shape[0] / timer.seconds,
+            "images": float(images.shape[0])}
 
 
-def sync_count(data: Any, size: int, batch: int, device: torch.device) -> dict[str, int]:
+def sync_count(data: PreparedData, size: int, batch: int, device: torch.device) -> dict[str, int]:
     """Synchronising CUDA calls in epochs of 4 and of 12 steps: equal counts mean none per step."""
     if device.type != "cuda":
         return {}
@@ -219,7 +193,9 @@ def sync_count(data: Any, size: int, batch: int, device: torch.device) -> dict[s
             torch.cuda.set_sync_debug_mode("warn")
             try:
                 train_one_epoch(model, optimizer, images, labels, config=config, epoch=1,
-                                step=0, total_steps=steps, steps_per_epoch=steps,
+                                step=0, schedule=Schedule.for_run(config.optim,
+                                                                  steps_per_epoch=steps,
+                                                                  workers=1),
                                 loss_weights=None)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
@@ -246,7 +222,7 @@ def baseline(root: Path, size: int, batch: int, steps: int, warmup: int, device:
     model.train()
     done, images, data_seconds = 0, 0, 0.0
     started = None
-    peak_memory_reset(device)
+    gpu_peak_reset(device)
     while done < warmup + steps:
         tick = time.perf_counter()
         for x, y in loader:
@@ -268,10 +244,10 @@ def baseline(root: Path, size: int, batch: int, steps: int, warmup: int, device:
     assert started is not None
     seconds = time.perf_counter() - started
     return {"images_per_second": images / seconds, "data_share": data_seconds / seconds,
-            "gpu_peak_gib": peak_memory_gib(device)}
+            "gpu_peak_gib": gpu_peak_gib(device)}
 
 
-def variants(data: Any, root: Path, size: int, batch: int, steps: int, warmup: int,
+def variants(data: PreparedData, root: Path, size: int, batch: int, steps: int, warmup: int,
              baseline_steps: int, device: torch.device, *, compile_model: bool,
              bf16_native: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
     """What to time at one size, in order: (name, measurement)."""
@@ -279,7 +255,7 @@ def variants(data: Any, root: Path, size: int, batch: int, steps: int, warmup: i
     default_precision = "bf16" if gpu else "fp32"
     runs: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("model only", lambda: model_only(size, batch, steps, warmup, device,
-                                          autocast=gpu, channels_last=True)),
+                                          bf16=gpu, channels_last=True)),
         ("full path", lambda: full_path(data, size, batch, steps, warmup, device,
                                         precision=default_precision)),
     ]
@@ -316,9 +292,8 @@ def variants(data: Any, root: Path, size: int, batch: int, steps: int, warmup: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, "
-                        "cuda")
+    parser = harness.parser(__doc__)
+    harness.add_device(parser)
     parser.add_argument("--image-size", type=int, nargs="+", default=[64, 128, 224])
     parser.add_argument("--batch-size", type=int, default=None,
                         help="per step (default: 64 on the CPU, 256 on a GPU)")
@@ -331,14 +306,11 @@ def main() -> None:
                         "4 on a GPU, where it is slow)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile (GPU; includes its compile time)")
-    parser.add_argument("--source-size", type=int, default=256,
-                        help="side of the generated JPEG files (real crops are 120-360 px)")
-    parser.add_argument("--root", type=Path, default=None,
-                        help="an existing tree in the report's layout (default: generate one)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    harness.add_tree(parser, scale=None)  # the scale follows from the steps to time
+    harness.add_json(parser)
     args = parser.parse_args()
 
-    device = torch.device(pick_device(args.device))
+    device = harness.device(args)
     gpu = device.type == "cuda"
     batch = args.batch_size or (256 if gpu else 64)
     steps = args.steps or (30 if gpu else 6)
@@ -351,28 +323,30 @@ def main() -> None:
     peak = {"fp32": matmul_peak(torch.float32, device),
             "bf16": matmul_peak(torch.bfloat16, device)}
     bf16_native = gpu or peak["bf16"] > peak["fp32"]
-    print(f"{describe()}, {threads} threads, device {device}; matmul peak fp32 "
-          f"{peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s"
-          + ("" if bf16_native else " (no bf16 in hardware: bf16 timed on 1 step)"), flush=True)
+    harness.header(f"{threads} threads; matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 "
+                   f"{peak['bf16']:.0f} GFLOP/s"
+                   + ("" if bf16_native else " (no bf16 in hardware: bf16 timed on 1 step)"),
+                   device=device)
+
+    def write(results: list[dict[str, Any]]) -> None:
+        harness.write_json(args.json, args, {
+            "peak_gflops": peak, "threads": threads, "cpu": cpu_model(), "gpu": gpu_name(),
+            "device": str(device), "capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "host_peak_gib": host_peak_gib(), "results": results},
+            device=device)
+
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.root or Path(tmp) / "tree"
-        if args.root is None:
-            needed = batch * (warmup + steps)
-            scale = min(1.0, max(0.02, needed / 8447 * 1.2))
-            started = time.perf_counter()
-            synthesize(root, scale=scale, image_size=args.source_size, seed=0)
-            print(f"generated {root} at scale {scale:.3f} ({args.source_size} px JPEG) in "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)
+    # Enough training images that no timed epoch repeats one (WBC_100 has 8,447 at scale 1).
+    scale = min(1.0, max(0.02, batch * (warmup + steps) / 8447 * 1.2))
+    with harness.workspace(args.root, scale=scale, image_size=args.source_size) as work:
         for size in args.image_size:
             flops = step_flops(size)
             config = TrainConfig().replace(image_size=size)
-            data = load_plan(plan_wbc(scan_tree(root, verify=False), config),
-                             cache_dir=Path(tmp) / "cache")
+            data = load_plan(plan_wbc(work.tree, config), cache_dir=work.cache)
             row: dict[str, Any] = {"image_size": size, "batch_size": batch,
                                    "gflop_per_image": flops / 1e9}
-            runs = variants(data, root, size, batch, steps, warmup, baseline_steps, device,
-                            compile_model=args.compile, bf16_native=bf16_native)
+            runs = variants(data, work.root, size, batch, steps, warmup, baseline_steps,
+                            device, compile_model=args.compile, bf16_native=bf16_native)
             for name, run in runs:
                 try:
                     fig = run()
@@ -381,9 +355,9 @@ def main() -> None:
                     print(f"{size:4d} px {name:20s} failed: {fig['error']}", flush=True)
                     row[name] = fig
                     continue
-                autocast = name == "full bf16" or (gpu and "fp32" not in name
-                                                    and "baseline" not in name)
-                peak_key = "bf16" if autocast else "fp32"
+                bf16 = name == "full bf16" or (gpu and "fp32" not in name
+                                               and "baseline" not in name)
+                peak_key = "bf16" if bf16 else "fp32"
                 fig["peak_share"] = fig["images_per_second"] * flops / 1e9 / peak[peak_key]
                 row[name] = fig
                 extra = []
@@ -396,8 +370,7 @@ def main() -> None:
                 print(f"{size:4d} px {name:20s} {fig['images_per_second']:8.1f} img/s  "
                       f"{100 * fig['peak_share']:5.1f}% of {peak_key} peak  " + "  ".join(extra),
                       flush=True)
-                if args.json is not None:  # after each variant: a time limit keeps these
-                    _write(args.json, peak, threads, device, [*results, row])
+                write([*results, row])  # after each variant: a time limit keeps these
             row["pastes"] = paste_rate(data, size, device)
             print(f"{size:4d} px mask copy-paste (once an epoch): "
                   f"{row['pastes']['images_per_second']:.0f} new images/s", flush=True)
@@ -415,8 +388,7 @@ def main() -> None:
             print(f"{size:4d} px full path = {100 * row.get('full_over_model', 0):.0f}% of model "
                   f"only; over the baseline x{row.get('speedup_fp32', 0):.2f}", flush=True)
             results.append(row)
-            if args.json is not None:  # after each size: a later failure keeps these
-                _write(args.json, peak, threads, device, results)
+            write(results)  # after each size: a later failure keeps these
     if gpu:
         for r in results:
             print(f"{gpu_name()} {r['image_size']} px batch {batch}: full path "
@@ -430,22 +402,13 @@ def main() -> None:
     print(f"host peak resident memory {host_peak_gib():.2f} GiB")
 
 
-def _no_benchmark(data: Any, size: int, batch: int, steps: int, warmup: int,
+def _no_benchmark(data: PreparedData, size: int, batch: int, steps: int, warmup: int,
                   device: torch.device) -> dict[str, Any]:
     torch.backends.cudnn.benchmark = False
     try:
         return full_path(data, size, batch, steps, warmup, device, precision="bf16")
     finally:
         torch.backends.cudnn.benchmark = True
-
-
-def _write(path: Path, peak: dict[str, float], threads: int, device: torch.device,
-           results: list[dict[str, Any]]) -> None:
-    path.write_text(json.dumps({"peak_gflops": peak, "threads": threads, "cpu": cpu_model(),
-                                "gpu": gpu_name(), "device": str(device),
-                                "capability": torch.backends.cpu.get_cpu_capability(),
-                                "torch": torch.__version__, "host_peak_gib": host_peak_gib(),
-                                "results": results}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -16,36 +16,29 @@ slot time in the Tune run outside training loops, per trial; ``inside_training_l
 and, from ``trials.parquet``, the mean ``setup_seconds`` and ``train_loop_seconds`` of a trial.
 It prints a table, the ratios to the baseline, and one line ``per-trial overhead:
 baseline=<x>s inline=<y>s train=<z>s`` with whether inline meets the CPU target (< 5 s a trial).
-Everything runs on generated data in a temporary folder (the decode cache too).
+Everything runs on generated data in a temporary folder (the decode cache too): a synthetic
+tree at scale 0.01 of 40 px images (85 WBC_100 training images, 18 validation ones).
+
+The trials import ``wbc`` and ``study`` from the installed package; the baseline's trivial
+trial is defined here, in ``__main__``, so that Ray ships it by value and its workers need
+nothing from ``benchmarks/``.
 
     python benchmarks/trial_overhead.py --trials 12 --train-trials 3
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import platform
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-# Run as ``python benchmarks/trial_overhead.py``: sys.path[0] is benchmarks/, so put the
-# repository first (its wbc, study and tests packages, not those of another install), and give
-# Ray's worker processes the same path.
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+import harness
 
 CPU_TARGET_SECONDS = 5.0  # the project's per-trial overhead target for inline trials on CPU
 REPORTS = 3  # reports per baseline trial
-
-
+TREE_SCALE = 0.01  # of the report's counts: 85 training images, about the size of a unit test's
+TREE_IMAGE_SIZE = 40  # px: the generated files; the study trains at 32 px
 
 
 def trivial_trial(config: dict[str, Any]) -> None:
@@ -77,15 +70,6 @@ def baseline(trials: int, cpus: int, storage: Path) -> dict[str, Any]:
             "overhead": took * cpus / trials, "inside_fraction": 0.0,
             "trial_seconds": sum(lived) / len(lived), "setup_seconds": None,
             "loop_seconds": 0.0}
-
-
-def make_tree(root: Path) -> Path:
-    from tests.treegen import make_cam16_prcc, make_wbc_tree
-    from wbc.layout import WBC_CLASSES
-
-    make_wbc_tree(root, {c: (12, 3, 6) for c in WBC_CLASSES})
-    make_cam16_prcc(root, n=8)
-    return root
 
 
 def study(key: str, shape: str, tree: Path, results: Path, cache: Path, *, trials: int,
@@ -125,7 +109,7 @@ def fmt(value: float | None, width: int = 0, digits: int = 2) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--trials", type=int, default=12,
                         help="baseline trials and inline search trials (plus one final seed)")
     parser.add_argument("--train-trials", type=int, default=3,
@@ -137,41 +121,28 @@ def main() -> None:
     if args.trials < 1 or args.train_trials < 1 or args.cpus < 1:
         parser.error("--trials, --train-trials and --cpus must be at least 1")
 
-    with tempfile.TemporaryDirectory(prefix="trial-overhead-") as tmp:
-        work = Path(tmp)
-        cache = work / "cache"
-        os.environ["WBC_CACHE_DIR"] = str(cache)  # never the user's cache, here or in workers
+    harness.header(f"{args.cpus} CPUs given to Ray", ray=True)
+    with harness.workspace(scale=TREE_SCALE, image_size=TREE_IMAGE_SIZE,
+                           prefix="trial-overhead-") as work:
+        os.environ["WBC_CACHE_DIR"] = str(work.cache)  # never the user's cache, here or in workers
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # as the study runs Tune
-
-        import ray
-        import torch
-
-        from wbc.hardware import cpu_model
-
-        print(f"{cpu_model()}, {os.cpu_count()} cores ({args.cpus} given to Ray); "
-              f"torch {torch.__version__}, ray {ray.__version__}, "
-              f"python {platform.python_version()}", flush=True)
-        tree = make_tree(work / "tree")
-        started = time.perf_counter()
+        rows: list[dict[str, Any]] = []
         # With the dashboard, as a study has it: without it, placement groups of trials that
         # Tune ended early can stay reserved, and the next study's trials never start.
-        ray.init(num_cpus=args.cpus, logging_level=logging.WARNING, log_to_driver=False)
-        print(f"ray started in {time.perf_counter() - started:.1f} s", flush=True)
-        rows: list[dict[str, Any]] = []
-        try:
-            rows.append(baseline(args.trials, args.cpus, work / "baseline"))
+        with harness.local_ray(args.cpus) as started:
+            print(f"ray started in {started:.1f} s", flush=True)
+            rows.append(baseline(args.trials, args.cpus, work.folder / "baseline"))
             print(f"baseline done: {rows[-1]['trials']} trials", flush=True)
-            rows.append(study("inline", "study, inline", tree, work / "inline", cache, trials=args.trials,
+            rows.append(study("inline", "study, inline", work.root, work.folder / "inline",
+                              work.cache, trials=args.trials,
                               resources={"execution": "inline", "cpus_per_trial": 1.0}))
             print(f"inline study done: {rows[-1]['trials']} trials", flush=True)
             if not args.skip_train:
-                rows.append(study("train", "study, train (1 worker)", tree, work / "train", cache,
-                                  trials=args.train_trials,
+                rows.append(study("train", "study, train (1 worker)", work.root,
+                                  work.folder / "train", work.cache, trials=args.train_trials,
                                   resources={"execution": "train", "workers_per_trial": 1,
                                              "cpus_per_trial": 1.0}))
                 print(f"train study done: {rows[-1]['trials']} trials", flush=True)
-        finally:
-            ray.shutdown()
 
     print()
     print(f"{'shape':24s} {'trials':>6s} {'slots':>5s} {'tune s':>7s} {'wall s':>7s} "
