@@ -48,8 +48,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         raise UserError(f"--scale {args.scale}: at most 1.0 (the report's full counts)")
     try:
         summary = synthesize(args.out, scale=args.scale, image_size=args.image_size,
-                             seed=args.seed, workers=args.workers, overwrite=args.overwrite,
-                             progress=None if args.quiet else _say)
+                             seed=args.seed, val_scale=args.val_scale,
+                             tissue_scale=args.tissue_scale, workers=args.workers,
+                             overwrite=args.overwrite, progress=None if args.quiet else _say)
     except ValueError as err:
         raise UserError(str(err)) from err
     print(f"wrote {summary.images} images to {summary.out} in {summary.seconds:.1f} s "
@@ -144,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="folder to create")
     p.add_argument("--scale", type=_positive_float, default=1.0,
                    help="fraction of the report's counts; 1.0 gives exactly its Table 1 and 2")
+    p.add_argument("--val-scale", type=_positive_float, default=None,
+                   help="fraction for WBC_100/val alone (default: --scale); above 1.0 draws "
+                        "more than the report's val set")
+    p.add_argument("--tissue-scale", type=_positive_float, default=None,
+                   help="fraction for CAM16 and pRCC alone (default: --scale); above 1.0 draws "
+                        "more than the report's Table 2")
     p.add_argument("--image-size", type=_image_size, default=128, help="side in pixels")
     p.add_argument("--seed", type=int, default=0, help="same seed, same files")
     p.add_argument("--overwrite", action="store_true", help="replace an existing tree at OUT")

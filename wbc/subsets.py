@@ -5,6 +5,11 @@ Basophils) and, within that, ``floor(m * p)`` of the ``m`` images that have a ma
 1 -> 0). Drawing each (class, has-mask) stratum as a prefix of one seeded permutation gives
 exactly those counts and nests the subsets (WBC_1 within WBC_10 within WBC_50), so that budgets
 differ only in how many images they add, never in which.
+
+A subset keeps at least one image of every class WBC_100 has (``subset_count``): a budget that
+lacks a class cannot learn it at all, which measures the subset's luck rather than its size.
+At the report's counts nothing changes (its smallest class, 176 Basophils, keeps 1 at WBC_1);
+on a small tree (a quick synthetic one, a small real set) every class stays learnable.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["derive_subsets", "floor_count"]
+__all__ = ["derive_subsets", "floor_count", "subset_count"]
 
 
 def floor_count(n: int, percent: int) -> int:
@@ -21,6 +26,12 @@ def floor_count(n: int, percent: int) -> int:
     if not 0 < percent <= 100:
         raise ValueError(f"subset percent must be in 1..100, got {percent}")
     return n * percent // 100
+
+
+def subset_count(n: int, percent: int) -> int:
+    """Images a subset keeps of a class of ``n``: the report's ``floor(n * p)``, at least one
+    (none of an empty class)."""
+    return max(1, floor_count(n, percent)) if n > 0 else 0
 
 
 def derive_subsets(
@@ -53,7 +64,10 @@ def derive_subsets(
         unmasked = unmasked[rng.permutation(unmasked.size)]
         for p in percents:
             n_masked = floor_count(masked.size, p)
-            n_unmasked = floor_count(n_class, p) - n_masked
+            n_unmasked = subset_count(n_class, p) - n_masked
+            if n_unmasked > unmasked.size:  # a class of masked images only: one more of those
+                n_masked += n_unmasked - unmasked.size
+                n_unmasked = unmasked.size
             chosen[p].append(masked[:n_masked])
             chosen[p].append(unmasked[:n_unmasked])
     return {p: np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)

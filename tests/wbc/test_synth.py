@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
+from wbc.cli import build_parser
 from wbc.layout import CAM16_CLASSES, REPORT_TABLE1, WBC_CLASSES
-from wbc.subsets import floor_count
+from wbc.subsets import floor_count, subset_count
 from wbc.synth import (
     SynthSummary,
     planned_counts,
@@ -93,8 +96,11 @@ def test_small_scale_counts_follow_the_rule(scale: float) -> None:
         if scale >= 0.05 and images >= 2:
             assert masks >= 1
         for p in (50, 10, 1):
-            assert counts[f"WBC_{p}"]["train"][cls] == (floor_count(images, p),
-                                                        floor_count(masks, p))
+            # wbc.subsets' rule: subset_count images, of them floor(masks * p) masked unless the
+            # class has too few unmasked images to make up the rest.
+            data = subset_count(images, p)
+            assert counts[f"WBC_{p}"]["train"][cls] == (
+                data, max(floor_count(masks, p), data - (images - masks)))
     for cls in CAM16_CLASSES:
         for split in ("train", "val", "test"):
             assert counts["CAM16"][split][cls][0] >= 1
@@ -213,3 +219,104 @@ def test_non_empty_out_is_refused_unless_overwrite(tmp_path: Path) -> None:
     again = synthesize(out, scale=0.001, image_size=32, workers=1, overwrite=True)
     assert _on_disk(first.out) == _on_disk(again.out)
     assert (out / "keep.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------------
+# val_scale and tissue_scale
+
+
+def test_val_and_tissue_scales_change_only_their_own_counts() -> None:
+    base = planned_counts(0.01)
+    mixed = planned_counts(0.01, val_scale=0.2, tissue_scale=0.5)
+    # scale alone decides WBC_100/train and so the subsets.
+    for name in ("WBC_50", "WBC_10", "WBC_1"):
+        assert mixed[name] == base[name]
+    assert mixed["WBC_100"]["train"] == base["WBC_100"]["train"]
+    assert mixed["WBC_100"]["val"] == planned_counts(0.2)["WBC_100"]["val"]
+    assert mixed["CAM16"] == planned_counts(0.5)["CAM16"]
+    assert mixed["pRCC"] == planned_counts(0.5)["pRCC"]
+    # Above 1.0 draws more than the report's val set and Table 2.
+    assert planned_counts(0.01, val_scale=2.0)["WBC_100"]["val"]["Neutrophil"] == (
+        2 * planned_counts(1.0)["WBC_100"]["val"]["Neutrophil"][0], 0)
+    assert planned_counts(0.3, val_scale=None, tissue_scale=None) == planned_counts(0.3)
+    assert planned_counts(0.3, val_scale=0.3, tissue_scale=0.3) == planned_counts(0.3)
+
+
+@pytest.mark.parametrize("option", ["val_scale", "tissue_scale"])
+@pytest.mark.parametrize("value", [0.0, -0.5, float("inf")])
+def test_bad_val_or_tissue_scale_is_refused(option: str, value: float) -> None:
+    with pytest.raises(ValueError, match=option):
+        planned_counts(0.1, **{option: value})
+
+
+def test_tree_with_val_and_tissue_scales(tmp_path: Path) -> None:
+    plain = synthesize(tmp_path / "plain", scale=0.003, image_size=32, seed=4, workers=1)
+    mixed = synthesize(tmp_path / "mixed", scale=0.003, image_size=32, seed=4, workers=1,
+                       val_scale=0.01, tissue_scale=0.02)
+    expected = planned_counts(0.003, val_scale=0.01, tissue_scale=0.02)
+    assert _on_disk(mixed.out) == _nonzero({d: {s: dict(pc) for s, pc in sp.items()}
+                                            for d, sp in expected.items()})
+    assert (mixed.val_scale, mixed.tissue_scale) == (0.01, 0.02)
+    assert (plain.val_scale, plain.tissue_scale) == (0.003, 0.003)
+    recorded = json.loads((mixed.out / "synth.json").read_text())
+    assert [recorded[k] for k in ("scale", "val_scale", "tissue_scale")] == [0.003, 0.01, 0.02]
+    cam16 = recorded["counts"]["CAM16"]["train"]["tumor"]
+    assert cam16 == list(expected["CAM16"]["train"]["tumor"])
+    # Left at their defaults they are not recorded: synth.json keeps its old keys.
+    assert list(json.loads((plain.out / "synth.json").read_text())) == [
+        "generator", "seed", "scale", "image_size", "counts"]
+    # An image's bytes depend on its place in the tree, not on the scales: the training set and
+    # its subsets are the same files, and the larger splits begin with the smaller ones' images.
+    a, b = _files(plain.out), _files(mixed.out)
+    train = [k for k in a if k.startswith(("WBC_100/train", "WBC_50", "WBC_10", "WBC_1/"))]
+    assert train and all(a[k] == b[k] for k in train)
+    assert all(a[k] == b[k] for k in a if k.startswith(("WBC_100/val", "CAM16", "pRCC")))
+    assert sum(k.startswith("CAM16") for k in b) > sum(k.startswith("CAM16") for k in a)
+
+
+def test_cli_synth_takes_val_and_tissue_scales() -> None:
+    args = build_parser().parse_args(["synth", "out", "--scale", "0.05", "--val-scale", "0.5",
+                                      "--tissue-scale", "2"])
+    assert (args.scale, args.val_scale, args.tissue_scale) == (0.05, 0.5, 2.0)
+    args = build_parser().parse_args(["synth", "out"])
+    assert (args.val_scale, args.tissue_scale) == (None, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# CAM16: the class is in the nuclei, not in the colour statistics
+
+
+def _cam16_tiles(
+    seed: int, per_class: int, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel mean and std, the masks, and the labels of ``per_class`` tiles a class."""
+    feats, masks, labels = [], [], []
+    for label, cls in enumerate(CAM16_CLASSES):
+        rng = np.random.default_rng([seed, label])
+        for _ in range(per_class):
+            image, mask = render_cam16(cls, rng, size)
+            pixels = image.reshape(-1, 3).astype(float)
+            feats.append(np.concatenate([pixels.mean(0), pixels.std(0)]))
+            masks.append(mask)
+            labels.append(label)
+    return np.array(feats), np.array(masks), np.array(labels)
+
+
+def test_cam16_colour_statistics_do_not_give_the_class_away() -> None:
+    train_x, train_masks, train_y = _cam16_tiles(100, 100, 40)
+    test_x, _, test_y = _cam16_tiles(200, 100, 40)
+    mu, sd = train_x.mean(0), train_x.std(0)
+    train_x, test_x = (train_x - mu) / sd, (test_x - mu) / sd
+    centres = np.stack([train_x[train_y == c].mean(0) for c in (0, 1)])
+    guess = np.argmin(((test_x[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+    accuracy = float((guess == test_y).mean())
+    # The old renderer scored 0.78 on this; chance is 0.5.
+    assert accuracy < 0.7, f"nearest class mean on colour statistics: {accuracy:.2f}"
+    # The same nuclear coverage in both classes, carried by fewer, larger tumour nuclei.
+    cover = (train_masks == 255).mean(axis=(1, 2))
+    assert abs(cover[train_y == 0].mean() - cover[train_y == 1].mean()) < 0.04
+    sizes = []
+    for c in (0, 1):
+        labelled = [ndimage.label(m == 255)[0] for m in train_masks[train_y == c]]
+        sizes.append(np.median(np.concatenate([np.bincount(k.ravel())[1:] for k in labelled])))
+    assert sizes[1] > 1.5 * sizes[0], f"median nuclear area normal {sizes[0]}, tumour {sizes[1]}"

@@ -185,8 +185,18 @@ def test_bad_inputs_say_what_to_do(tmp_path: Path) -> None:
     root = make_wbc_tree(tmp_path / "b", {c: (4, 1, 2) for c in WBC_CLASSES})
     plan = plan_wbc(scan_tree(root), TrainConfig().replace(subset="WBC_50"))
     assert len(plan.train) == 10
+    # Derived subsets keep one image of every class (floor(4 * 10%) would be none) ...
     plan = plan_wbc(scan_tree(root), TrainConfig().replace(subset="WBC_10"))
-    assert not plan.train and any("no training images of Basophil" in n for n in plan.notes)
+    assert sorted(s.label for s in plan.train) == [0, 1, 2, 3, 4] and not plan.notes
+    # ... a subset on disk is used as it is, and one that lacks a class says so.
+    for cls in WBC_CLASSES[1:]:
+        source = root / "WBC_100/train/data" / cls / "tr0000.png"
+        target = root / "WBC_10/train/data" / cls / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+    plan = plan_wbc(scan_tree(root), TrainConfig().replace(subset="WBC_10"))
+    assert len(plan.train) == 4 and any("no training images of Basophil" in n
+                                        for n in plan.notes)
 
 
 def test_cam16_plan_reports_on_its_test_split(tiny_tree: Path, tmp_path: Path) -> None:

@@ -1,0 +1,31 @@
+"""Procedural synthetic datasets in the report's layout: WBC smears, CAM16 and pRCC tiles.
+
+Every image is drawn from its own random stream, ``SeedSequence([seed, dataset, split, class,
+index])``, so an image's bytes depend only on the seed, the image size and its place in the tree:
+not on the number of workers, and not on the scale.
+
+Modules: :mod:`~wbc.synth.counts` (planned counts), :mod:`~wbc.synth.primitives` (noise, signed
+distances, splats, blur), :mod:`~wbc.synth.stain` (stain vectors, the per-image look,
+compositing), :mod:`~wbc.synth.cells` (the WBC smear renderer, one recipe per class),
+:mod:`~wbc.synth.tissue` (CAM16 and pRCC tiles) and :mod:`~wbc.synth.writer` (the tree writer).
+Drawing is a thin-film absorbance model: shapes are signed-distance fields with a one-pixel ramp,
+the leukocyte on a 2x canvas box-averaged down, blurred with separable matrix products.
+"""
+
+from __future__ import annotations
+
+from wbc.synth.cells import render_wbc
+from wbc.synth.counts import SUBSETS, Counts, planned_counts
+from wbc.synth.tissue import render_cam16, render_prcc
+from wbc.synth.writer import SynthSummary, synthesize
+
+__all__ = [
+    "SUBSETS",
+    "Counts",
+    "SynthSummary",
+    "planned_counts",
+    "render_cam16",
+    "render_prcc",
+    "render_wbc",
+    "synthesize",
+]
