@@ -32,7 +32,7 @@ from wbc.config import TrainConfig
 from wbc.datasets import DatasetError, Sample, Tree
 from wbc.layout import CAM16_CLASSES, WBC_CLASSES, subset_percent
 from wbc.strategies import get_strategy
-from wbc.subsets import derive_subsets
+from wbc.subsets import derive_subsets, subset_count
 
 __all__ = [
     "EvalData",
@@ -42,6 +42,7 @@ __all__ = [
     "load_plan",
     "plan_cam16",
     "plan_wbc",
+    "scaled_selection",
     "selection_reporting_split",
     "train_samples",
 ]
@@ -112,6 +113,9 @@ class SplitPlan:
     image_size: int
     excluded_files: int = 0  # files left out by --exclude-bad, carried into results
     notes: tuple[str, ...] = ()
+    # Percent of the selection split a run selects on: 100, or the label budget's own percent
+    # when selection is "scaled" (a researcher with 1% of the labels has 1% of the val labels).
+    selection_percent: int = 100
 
 
 @dataclass
@@ -198,9 +202,10 @@ def plan_wbc(tree: Tree, config: TrainConfig) -> SplitPlan:
     if missing:
         notes.append(f"{config.data.subset} has no training images of {', '.join(missing)}; "
                      "the model cannot learn them (their recall will show it)")
+    percent = subset_percent(config.data.subset) or 100
     return SplitPlan("WBC", WBC_CLASSES, train, tree.wbc.val, tree.wbc.test,
-                     config.data.image_size,
-                     len(tree.excluded_files), tuple(notes))
+                     config.data.image_size, len(tree.excluded_files), tuple(notes),
+                     selection_percent=percent if config.data.selection == "scaled" else 100)
 
 
 def plan_cam16(tree: Tree, *, image_size: int) -> SplitPlan:
@@ -213,6 +218,28 @@ def plan_cam16(tree: Tree, *, image_size: int) -> SplitPlan:
                      len(tree.excluded_files))
 
 
+def scaled_selection(labels: Sequence[int] | np.ndarray, percent: int, *,
+                     seed: int = SELECTION_SEED) -> np.ndarray:
+    """Positions of a stratified ``percent``% of a selection split (``floor(n_c * p)`` of each
+    class, at least one): nested across budgets, fixed by ``seed``."""
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    if percent >= 100:
+        return np.arange(labels_arr.size)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for cls in np.unique(labels_arr):
+        members = np.flatnonzero(labels_arr == cls)
+        members = members[rng.permutation(members.size)]
+        keep.append(members[:subset_count(members.size, percent)])
+    return np.sort(np.concatenate(keep))
+
+
+def _selection_name(name: str, plan: SplitPlan, n: int) -> str:
+    if plan.selection_percent >= 100:
+        return name
+    return f"{name}, {plan.selection_percent}% of it ({n} images)"
+
+
 def load_plan(plan: SplitPlan, *, cache_dir: Path | str | None = None,
               workers: int | None = None) -> PreparedData:
     """Decode the plan's files (once per cache) and assemble CPU tensors for each split."""
@@ -220,13 +247,15 @@ def load_plan(plan: SplitPlan, *, cache_dir: Path | str | None = None,
                              name=plan.dataset, cache_dir=cache_dir, workers=workers)
     prefix = "WBC_100" if plan.dataset == "WBC" else plan.dataset
     if plan.test:
-        selection = _eval_data(decoded, plan.val, f"{prefix}/val")
+        chosen, name = list(plan.val), f"{prefix}/val"
         reporting = _eval_data(decoded, plan.test, f"{prefix}/test")
     else:
         sel, rep = selection_reporting_split([s.label for s in plan.val], seed=SELECTION_SEED)
-        selection = _eval_data(decoded, [plan.val[i] for i in sel],
-                               f"{prefix}/val half A (selection)")
+        chosen, name = [plan.val[i] for i in sel], f"{prefix}/val half A (selection)"
         reporting = _eval_data(decoded, [plan.val[i] for i in rep],
                                f"{prefix}/val half B (reporting)")
+    keep = scaled_selection([s.label for s in chosen], plan.selection_percent)
+    chosen = [chosen[i] for i in keep]
+    selection = _eval_data(decoded, chosen, _selection_name(name, plan, len(chosen)))
     return PreparedData(_train_data(decoded, plan.train, plan.classes), selection, reporting,
                         decoded.fingerprint, plan)

@@ -149,5 +149,12 @@ def initial_model(config: TrainConfig, *, pretrained: Path | None = None,
                                           strategy.pretrain) if s)
         raise ValueError(f"strategy {strategy.name!r} needs {source} pretrained weights; run "
                          "the pretraining first")
-    load_backbone(model, read_state_dict(pretrained), source=str(pretrained))
+    state = read_state_dict(pretrained)
+    kept = config.model.transfer_stages
+    if kept < 4:
+        # The stages after the kept ones start random: the model's own fresh tensors.
+        fresh = model.state_dict()
+        later = tuple(f"layer{k}." for k in range(kept + 1, 5))
+        state = {k: (fresh[k] if k.startswith(later) else v) for k, v in state.items()}
+    load_backbone(model, state, source=str(pretrained))
     return model

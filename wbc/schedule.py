@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,28 +56,36 @@ class Schedule:
         return self.peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """Set every parameter group's rate for ``step``; returns it."""
+        """Set every parameter group's rate for ``step`` (times the group's ``lr_scale``, see
+        ``build_optimizer``); returns the schedule's rate."""
         lr = self.lr(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, optim: OptimConfig, *, backbone_lr_scale: float = 1.0,
+                    head: str = "fc") -> torch.optim.Optimizer:
     """SGD (Nesterov) or AdamW; no weight decay on biases and normalisation parameters.
+
+    ``backbone_lr_scale``: every parameter outside the ``head`` module trains at that fraction
+    of the schedule's rate (a pretrained backbone under a fresh head; 1: one rate for all).
 
     The fused implementations (one kernel over all parameters) on CPU and GPU alike: on the
     2-core development CPU a ResNet-18 step of SGD takes 5.4 ms fused against 11.2 ms in a
     loop, AdamW 8.5 ms against 40 ms (``benchmarks/train_throughput.py`` times whole steps).
     """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for param in model.parameters():
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": optim.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    params = decay + no_decay
+            in_head = name.split(".")[-2] == head if "." in name else False
+            buckets.setdefault((in_head, param.ndim > 1), []).append(param)
+    # Decaying weights first, then biases and norms; the head's after the backbone's.
+    order = sorted(buckets, key=lambda key: (not key[1], key[0]))
+    groups: list[dict[str, Any]] = [
+        {"params": buckets[key], "weight_decay": optim.weight_decay if key[1] else 0.0,
+         "lr_scale": 1.0 if key[0] else backbone_lr_scale} for key in order]
+    params = [p for key in order for p in buckets[key]]
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
                                  for p in params)
     if optim.optimizer == "sgd":

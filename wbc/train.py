@@ -46,6 +46,7 @@ from wbc.metrics import classification_metrics, flatten_metrics
 from wbc.model import unwrap_model
 from wbc.schedule import Schedule, build_optimizer
 from wbc.seeding import derive_seed
+from wbc.strategies import get_strategy
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -254,12 +255,17 @@ def evaluate(model: nn.Module, data: EvalData, *, class_names: Sequence[str],
         targets.append(data.labels[chunk])
     pred = gather(torch.cat(predictions) if predictions else index[:0])
     true = gather(torch.cat(targets) if targets else index[:0])
+    # Back in the data's order: ranks hold strided shards, and per-image predictions are
+    # paired across runs by position (study.report.stats resamples images).
+    order = gather(index).argsort()
+    pred, true = pred[order], true[order]
     if workers > 1:
         torch.distributed.all_reduce(loss_sum)
     metrics: dict[str, Any] = dict(classification_metrics(
         true.cpu().numpy(), pred.cpu().numpy(), num_classes=len(class_names),
         class_names=class_names))
     metrics["loss"] = float(loss_sum.item()) / max(1, true.numel())
+    metrics["predictions"] = pred.cpu().tolist()
     return metrics
 
 
@@ -364,12 +370,20 @@ class _EpochImages:
 
 
 def _final_record(state: TrainingState, reporting_scores: dict[str, Any], *, train_images: int,
-                  started: float, selection: EvalData, reporting: EvalData) -> dict[str, Any]:
+                  train: TrainData, started: float, selection: EvalData, reporting: EvalData
+                  ) -> dict[str, Any]:
     best = state.best_selection
+    counts = torch.bincount(train.labels.cpu(), minlength=train.num_classes).tolist()
     return {"best_epoch": state.best_epoch, **flatten_metrics("val", best),
             **flatten_metrics("test", reporting_scores),
             "val_confusion_matrix": best.get("confusion_matrix"),
             "test_confusion_matrix": reporting_scores.get("confusion_matrix"),
+            # Per image of the reporting split, in its order: what the statistics resample.
+            "test_predictions": reporting_scores.get("predictions"),
+            "test_targets": reporting.labels.cpu().tolist(),
+            # The label budget as trained: originals per class (pastes not counted).
+            **{f"train_n_{name}": int(n) for name, n in zip(train.class_names, counts,
+                                                             strict=True)},
             "train_images": train_images, "wall_seconds": time.perf_counter() - started,
             "selection_split": selection.name, "reporting_split": reporting.name}
 
@@ -406,7 +420,10 @@ def fit(
     started = time.perf_counter()
     device = train.images.device
     step_model = _setup(model, config, device)
-    state = TrainingState(model, build_optimizer(model, config.optim))
+    pretrained = get_strategy(config.model.strategy).starts_pretrained
+    state = TrainingState(model, build_optimizer(
+        model, config.optim,
+        backbone_lr_scale=config.optim.backbone_lr_scale if pretrained else 1.0))
     loss_weights = (_class_weights(train.labels, train.num_classes).to(device)
                     if config.optim.imbalance == "weighted" else None)
     epochs = _EpochImages(train, config)
@@ -442,7 +459,8 @@ def fit(
         if last:  # the final record goes out with the last epoch's report: one report less
             reporting_scores = state.score_best(reporting, train.class_names, config)
             final = _final_record(state, reporting_scores, train_images=int(labels.numel()),
-                                  started=started, selection=selection, reporting=reporting)
+                                  train=train, started=started, selection=selection,
+                                  reporting=reporting)
         if on_epoch is not None and (epoch % config.report_every == 0 or last):
             checkpoint = None
             if epoch % config.checkpoint_every == 0 or last:
@@ -453,7 +471,8 @@ def fit(
     if not final:  # resumed from the final checkpoint: score again
         reporting_scores = state.score_best(reporting, train.class_names, config)
         final = _final_record(state, reporting_scores, train_images=int(labels.numel()),
-                              started=started, selection=selection, reporting=reporting)
+                              train=train, started=started, selection=selection,
+                              reporting=reporting)
     return FitResult(best_epoch=state.best_epoch, selection=state.best_selection,
                      reporting=reporting_scores, history=state.history,
                      best_state=state.best_state, train_images=int(labels.numel()),

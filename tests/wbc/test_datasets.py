@@ -61,10 +61,12 @@ def test_real_like_tree_counts(tmp_path: Path) -> None:
     assert on_disk["data"] == {"Basophil": 0, "Eosinophil": 1, "Lymphocyte": 1, "Monocyte": 1,
                                "Neutrophil": 1}
     assert on_disk["mask"]["Neutrophil"] == 1
-    # WBC_50 and WBC_1 are not on disk: derived by the floor rule (floor(5 * .5) = 2 per class).
+    # WBC_50 and WBC_1 are not on disk: derived by the floor rule (floor(5 * .5) = 2 per class),
+    # which keeps at least one image of every class (floor(5 * .01) = 0 becomes 1).
     assert summary["wbc"]["WBC_50/train"]["derived_seed"] == 0
     assert summary["wbc"]["WBC_50/train"]["total"] == 10
-    assert summary["wbc"]["WBC_1/train"]["total"] == 0
+    assert summary["wbc"]["WBC_1/train"]["total"] == 5
+    assert set(summary["wbc"]["WBC_1/train"]["data"].values()) == {1}
     assert summary["cam16"]["train"]["total"] == 8
     assert summary["cam16"]["train"]["mask_total"] == 2
     assert summary["cam16"]["test"]["total"] == 4

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from wbc.layout import CAM16_CLASSES, REPORT_TABLE1, WBC_CLASSES, canonical_class, subset_percent
-from wbc.subsets import derive_subsets, floor_count
+from wbc.subsets import derive_subsets, floor_count, subset_count
 
 
 @pytest.mark.parametrize(
@@ -100,7 +100,13 @@ def test_subsets_identical_in_another_process() -> None:
     assert out.stdout.strip() == ",".join(map(str, here))
 
 
-def test_a_class_too_small_for_a_subset_is_simply_absent() -> None:
+def test_every_class_keeps_at_least_one_image() -> None:
+    # floor(3 * .01) = 0 would drop class 0 from WBC_1 and leave a classifier that cannot name
+    # it; the subset keeps one image of it instead, and floor(200 * .01) = 2 of class 1.
     labels = np.array([0] * 3 + [1] * 200)
-    subsets = derive_subsets(labels, np.zeros(203, bool), [1], seed=0)
-    assert set(labels[subsets[1]]) == {1}
+    subsets = derive_subsets(labels, np.zeros(203, bool), [1, 10], seed=0)
+    assert np.bincount(labels[subsets[1]]).tolist() == [1, 2]
+    assert np.bincount(labels[subsets[10]]).tolist() == [1, 20]
+    assert set(subsets[1]) <= set(subsets[10])
+    # An empty class stays empty.
+    assert subset_count(0, 1) == 0 and subset_count(3, 1) == 1 and subset_count(200, 1) == 2

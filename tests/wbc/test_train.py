@@ -199,6 +199,24 @@ def test_bad_inputs_say_what_to_do(tmp_path: Path) -> None:
                                         for n in plan.notes)
 
 
+def test_scaled_selection_picks_on_a_part_as_large_as_the_budget(tiny_tree: Path,
+                                                                  tmp_path: Path) -> None:
+    tree = scan_tree(tiny_tree)
+    full = load_plan(plan_wbc(tree, TrainConfig().replace(subset="WBC_10", **FAST)),
+                     cache_dir=tmp_path)
+    scaled = load_plan(plan_wbc(tree, TrainConfig().replace(subset="WBC_10", selection="scaled",
+                                                            **FAST)), cache_dir=tmp_path)
+    # 8 val images a class, halved: 4 select; 10% of 4 is 0, at least one of each class.
+    assert full.selection.labels.numel() == 20 and scaled.selection.labels.numel() == 5
+    assert sorted(scaled.selection.labels.tolist()) == [0, 1, 2, 3, 4]
+    assert "10% of it (5 images)" in scaled.selection.name
+    # The reporting split is the same whatever selects: budgets stay comparable.
+    assert torch.equal(full.reporting.images, scaled.reporting.images)
+    wbc100 = load_plan(plan_wbc(tree, TrainConfig().replace(selection="scaled", **FAST)),
+                       cache_dir=tmp_path)
+    assert torch.equal(wbc100.selection.images, full.selection.images)
+
+
 def test_cam16_plan_reports_on_its_test_split(tiny_tree: Path, tmp_path: Path) -> None:
     data = load_plan(plan_cam16(scan_tree(tiny_tree), image_size=32), cache_dir=tmp_path)
     assert data.train.class_names == ("normal", "tumor")

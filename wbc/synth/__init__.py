@@ -19,7 +19,12 @@ from wbc.synth.counts import SUBSETS, Counts, planned_counts
 from wbc.synth.tissue import render_cam16, render_prcc
 from wbc.synth.writer import SynthSummary, synthesize
 
+# Bump when a renderer draws other images for the same seed: cached synthetic trees are keyed by
+# it (2: the CAM16 tiles whose class is in nuclear morphology only).
+GENERATOR_VERSION = 2
+
 __all__ = [
+    "GENERATOR_VERSION",
     "SUBSETS",
     "Counts",
     "SynthSummary",
