@@ -56,6 +56,8 @@ __all__ = [
 
 # In the order they must be made: the SSL backbone before the CAM16 run that starts from it.
 SOURCES = ("prcc_ssl", "cam16", "prcc_ssl+cam16")
+# A CAM16 classifier below this val accuracy (balanced classes: chance is 0.5) learnt nothing.
+LEARNED = 0.6
 
 State = dict[str, Any]
 
@@ -238,6 +240,11 @@ def _ensure_cam16(tree: Tree, base: TrainConfig, settings: PretrainSettings,
         say(f"{label} {key}: val accuracy {metrics.get('val_accuracy', 0):.3f}, "
             f"test accuracy {metrics.get('test_accuracy', 0):.3f} "
             f"in {metrics['pretrain_seconds']:.0f} s")
+        if metrics.get("val_accuracy", 1.0) < LEARNED:
+            say(f"warning: {label} did not learn (val accuracy {metrics['val_accuracy']:.3f}, "
+                f"chance 0.5 on {len(plan.val)} images): the pretrained strategies start from "
+                "weights no better than random. Give CAM16 more images or epochs "
+                "(pretrain_epochs; a synthetic tree's synthetic_tissue_scale).")
         return state, metrics
 
     result, made = store.ensure(kind_of("cam16"), key, make)

@@ -74,9 +74,12 @@ def _prepare_data(spec: StudySpec, record: StudyRecord, cache_dir: str | None,
                   say: Callable[[str], None]) -> Tree:
     if spec.data is None:
         root = synthetic_tree(spec.synthetic_scale, spec.image_size, seed=spec.synthetic_seed,
-                              cache_dir=cache_dir, say=say)
+                              val_scale=spec.synthetic_val_scale,
+                              tissue_scale=spec.synthetic_tissue_scale, cache_dir=cache_dir,
+                              say=say)
         record.data = {"source": "synthetic", "scale": spec.synthetic_scale,
-                       "seed": spec.synthetic_seed}
+                       "val_scale": spec.synthetic_val_scale,
+                       "tissue_scale": spec.synthetic_tissue_scale, "seed": spec.synthetic_seed}
     else:
         root = Path(spec.data)
         if not root.is_dir():

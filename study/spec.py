@@ -32,10 +32,10 @@ Execution = Literal["auto", "inline", "train"]
 class SearchSpace:
     """Bounds of what Optuna searches per cell (``study.space`` turns them into distributions)."""
 
-    lr_min: float = 1e-3  # SGD peak learning rate, log scale
-    lr_max: float = 0.2
+    lr_min: float = 5e-4  # AdamW peak learning rate, log scale (SGD: about 1e-3-0.2)
+    lr_max: float = 5e-3
     weight_decay_min: float = 1e-5  # log scale
-    weight_decay_max: float = 1e-2
+    weight_decay_max: float = 5e-2
     imbalance: tuple[str, ...] = ("none", "weighted", "balanced")  # Neutrophils are 61%
     aug_factor_min: int = 1  # pastes per masked image, for strategies that paste (the report: 5)
     aug_factor_max: int = 8
@@ -100,21 +100,37 @@ class StudySpec:
     name: str = "quick"  # names the results folder and the Tune experiment
     preset: str = "quick"  # where the defaults came from, for the record
     data: str | None = None  # a tree in the report's layout; None: a synthetic tree (cached)
-    synthetic_scale: float = 0.05  # of the report's counts, for the synthetic tree
+    # The synthetic tree: its training set at synthetic_scale of the report's counts, its
+    # WBC_100/val at synthetic_val_scale (a larger held-out set costs little: it is only scored)
+    # and CAM16/pRCC at synthetic_tissue_scale (pretraining needs images to learn from); None:
+    # synthetic_scale.
+    synthetic_scale: float = 0.15
+    synthetic_val_scale: float | None = 0.4
+    synthetic_tissue_scale: float | None = 1.0
     synthetic_seed: int = 0
     image_size: int = 32  # working resolution
     subsets: tuple[str, ...] = ("WBC_100", "WBC_50", "WBC_10", "WBC_1")
-    strategies: tuple[str, ...] = ("scratch", "pretrain", "pretrain_aug", "ssl", "ssl_pretrain")
+    # The report's three; quick-ssl adds the self-supervised two ("ssl", "ssl_pretrain").
+    strategies: tuple[str, ...] = ("scratch", "pretrain", "pretrain_aug")
     search_trials: int = 3  # Optuna trials per cell
     startup_trials: int = 2  # random trials before TPE models a cell
     epochs: int = 3
     grace_epochs: int = 1  # ASHA: no trial is stopped before this epoch
-    reduction_factor: int = 2  # ASHA: keep the best 1/rf at each rung
+    reduction_factor: int = 3  # ASHA: keep the best 1/rf at each rung
     final_seeds: int = 3  # re-runs of each cell's best configuration
+    # What each final seed re-runs: "best", the search's best trial; "resampled", the best trial
+    # of a bootstrap resample of the search's trials drawn per seed, so that the final seeds'
+    # spread includes the search's choice of configuration (which another search might have
+    # made differently), not only training noise. study.tune.search draws them.
+    final_config: Literal["best", "resampled"] = "resampled"
+    # The split that picks each run's best epoch (and so each cell's configuration): "full",
+    # WBC_100's whole selection split for every budget; "scaled", a stratified part of it as
+    # large as the budget (WBC_1: 1%), as a researcher with that budget would have.
+    selection: Literal["full", "scaled"] = "full"
     redraw_subsets: bool = False  # final seeds redraw WBC_50/10/1 from WBC_100 with their seed
     seed: int = 0  # seeds the samplers; trial seeds derive from it
     pretrain_epochs: int = 8  # CAM16, once per study
-    pretrain_lr: float = 0.05
+    pretrain_lr: float = 2e-3  # AdamW, as the WBC runs of the quick preset
     # Self-supervised pretraining (the ssl strategies); its image_size and seed follow the
     # study's. An epoch sees at least ssl_min_epoch_images images (pRCC tiled).
     ssl: SSLConfig = field(default_factory=lambda: SSLConfig(
@@ -124,7 +140,7 @@ class StudySpec:
     # Settings every trial shares (a table of flat TrainConfig names in a spec file); the search
     # overrides its own. Its image_size, epochs and exclude_bad follow the study's fields.
     train: TrainConfig = field(default_factory=lambda: TrainConfig().replace(
-        batch_size=64, bn_recalibrate=128, min_epoch_images=128))
+        batch_size=64, bn_recalibrate=128, min_epoch_images=512, warmup_epochs=0.5))
     # Epochs between resumable trial checkpoints; 0: none (a trial cut off by a crash restarts,
     # which costs less than writing ResNet-18 and its optimiser state every epoch on short runs).
     checkpoint_every: int = 0
@@ -149,6 +165,11 @@ class StudySpec:
         for name in ("search_trials", "epochs", "final_seeds", "grace_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
+        for name, valid in (("final_config", ("best", "resampled")),
+                            ("selection", ("full", "scaled"))):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of: "
+                                 f"{', '.join(valid)}")
         if self.reduction_factor < 2:
             raise ValueError(f"reduction_factor={self.reduction_factor!r} must be at least 2")
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -156,7 +177,8 @@ class StudySpec:
         # The shared settings follow the study's own fields (frozen: set through object).
         try:
             object.__setattr__(self, "train", self.train.replace(
-                image_size=self.image_size, epochs=self.epochs, exclude_bad=self.exclude_bad))
+                image_size=self.image_size, epochs=self.epochs, exclude_bad=self.exclude_bad,
+                selection=self.selection))
         except (TypeError, ValueError) as err:
             raise ValueError(f"train settings: {err}") from err
         try:
@@ -164,6 +186,13 @@ class StudySpec:
                 self.ssl, image_size=self.image_size, seed=self.seed))
         except (TypeError, ValueError) as err:
             raise ValueError(f"ssl settings: {err}") from err
+        for scale in ("synthetic_scale", "synthetic_val_scale", "synthetic_tissue_scale"):
+            value = getattr(self, scale)
+            if value is not None and not 0 < value <= 10:
+                raise ValueError(f"{scale}={value!r} must be above 0 (1 is the report's counts)")
+        if self.synthetic_scale > 1:
+            raise ValueError(f"synthetic_scale={self.synthetic_scale!r} must be at most 1 (the "
+                             "report's training counts)")
         if self.ssl_min_epoch_images < 0:
             raise ValueError(f"ssl_min_epoch_images={self.ssl_min_epoch_images!r} must be at "
                              "least 0")
@@ -299,8 +328,10 @@ def _settings(hint: Any, value: Any, name: str) -> TrainConfig | SSLConfig:
 def _typed(name: str, hint: Any, value: Any) -> Any:
     """Check a scalar setting against its annotation (``int``, ``float``, ``bool``, ``str``,
     ``str | None``, a ``Literal`` or ``dict``); ints are accepted where floats are."""
-    if value is None and hint in (str | None, int | None):
+    if value is None and hint in (str | None, int | None, float | None):
         return None
+    if hint == float | None:
+        hint = float
     if get_origin(hint) is Literal:
         return value  # the dataclass names the valid choices
     if hint is bool or get_origin(hint) is dict:
@@ -318,27 +349,40 @@ def _typed(name: str, hint: Any, value: Any) -> Any:
     raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
-# The quick preset is sized to finish in well under 10 minutes on a 2-core CPU with Ray start-up
-# (README, "Performance"): 12 cells x (3 search + 3 final) trials at 32 px on a 5% synthetic tree.
-_QUICK = StudySpec()
+# The quick preset is sized to finish within 10 minutes on a 2-core CPU from a fresh cache, Ray
+# start-up included (README, "The quick preset"): 12 cells x (3 search + 3 final) trials of 3
+# epochs at 32 px; a synthetic training set at 15% of the report's counts (WBC_1: 13 images, every
+# class present), 691 WBC_100/val images (345 report), the full CAM16 to pretrain on. Its search
+# of three trials a cell chooses between no imbalance handling and a weighted loss: with three
+# trials, class-balanced sampling (which costs the majority class a third of its recall here)
+# was picked by chance often enough to decide a cell.
+_QUICK = StudySpec(space=SearchSpace(imbalance=("none", "weighted")))
 
 # The report at full scale on GPUs: 224 px (the report's resolution), its real tree, 20 trials a
 # cell and 5 seeds. docs/presets.md gives the expected GPU-hours.
 _PAPER = StudySpec(
-    name="paper", preset="paper", synthetic_scale=1.0, image_size=224, search_trials=20,
+    name="paper", preset="paper", synthetic_scale=1.0, synthetic_val_scale=None,
+    synthetic_tissue_scale=None, image_size=224, search_trials=20,
+    strategies=("scratch", "pretrain", "pretrain_aug", "ssl", "ssl_pretrain"),
     startup_trials=8, epochs=30, grace_epochs=5, reduction_factor=3, final_seeds=5,
     pretrain_epochs=20, pretrain_lr=0.05,
     # SimCLR on the 1,419 pRCC images: 200 epochs of 5,700 images (pRCC tiled 4x) at batch 256.
     ssl=SSLConfig(epochs=200, batch_size=256, lr=1e-3, warmup_epochs=10.0, probe_steps=100),
     ssl_min_epoch_images=5700,
-    train=TrainConfig().replace(batch_size=256, bn_recalibrate=2048, min_epoch_images=4096,
-                                report_every=1),
-    space=SearchSpace(label_smoothing_max=0.2),
+    train=TrainConfig().replace(optimizer="sgd", lr=0.05, batch_size=256, bn_recalibrate=2048,
+                                min_epoch_images=4096, report_every=1),
+    space=SearchSpace(lr_min=1e-3, lr_max=0.2, label_smoothing_max=0.2),
     checkpoint_every=5,
     resources=Resources(cpus_per_trial=4.0, gpus_per_trial=1.0),
 )
 
-PRESETS: dict[str, StudySpec] = {"quick": _QUICK, "paper": _PAPER}
+# The quick preset with the two self-supervised strategies (pRCC SimCLR, alone and before
+# CAM16): the five strategies in one run, at the cost of the SimCLR pretraining and 8 cells more.
+_QUICK_SSL = dataclasses.replace(
+    _QUICK, name="quick-ssl", preset="quick-ssl",
+    strategies=("scratch", "pretrain", "pretrain_aug", "ssl", "ssl_pretrain"))
+
+PRESETS: dict[str, StudySpec] = {"quick": _QUICK, "quick-ssl": _QUICK_SSL, "paper": _PAPER}
 
 
 def preset(name: str) -> StudySpec:

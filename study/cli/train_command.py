@@ -19,7 +19,6 @@ from typing import Any
 
 __all__ = ["add_parser", "format_metrics"]
 
-DEFAULT_SYNTH_SCALE = 0.05
 
 
 def _say(message: str) -> None:
@@ -35,12 +34,13 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="train one cell (subset x strategy) on Ray Train and print metrics")
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root; default: a synthetic tree made (once) in the cache")
-    p.add_argument("--synthetic-scale", type=float, default=DEFAULT_SYNTH_SCALE,
-                   help="scale of the synthetic tree used without --data")
+    p.add_argument("--synthetic-scale", type=float, default=None,
+                   help="scale of the synthetic tree's training set, used without --data "
+                        "(default: the quick preset's tree, shared with `study run`)")
     add_config_options(p, choices={"strategy": strategy_names()})
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--pretrain-epochs", type=int, default=5, help="CAM16 pretraining epochs")
+    p.add_argument("--pretrain-epochs", type=int, default=8, help="CAM16 pretraining epochs")
     p.add_argument("--pretrain-lr", type=float, default=None,
                    help="CAM16 learning rate (default: --lr)")
     p.add_argument("--ssl-epochs", type=int, default=20,
@@ -117,11 +117,23 @@ def _pretrained(args: argparse.Namespace, tree: Any, config: Any, spec: Any
     return done[source].weights, metrics
 
 
+def _synthetic(args: argparse.Namespace, image_size: int) -> Path:
+    """The quick preset's synthetic tree (made once in the cache), or one of another scale."""
+    from study.data import synthetic_tree
+    from study.spec import preset
+
+    quick = preset("quick")
+    scale = args.synthetic_scale if args.synthetic_scale is not None else quick.synthetic_scale
+    return synthetic_tree(scale, image_size, seed=quick.synthetic_seed,
+                          val_scale=quick.synthetic_val_scale,
+                          tissue_scale=quick.synthetic_tissue_scale, cache_dir=args.cache_dir,
+                          say=_say)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one cell: check the tree, pretrain if needed (cached), train, print."""
     import ray
 
-    from study.data import synthetic_tree
     from study.train.trainer import RunSpec, run_training, warm_cache
     from wbc.data import plan_wbc
     from wbc.datasets import scan_tree
@@ -131,8 +143,7 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_options(args)
     except ValueError as err:
         raise _user_error(str(err)) from err
-    root = args.data if args.data is not None else synthetic_tree(
-        args.synthetic_scale, config.data.image_size, cache_dir=args.cache_dir, say=_say)
+    root = args.data if args.data is not None else _synthetic(args, config.data.image_size)
     tree = scan_tree(root, exclude_bad=config.data.exclude_bad, workers=args.workers,
                      progress=None if args.quiet else _say)
     plan = plan_wbc(tree, config)

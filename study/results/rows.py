@@ -17,10 +17,13 @@ from wbc.metrics import scalars
 __all__ = [
     "CONFIG_KEY",
     "EPOCH_COLUMNS",
+    "EPOCH_KEYS",
     "RECORD_FIELDS",
     "TRIAL_COLUMNS",
     "TRIAL_KEYS",
+    "curve",
     "epoch_row",
+    "epoch_rows",
     "resolved_config",
     "trial_row",
 ]
@@ -28,16 +31,18 @@ __all__ = [
 # Where a trial's report carries its resolved configuration (flat TrainConfig names).
 CONFIG_KEY = "resolved_config"
 # What a trial's Tune config carries besides the searched settings.
-TRIAL_KEYS = ("cell", "subset", "strategy", "phase", "trial_key", "seed")
+TRIAL_KEYS = ("cell", "subset", "strategy", "phase", "trial_key", "seed", "config_from")
 
 TRIAL_COLUMNS = ("study", "cell", "subset", "strategy", "phase", "trial_id", "seed", "status",
                  "lr", "weight_decay", "imbalance", "aug_factor", "background", "best_epoch",
                  "epochs_run", "val_accuracy", "val_macro_f1", "val_balanced_accuracy",
                  "test_accuracy", "test_macro_f1", "test_balanced_accuracy", "train_images",
                  "wall_seconds", "train_loop_seconds", "error")
-EPOCH_COLUMNS = ("study", "cell", "phase", "trial_id", "epoch", "train_loss", "train_accuracy",
-                 "scheduled_lr", "val_accuracy", "val_macro_f1", "val_balanced_accuracy",
-                 "best_epoch", "epoch_seconds")
+EPOCH_COLUMNS = ("study", "cell", "phase", "subset", "strategy", "seed", "trial_id", "epoch",
+                 "train_loss", "train_accuracy", "scheduled_lr", "val_accuracy", "val_macro_f1",
+                 "val_balanced_accuracy", "best_epoch", "epoch_seconds")
+# What an epoch row repeats of its trial's row, so that a curve needs no join to be placed.
+EPOCH_KEYS = ("study", "cell", "phase", "subset", "strategy", "seed", "trial_id")
 
 # Final-record fields copied into a trial's row (hyperparameters come from the resolved config
 # instead).
@@ -67,6 +72,24 @@ def epoch_row(result: dict[str, Any]) -> dict[str, Any]:
     if "time_total_s" in result:
         row["trial_seconds"] = float(result["time_total_s"])
     return row
+
+
+def epoch_rows(row: dict[str, Any], epochs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A trial's ``epochs.parquet`` rows: each epoch with its trial's identifying fields."""
+    keys = {k: row[k] for k in EPOCH_KEYS if k in row}
+    return [{**epoch, **keys} for epoch in epochs]
+
+
+def curve(frame: Any) -> list[dict[str, Any]]:
+    """Epoch rows from a trial's Tune dataframe (``progress.csv``), one per epoch, the last
+    report of an epoch winning; replayed reports are not epochs."""
+    if frame is None or "epoch" not in frame:
+        return []
+    seen: dict[int, dict[str, Any]] = {}
+    for record in frame.to_dict("records"):
+        if record.get("epoch") == record.get("epoch") and not record.get("replayed"):
+            seen[int(record["epoch"])] = epoch_row(record)
+    return [seen[k] for k in sorted(seen)]
 
 
 def resolved_config(report: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -100,6 +123,7 @@ def trial_row(study: str, config: dict[str, Any], settings: dict[str, Any] | Non
         "strategy": config["strategy"], "phase": config["phase"],
         "trial_id": config["trial_key"], "tune_trial_id": tune_trial_id,
         "seed": int(config["seed"]), "status": status, "error": error,
+        "config_from": config.get("config_from"),
         **{k: v for k, v in settings.items() if k not in ("subset", "strategy", "seed")},
         "epochs_run": max((e["epoch"] for e in epochs), default=0),
         "train_loop_seconds": float(sum(e.get("loop_seconds", 0.0) for e in epochs)),
@@ -113,7 +137,7 @@ def trial_row(study: str, config: dict[str, Any], settings: dict[str, Any] | Non
         source = {**kept, **last, **{k: v for k, v in best.items() if k.startswith("val_")},
                   "train_images": last.get("train_images")}
     for key, value in source.items():
-        wanted = key.startswith(("val_", "test_")) or key in RECORD_FIELDS
+        wanted = key.startswith(("val_", "test_", "train_n_")) or key in RECORD_FIELDS
         if wanted and (isinstance(value, bool | int | float | str | list) or value is None):
             row[key] = value
     if final is not None:

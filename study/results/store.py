@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from study.results.rows import EPOCH_COLUMNS, TRIAL_COLUMNS
+from study.results.rows import EPOCH_COLUMNS, TRIAL_COLUMNS, epoch_rows
 from wbc.fileio import atomic_write_bytes, atomic_write_text, file_lock
 
 __all__ = [
@@ -128,7 +128,7 @@ class ResultsStore:
             # Read both before writing either: a bad file stops the write before any change.
             kept = [r for r in _read_rows(self.epochs_path) if r.get("trial_id") != key]
             trials = [r for r in _read_rows(self.trials_path) if r.get("trial_id") != key]
-            new = [{**e, "trial_id": key} for e in epochs]
+            new = epoch_rows(row, list(epochs))
             if kept or new:
                 _write_table(self.epochs_path, table_from_rows(kept + new, EPOCH_COLUMNS))
             else:

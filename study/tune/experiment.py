@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from study.results import ResultsStore, epoch_row, resolved_config, trial_row
+from study.results import ResultsStore, curve, resolved_config, trial_row
 from study.spec import StudySpec
 from study.tune.callback import StudyCallback
 from study.tune.search import CellScheduler, CellSearcher
@@ -74,17 +74,6 @@ def ended(result: Any) -> bool:
     return bool(metrics.get("done") or "test_accuracy" in metrics or metrics.get("replayed"))
 
 
-def _curve(frame: Any) -> list[dict[str, Any]]:
-    """Epoch rows from a trial's Tune dataframe, one per epoch (the last report wins)."""
-    if frame is None or "epoch" not in frame:
-        return []
-    seen: dict[int, dict[str, Any]] = {}
-    for record in frame.to_dict("records"):
-        if record.get("epoch") == record.get("epoch") and not record.get("replayed"):
-            seen[int(record["epoch"])] = epoch_row(record)
-    return [seen[k] for k in sorted(seen)]
-
-
 def reconcile(spec: StudySpec, grid: Any, store: ResultsStore) -> None:
     """Rows for ended trials the callback could not write, built from Tune's record."""
     rows = store.trial_rows()
@@ -94,7 +83,7 @@ def reconcile(spec: StudySpec, grid: Any, store: ResultsStore) -> None:
         key = config.get("trial_key")
         if key is None or key in rows or (result.error is None and not ended(result)):
             continue
-        epochs = _curve(result.metrics_dataframe)
+        epochs = curve(result.metrics_dataframe)
         metrics = result.metrics or {}
         final = metrics if "test_accuracy" in metrics else None
         status = "error" if result.error is not None else ("completed" if final else "stopped")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from optuna.samplers import TPESampler
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
@@ -60,6 +61,10 @@ class _Cell:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # search trial -> params
     finished: set[str] = field(default_factory=set)  # search trials that finished (any state)
     best: dict[str, Any] | None = None  # chosen when the search is over
+    best_key: str = ""  # the trial key of ``best``
+    # Per final seed: (search trial key, its params), when each seed re-runs its own choice.
+    final_params: dict[int, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # search trial id -> its trial key
     failed: bool = False  # every search trial failed: no final phase
 
 
@@ -70,6 +75,7 @@ class CellSearcher(Searcher):
         super().__init__(metric=metric, mode=mode)
         self._budget = spec.search_trials
         self._seed = spec.seed
+        self._final_config = spec.final_config
         self._cells: dict[str, _Cell] = {}
         for subset, strategy in spec.cells:
             name = cell_name(subset, strategy)
@@ -92,13 +98,16 @@ class CellSearcher(Searcher):
             if cell.best is not None and cell.finals:
                 seed = cell.finals.pop(0)
                 self._owner[trial_id] = (cell.name, "final")
-                return self._config(cell, "final", f"final-seed{seed}", seed, cell.best)
+                source, chosen = cell.final_params.get(seed, (cell.best_key, cell.best))
+                return {**self._config(cell, "final", f"final-seed{seed}", seed, chosen),
+                        "config_from": source}
         for cell in self._cells.values():
             if cell.suggested < self._budget:
                 params = cell.optuna.suggest(trial_id)
                 index = cell.suggested
                 cell.suggested += 1
                 cell.params[trial_id] = dict(params or {})
+                cell.keys[trial_id] = f"{cell.name}/search-{index:02d}"
                 self._owner[trial_id] = (cell.name, "search")
                 return self._config(cell, "search", f"search-{index:02d}", self._seed,
                                     params or {})
@@ -137,6 +146,16 @@ class CellSearcher(Searcher):
         sign = 1.0 if self.mode == "max" else -1.0
         best_id = max(cell.scores, key=lambda t: sign * cell.scores[t])  # first of equals
         cell.best = dict(cell.params[best_id])
+        cell.best_key = cell.keys.get(best_id, "")
+        if self._final_config == "resampled":
+            scored = sorted(cell.scores, key=lambda t: cell.keys.get(t, t))
+            for seed in cell.finals:
+                # The search as it might have gone: its trials resampled with replacement.
+                rng = np.random.default_rng(derive_seed(self._seed, "final-config", cell.name,
+                                                        seed))
+                drawn = [scored[i] for i in rng.integers(0, len(scored), len(scored))]
+                pick = max(drawn, key=lambda t: sign * cell.scores[t])
+                cell.final_params[seed] = (cell.keys.get(pick, ""), dict(cell.params[pick]))
 
     def best_configs(self) -> dict[str, dict[str, Any] | None]:
         """Each cell's chosen hyperparameters (None while searching, or when all failed)."""

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +23,7 @@ from study.spec import StudySpec
 from wbc.cache import decode_samples
 from wbc.data import plan_cam16
 from wbc.datasets import scan_tree
+from wbc.layout import WBC_CLASSES
 from wbc.pretrain import pretrain_config, pretrain_key
 
 SMALL: dict[str, Any] = {
@@ -95,13 +97,31 @@ def test_small_study_writes_typed_parquet_rows(small_study: tuple[Path, StudySpe
     augment = trials[trials["strategy"] == "pretrain_aug"]
     assert augment["aug_factor"].between(1, 8).all()
     assert (trials[trials["strategy"] == "scratch"]["aug_factor"] == 0).all()
-    # Each cell's finals re-run the best search trial's configuration.
+    # Each final re-runs the configuration of a search trial of its own cell (the best of a
+    # bootstrap resample of the search, final_config="resampled"), and says which.
     for cell, group in trials.groupby("cell"):
-        search = group[group["phase"] == "search"]
-        best = search.loc[search["val_macro_f1"].idxmax()]
+        search = group[group["phase"] == "search"].set_index("trial_id")
         for final in group[group["phase"] == "final"].itertuples():
-            assert final.lr == best["lr"] and final.imbalance == best["imbalance"], cell
-            assert final.seed != best["seed"]
+            assert final.config_from in search.index, (cell, final.config_from)
+            source = search.loc[final.config_from]
+            assert final.lr == source["lr"] and final.imbalance == source["imbalance"], cell
+            assert final.aug_factor == source["aug_factor"], cell
+            assert final.seed != source["seed"]
+            assert np.isfinite(source["val_macro_f1"])
+    # What the statistics and the report need: per-image predictions on the reporting split
+    # (the same images, in the same order, for every run) and the per-class training counts.
+    targets = {tuple(t) for t in finals["test_targets"]}
+    assert len(targets) == 1
+    for row in finals.itertuples():
+        assert len(row.test_predictions) == row.test_n == len(next(iter(targets)))
+        counts = [getattr(row, f"train_n_{c}") for c in WBC_CLASSES]
+        assert all(n >= 1 for n in counts)  # every class in every budget
+    assert schema.field("train_n_Basophil").type == pa.int64()
+    epochs = pd.read_parquet(results / "epochs.parquet")
+    placed = epochs.merge(trials[["trial_id", "cell", "phase", "subset", "strategy", "seed"]],
+                          on="trial_id", suffixes=("", "_trial"))
+    for key in ("cell", "phase", "subset", "strategy", "seed"):
+        assert (placed[key] == placed[f"{key}_trial"]).all(), key
 
 
 def test_study_json_has_provenance_and_the_time_split(small_study: tuple[Path, StudySpec, dict]

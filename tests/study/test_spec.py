@@ -22,7 +22,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_presets_construct_and_are_registered() -> None:
-    assert set(PRESETS) == {"quick", "paper"}
+    assert set(PRESETS) == {"quick", "quick-ssl", "paper"}
     assert preset("quick") is PRESETS["quick"]
     assert preset("quick").preset == "quick" and preset("paper").preset == "paper"
     assert preset("paper").name == "paper"
@@ -34,18 +34,19 @@ def test_unknown_preset_names_it() -> None:
         preset("nope")
 
 
-def test_quick_has_twenty_cells_largest_subset_first() -> None:
+def test_quick_has_the_reports_twelve_cells_largest_subset_first() -> None:
     spec = preset("quick")
-    assert len(spec.cells) == 20
-    assert len(set(spec.cells)) == 20
-    assert {s for _, s in spec.cells} == {"scratch", "pretrain", "pretrain_aug", "ssl",
-                                          "ssl_pretrain"}
+    assert len(spec.cells) == 12
+    assert len(set(spec.cells)) == 12
+    assert {s for _, s in spec.cells} == {"scratch", "pretrain", "pretrain_aug"}
+    assert {s for _, s in preset("quick-ssl").cells} == {"scratch", "pretrain", "pretrain_aug",
+                                                          "ssl", "ssl_pretrain"}
     percents = [subset_percent(subset) for subset, _ in spec.cells]
     assert percents == sorted(percents, reverse=True)  # type: ignore[type-var]
     assert spec.cells[0] == ("WBC_100", "scratch")
     assert spec.cells[-1][0] == "WBC_1"
     assert len(preset("paper").cells) == 20
-    assert spec.needs_cam16 and spec.needs_prcc
+    assert spec.needs_cam16 and not spec.needs_prcc and preset("quick-ssl").needs_prcc
 
 
 def test_ssl_settings_are_checked_by_name_and_value() -> None:
@@ -220,7 +221,7 @@ def test_overrides_strings() -> None:
 def test_overrides_lists(assignment: str) -> None:
     spec = preset("quick").with_overrides([assignment])
     assert spec.subsets == ("WBC_10", "WBC_1")
-    assert len(spec.cells) == 10 and spec.cells[0] == ("WBC_10", "scratch")
+    assert len(spec.cells) == 6 and spec.cells[0] == ("WBC_10", "scratch")
 
 
 def test_overrides_single_word_for_a_tuple_field() -> None:

@@ -83,7 +83,9 @@ def test_columns_come_in_the_documented_order(tmp_path: Path) -> None:
     names = pq.read_schema(store.trials_path).names
     assert names[:4] == ["study", "cell", "subset", "strategy"]
     assert names.index("trial_id") < names.index("lr") < names.index("alpha") < names.index("zeta")
-    assert pq.read_schema(store.epochs_path).names[:2] == ["trial_id", "epoch"]
+    # Epoch rows carry their trial's identity: a curve needs no join to be placed.
+    assert pq.read_schema(store.epochs_path).names[:8] == [
+        "study", "cell", "phase", "subset", "strategy", "seed", "trial_id", "epoch"]
 
 
 def test_empty_folder_reads_as_empty_frames(tmp_path: Path) -> None:

@@ -77,8 +77,35 @@ def test_finals_follow_each_cells_search_with_its_best_configuration() -> None:
     for _, config in finals[:-1]:
         assert config["phase"] == "final"
         assert {k: config[k] for k in best} == best
+        assert config["config_from"] == suggested["t1"]["trial_key"]
     assert [c["seed"] for _, c in finals[:-1]] == list(final_seeds(SPEC))
     assert SPEC.seed not in final_seeds(SPEC)
+
+
+def test_resampled_finals_rerun_the_best_of_a_bootstrap_of_the_search_per_seed() -> None:
+    spec = SPEC.replace(subsets=["WBC_100"], strategies=["scratch"], final_seeds=12,
+                        final_config="resampled")
+    searcher = _searcher(spec)
+    suggested = dict(_drain(searcher)[:-1])
+    scores = {"t0": 0.2, "t1": 0.9, "t2": 0.5}
+    for trial_id, score in scores.items():
+        searcher.on_trial_complete(trial_id, {"best_val_macro_f1": score})
+    finals = [c for _, c in _drain(searcher, start=100)[:-1]]
+    assert len(finals) == 12
+    keys = {t: suggested[t]["trial_key"] for t in scores}
+    sources = [c["config_from"] for c in finals]
+    # Each seed re-runs the configuration of the search trial it names: the best one when it
+    # was drawn into the seed's resample (about 70% for 3 trials), the next best otherwise.
+    for config in finals:
+        trial = next(t for t, k in keys.items() if k == config["config_from"])
+        assert config["lr"] == suggested[trial]["lr"]
+    assert sources.count(keys["t1"]) >= 6  # the best trial most often
+    assert set(sources) <= {keys["t1"], keys["t2"], keys["t0"]} and len(set(sources)) >= 2
+    again = _searcher(spec)
+    _drain(again)
+    for trial_id, score in scores.items():
+        again.on_trial_complete(trial_id, {"best_val_macro_f1": score})
+    assert [c["config_from"] for _, c in _drain(again, start=100)[:-1]] == sources  # seeded
 
 
 def test_a_cell_whose_trials_all_fail_gets_no_final_phase_and_the_study_finishes() -> None:
