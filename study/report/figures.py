@@ -1,176 +1,241 @@
-"""The report's figures (matplotlib, headless). The same rows draw the same bytes: no timestamps
-or software tags in the files."""
+"""The report's figures (matplotlib, headless), drawn for print: 200 dpi PNG, and SVG or PDF on
+request. Label budgets run from the smallest to the largest, left to right; the majority-class
+baseline is a dashed line wherever a score is plotted; heat maps carry their colour scale. The
+same rows draw the same bytes: no timestamps or software tags in the files."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-from wbc.layout import WBC_CLASSES
-from wbc.metrics import mean_interval
+from study.report.summary import METRICS, Report, cell_estimate_of
+from wbc.layout import WBC_CLASSES, subset_percent
 
-if TYPE_CHECKING:
-    from study.report.summary import Report
+__all__ = ["FORMATS", "draw_all"]
 
-__all__ = ["draw_all"]
+DPI = 200
+FORMATS = ("png", "svg", "pdf")
+# Identical files for identical rows: no creation date, no software version.
+_METADATA: dict[str, dict[str, Any]] = {
+    "png": {"Software": None}, "svg": {"Date": None, "Creator": None},
+    "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
+plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
+                     "svg.hashsalt": "wbc-study"})
 
-DPI = 90
 
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+def _save(fig: Any, folder: Path, name: str, formats: Sequence[str]) -> list[Path]:
+    paths = []
+    for fmt in formats:
+        path = folder / f"{name}.{fmt}"
+        fig.savefig(path, dpi=DPI, metadata=_METADATA[fmt])
+        paths.append(path)
     plt.close(fig)
-    return path
+    return paths
 
 
-def _grid(report: Report, *, width: float = 3.2, height: float = 2.6) -> tuple[Any, Any]:
-    rows, cols = len(report.subsets), len(report.strategies)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
-    for i, subset in enumerate(report.subsets):
-        for j, strategy in enumerate(report.strategies):
-            axes[i][j].set_title(f"{subset} / {strategy}", fontsize=9)
-    return fig, axes
+def _budgets(report: Report) -> list[str]:
+    """Label budgets from the smallest to the largest: the reader's left-to-right."""
+    return sorted(report.subsets, key=lambda s: subset_percent(s) or 0)
 
 
-def by_budget(report: Report, folder: Path) -> Path:
-    """Mean test accuracy, macro-F1 and balanced accuracy per label budget, with 95% CIs."""
-    metrics = (("test_accuracy", "accuracy"), ("test_macro_f1", "macro-F1"),
-               ("test_balanced_accuracy", "balanced accuracy"))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    x = np.arange(len(report.subsets))
-    for ax, (metric, label) in zip(axes, metrics, strict=True):
+def _majority(report: Report, metric: str) -> float | None:
+    return report.reporting.majority_scores().get(metric) if report.reporting else None
+
+
+def _baseline(ax: Any, report: Report, metric: str) -> None:
+    value = _majority(report, metric)
+    if value is not None:
+        ax.axhline(value, color="0.4", linestyle="--", linewidth=1,
+                   label=f"always {report.reporting.majority}")  # type: ignore[union-attr]
+
+
+def by_budget(report: Report, folder: Path, formats: Sequence[str]) -> list[Path]:
+    """Macro-F1, balanced accuracy and accuracy per label budget: mean and 95% interval."""
+    budgets = _budgets(report)
+    percents = [subset_percent(s) or 100 for s in budgets]
+    x = np.arange(len(budgets), dtype=float)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9), sharey=True, layout="constrained")
+    for ax, (metric, label) in zip(axes, METRICS, strict=True):
         for k, strategy in enumerate(report.strategies):
-            means, lows, highs = [], [], []
-            for subset in report.subsets:
-                finals = report.cells[(subset, strategy)].finals
-                mean, low, high = mean_interval(finals[metric].tolist() if len(finals) else [])
-                means.append(mean)
-                lows.append(mean - max(low, 0.0) if math.isfinite(low) else 0.0)
-                highs.append(min(high, 1.0) - mean if math.isfinite(high) else 0.0)
-            offset = (k - (len(report.strategies) - 1) / 2) * 0.08
-            ax.errorbar(x + offset, means, yerr=[lows, highs], marker="o", capsize=3,
+            est = [cell_estimate_of(report, report.cells[(s, strategy)], metric)
+                   for s in budgets]
+            means = np.array([e.mean for e in est])
+            low = np.array([e.mean - max(e.low, 0.0) if np.isfinite(e.low) else 0.0
+                            for e in est])
+            high = np.array([min(e.high, 1.0) - e.mean if np.isfinite(e.high) else 0.0
+                             for e in est])
+            shift = 0.06 * (k - (len(report.strategies) - 1) / 2)
+            ax.errorbar(x + shift, means, yerr=[low, high], marker="o", capsize=3,
                         label=strategy)
-        ax.set_xticks(x, report.subsets)
+        _baseline(ax, report, metric)
+        ax.set_xticks(x, [f"{s}\n{p}%" for s, p in zip(budgets, percents, strict=True)])
+        ax.set_xlim(-0.4, len(budgets) - 0.6)
+        ax.set_xlabel("label budget (share of the training labels)")
         ax.set_ylabel(f"test {label}")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Final seeds: mean and 95% interval per label budget")
-    fig.tight_layout()
-    return _save(fig, folder / "by_budget.png")
+    axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("Final seeds by label budget: mean and 95% interval (seeds and reporting "
+                 "images)")
+    return _save(fig, folder, "by_budget", formats)
 
 
-def confusion_matrices(report: Report, folder: Path) -> Path:
-    """Per cell, the final seeds' confusion matrices summed, shown as row shares."""
-    fig, axes = _grid(report, height=3.0)
-    short = [c[:4] for c in WBC_CLASSES]
-    for i, subset in enumerate(report.subsets):
-        for j, strategy in enumerate(report.strategies):
-            ax = axes[i][j]
-            finals = report.cells[(subset, strategy)].finals
-            if not len(finals) or "test_confusion_matrix" not in finals:
-                ax.axis("off")
-                ax.text(0.5, 0.5, "no final runs", ha="center", va="center")
-                continue
-            total = np.sum([np.array([list(r) for r in m], dtype=float)
-                            for m in finals["test_confusion_matrix"]], axis=0)
-            shares = total / np.maximum(total.sum(axis=1, keepdims=True), 1)
-            ax.imshow(shares, vmin=0, vmax=1, cmap="Blues")
-            for (r, c), value in np.ndenumerate(total):
-                ax.text(c, r, f"{int(value)}", ha="center", va="center", fontsize=7,
-                        color="white" if shares[r, c] > 0.5 else "black")
-            ax.set_xticks(range(len(short)), short, fontsize=7)
-            ax.set_yticks(range(len(short)), short, fontsize=7)
-            ax.set_xlabel("predicted", fontsize=7)
-            ax.set_ylabel("true", fontsize=7)
-    fig.suptitle("Test confusion matrices, final seeds summed (colour: share of the true class)")
-    fig.tight_layout()
-    return _save(fig, folder / "confusion_matrices.png")
-
-
-def learning_curves(report: Report, folder: Path) -> Path:
-    """Selection macro-F1 per epoch: final seeds solid, search trials faint."""
-    epochs = report.results.epochs
-    fig, axes = _grid(report)
-    for i, subset in enumerate(report.subsets):
-        for j, strategy in enumerate(report.strategies):
-            ax = axes[i][j]
-            cell = f"{subset}-{strategy}"
-            rows = epochs[epochs["cell"] == cell] if len(epochs) and "cell" in epochs else \
-                epochs.iloc[:0]
-            for _trial_id, curve in rows.groupby("trial_id"):
-                curve = curve.sort_values("epoch")
-                final = (curve["phase"] == "final").any()
-                ax.plot(curve["epoch"], curve["val_macro_f1"], marker="." if final else None,
-                        alpha=0.9 if final else 0.3, color="C1" if final else "C0",
-                        linewidth=1.5 if final else 1.0)
-            ax.set_ylim(0, 1.02)
-            ax.set_xlabel("epoch", fontsize=8)
-            ax.set_ylabel("val macro-F1", fontsize=8)
-            ax.grid(alpha=0.3)
-    fig.suptitle("Learning curves (orange: final seeds; blue: search trials)")
-    fig.tight_layout()
-    return _save(fig, folder / "learning_curves.png")
-
-
-def search_history(report: Report, folder: Path) -> Path:
-    """Each cell's search: the objective of every trial in order, and the best so far."""
-    trials = report.results.trials
-    fig, axes = _grid(report)
-    for i, subset in enumerate(report.subsets):
-        for j, strategy in enumerate(report.strategies):
-            ax = axes[i][j]
-            search = trials[(trials["subset"] == subset) & (trials["strategy"] == strategy)
-                            & (trials["phase"] == "search")].sort_values("trial_id") \
-                if len(trials) else trials
-            values = search["val_macro_f1"].to_numpy(dtype=float) if len(search) else \
-                np.array([])
-            order = np.arange(1, len(values) + 1)
-            stopped = search["status"].to_numpy() != "completed" if len(search) else []
-            ax.scatter(order, values, c=["C3" if s else "C0" for s in stopped], s=18)
-            if len(values):
-                best = np.fmax.accumulate(np.nan_to_num(values, nan=-np.inf))
-                ax.step(order, np.where(np.isfinite(best), best, np.nan), where="post",
-                        color="C2")
-            ax.set_ylim(0, 1.02)
-            ax.set_xlabel("search trial", fontsize=8)
-            ax.set_ylabel("val macro-F1", fontsize=8)
-            ax.grid(alpha=0.3)
-    fig.suptitle("Search history (red: stopped early or failed; green: best so far)")
-    fig.tight_layout()
-    return _save(fig, folder / "search_history.png")
-
-
-def per_class_recall(report: Report, folder: Path) -> Path:
-    """Mean test recall per class and cell, as a heat map."""
-    names = [c.name for c in report.cells.values()]
-    values = np.full((len(names), len(WBC_CLASSES)), np.nan)
-    for r, cell in enumerate(report.cells.values()):
+def per_class_recall(report: Report, folder: Path, formats: Sequence[str]) -> list[Path]:
+    """Mean test recall per class and cell, as a heat map with its colour scale."""
+    cells = [report.cells[(s, t)] for s in _budgets(report) for t in report.strategies]
+    values = np.full((len(cells), len(WBC_CLASSES)), np.nan)
+    for r, cell in enumerate(cells):
         for c, cls in enumerate(WBC_CLASSES):
             column = f"test_recall_{cls}"
             if len(cell.finals) and column in cell.finals:
                 values[r, c] = cell.finals[column].mean()
-    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(names) + 1.5))
-    ax.imshow(np.nan_to_num(values, nan=0.0), vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(cells) + 1.8), layout="constrained")
+    image = ax.imshow(np.ma.masked_invalid(values), vmin=0, vmax=1, cmap="viridis",
+                      aspect="auto")
     for (r, c), value in np.ndenumerate(values):
         ax.text(c, r, "–" if np.isnan(value) else f"{100 * value:.0f}", ha="center",
-                va="center", fontsize=7)
-    ax.set_xticks(range(len(WBC_CLASSES)), WBC_CLASSES, fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_title("Test recall per class, %, mean over final seeds")
-    fig.tight_layout()
-    return _save(fig, folder / "per_class_recall.png")
+                va="center", fontsize=7, color="white" if value < 0.6 else "black")
+    support = report.reporting.support if report.reporting else {}
+    ax.set_xticks(range(len(WBC_CLASSES)),
+                  [f"{c}\n(n={support[c]})" if c in support else c for c in WBC_CLASSES])
+    ax.set_yticks(range(len(cells)), [c.name for c in cells], fontsize=8)
+    ax.set_xlabel("true class (reporting images)")
+    fig.colorbar(image, ax=ax, label="recall")
+    ax.set_title("Test recall per class, % (mean over final seeds)")
+    return _save(fig, folder, "per_class_recall", formats)
 
 
-def draw_all(report: Report, folder: Path) -> list[Path]:
+def _grid(report: Report, *, width: float, height: float) -> tuple[Any, Any, list[str]]:
+    budgets = _budgets(report)
+    fig, axes = plt.subplots(len(budgets), len(report.strategies),
+                             figsize=(width * len(report.strategies), height * len(budgets)),
+                             squeeze=False, layout="constrained")
+    for i, subset in enumerate(budgets):
+        for j, strategy in enumerate(report.strategies):
+            axes[i][j].set_title(f"{subset} / {strategy}")
+    return fig, axes, budgets
+
+
+def _each_cell(report: Report, draw: Callable[[Any, str, str], None], *, width: float,
+               height: float) -> Any:
+    """One panel per cell, budgets as rows (smallest first), strategies as columns; axis
+    labels on the outer panels only, so that neighbours do not overlap."""
+    fig, axes, budgets = _grid(report, width=width, height=height)
+    for i, subset in enumerate(budgets):
+        for j, strategy in enumerate(report.strategies):
+            ax = axes[i][j]
+            draw(ax, subset, strategy)
+            if j > 0:
+                ax.set_ylabel("")
+            if i < len(budgets) - 1:
+                ax.set_xlabel("")
+    return fig
+
+
+def confusion_matrices(report: Report, folder: Path, formats: Sequence[str]) -> list[Path]:
+    """Per cell, the final seeds' confusion matrices summed, coloured by row share."""
+    short = [c[:4] for c in WBC_CLASSES]
+    images: list[Any] = []
+
+    def draw(ax: Any, subset: str, strategy: str) -> None:
+        finals = report.cells[(subset, strategy)].finals
+        if not len(finals) or "test_confusion_matrix" not in finals:
+            ax.axis("off")
+            ax.text(0.5, 0.5, "no final runs", ha="center", va="center")
+            return
+        total = np.sum([np.array([list(r) for r in m], dtype=float)
+                        for m in finals["test_confusion_matrix"]], axis=0)
+        shares = total / np.maximum(total.sum(axis=1, keepdims=True), 1)
+        images.append(ax.imshow(shares, vmin=0, vmax=1, cmap="Blues"))
+        for (r, c), value in np.ndenumerate(total):
+            ax.text(c, r, f"{int(value)}", ha="center", va="center", fontsize=8,
+                    color="white" if shares[r, c] > 0.5 else "black")
+        ax.set_xticks(range(len(short)), short)
+        ax.set_yticks(range(len(short)), short)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+
+    fig = _each_cell(report, draw, width=3.0, height=3.0)
+    if images:
+        fig.colorbar(images[0], ax=fig.axes, shrink=0.5, label="share of the true class")
+    fig.suptitle("Test confusion matrices, final seeds summed (counts; colour: share of the "
+                 "true class)")
+    return _save(fig, folder, "confusion_matrices", formats)
+
+
+def learning_curves(report: Report, folder: Path, formats: Sequence[str]) -> list[Path]:
+    """Selection macro-F1 per epoch: final seeds solid, search trials faint."""
+    epochs = report.results.epochs
+
+    def draw(ax: Any, subset: str, strategy: str) -> None:
+        rows = epochs[epochs["cell"] == f"{subset}-{strategy}"] \
+            if len(epochs) and "cell" in epochs else epochs.iloc[:0]
+        for _trial, curve in (rows.groupby("trial_id") if len(rows) else ()):
+            curve = curve.sort_values("epoch")
+            final = (curve["phase"] == "final").any()
+            ax.plot(curve["epoch"], curve["val_macro_f1"], marker="." if final else None,
+                    alpha=0.9 if final else 0.35, color="C1" if final else "C0",
+                    linewidth=1.5 if final else 1.0)
+        if not len(rows):
+            ax.text(0.5, 0.5, "no epochs recorded", ha="center", va="center",
+                    transform=ax.transAxes)
+        _baseline(ax, report, "test_macro_f1")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("selection macro-F1")
+        ax.grid(alpha=0.3)
+
+    fig = _each_cell(report, draw, width=3.2, height=2.6)
+    fig.suptitle("Learning curves (orange: final seeds; blue: search trials; dashed: always "
+                 "the majority class)")
+    return _save(fig, folder, "learning_curves", formats)
+
+
+def search_history(report: Report, folder: Path, formats: Sequence[str]) -> list[Path]:
+    """Each cell's search: the objective of every trial in order, and the best so far."""
+    trials = report.results.trials
+
+    def draw(ax: Any, subset: str, strategy: str) -> None:
+        search = trials[(trials["subset"] == subset) & (trials["strategy"] == strategy)
+                        & (trials["phase"] == "search")].sort_values("trial_id") \
+            if len(trials) else trials
+        values = search["val_macro_f1"].to_numpy(dtype=float) if len(search) else np.array([])
+        order = np.arange(1, len(values) + 1)
+        stopped = search["status"].to_numpy() != "completed" if len(search) else []
+        ax.scatter(order, values, c=["C3" if s else "C0" for s in stopped], s=18)
+        if len(values):
+            best = np.fmax.accumulate(np.nan_to_num(values, nan=-np.inf))
+            ax.step(order, np.where(np.isfinite(best), best, np.nan), where="post", color="C2")
+        _baseline(ax, report, "test_macro_f1")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("search trial")
+        ax.set_ylabel("selection macro-F1")
+        ax.grid(alpha=0.3)
+
+    fig = _each_cell(report, draw, width=3.2, height=2.6)
+    fig.suptitle("Search history (red: stopped early or failed; green: best so far)")
+    return _save(fig, folder, "search_history", formats)
+
+
+def draw_all(report: Report, folder: Path, *, formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Every figure in every format; ``ValueError`` naming an unknown format."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"figure format(s) {', '.join(unknown)}: choose from "
+                         f"{', '.join(FORMATS)}")
     folder.mkdir(parents=True, exist_ok=True)
-    return [by_budget(report, folder), per_class_recall(report, folder),
-            confusion_matrices(report, folder), learning_curves(report, folder),
-            search_history(report, folder)]
+    paths: list[Path] = []
+    for figure in (by_budget, per_class_recall, confusion_matrices, learning_curves,
+                   search_history):
+        paths += figure(report, folder, formats)
+    return paths

@@ -10,10 +10,12 @@ from typing import Any
 import pandas as pd
 
 from study.results import (
+    EPOCH_KEYS,
     EPOCHS_FILE,
     STUDY_FILE,
     TRIALS_FILE,
-    epoch_row,
+    curve,
+    epoch_rows,
     read_table,
     resolved_config,
     trial_row,
@@ -37,6 +39,16 @@ def _frame(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
+def _placed(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Epoch rows with their trial's cell, phase, subset, strategy and seed (a results folder
+    written before epoch rows carried them gets them from its trials)."""
+    missing = [k for k in EPOCH_KEYS if k != "trial_id" and k not in epochs and k in trials]
+    if not len(epochs) or not missing or "trial_id" not in epochs:
+        return epochs
+    keys = trials[["trial_id", *missing]].drop_duplicates("trial_id")
+    return epochs.merge(keys, on="trial_id", how="left")
+
+
 def load_results(path: Path) -> Results:
     """A results folder, or a Tune experiment folder (the results folder's ``tune/`` or any)."""
     path = Path(path)
@@ -46,7 +58,8 @@ def load_results(path: Path) -> Results:
     if (path / TRIALS_FILE).exists():
         study = json.loads((path / STUDY_FILE).read_text()) if (path / STUDY_FILE).exists() \
             else {}
-        return Results(_frame(path / TRIALS_FILE), _frame(path / EPOCHS_FILE), study,
+        trials = _frame(path / TRIALS_FILE)
+        return Results(trials, _placed(_frame(path / EPOCHS_FILE), trials), study,
                        "results folder")
     tune_dir = path / "tune" if (path / "tune").is_dir() else path
     if not any(tune_dir.glob("experiment_state-*.json")):
@@ -69,23 +82,16 @@ def _from_tune(tune_dir: Path, root: Path) -> Results:
         config = dict(trial.config)
         if "trial_key" not in config:
             continue  # not a study trial
-        frame = frames.get(trial.trial_id)
-        rows = {}
-        if frame is not None and "epoch" in frame:
-            for record in frame.to_dict("records"):
-                if record.get("epoch") == record.get("epoch") and not record.get("replayed"):
-                    rows[int(record["epoch"])] = epoch_row(record)
-        curve = [rows[k] for k in sorted(rows)]
+        epochs_of = curve(frames.get(trial.trial_id))
         last = dict(trial.last_result or {})
         if last.get("replayed"):
             last = {**last, "time_total_s": last.get("wall_seconds")}
         final = last if "test_accuracy" in last else None
         status = ("error" if trial.status == "ERROR" else "completed" if final
                   else "stopped" if trial.status == "TERMINATED" else "running")
-        row = trial_row(name, config, resolved_config(last), curve, final, status=status,
+        row = trial_row(name, config, resolved_config(last), epochs_of, final, status=status,
                         tune_trial_id=trial.trial_id)
         trials.append(row)
-        epochs += [{**e, "trial_id": row["trial_id"], "cell": row["cell"],
-                    "phase": row["phase"]} for e in curve]
+        epochs += epoch_rows(row, epochs_of)
     return Results(pd.DataFrame(trials), pd.DataFrame(epochs), study,
                    "Tune experiment folder")

@@ -1,4 +1,5 @@
-"""``study report`` on handmade results with known numbers."""
+"""``study report`` on handmade results with known numbers: answers first, intervals that
+include the reporting images, the majority-class baseline, and figures with data in them."""
 
 from __future__ import annotations
 
@@ -6,61 +7,77 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from study.cli import main
 from study.report import load_results, paired, summarise, write_report
+from study.report.stats import cell_estimate
 from study.results import ResultsStore
 from wbc.layout import WBC_CLASSES
+from wbc.metrics import classification_metrics
 
-# Final test accuracies per (subset, strategy) and seed.
-KNOWN = {
-    ("WBC_100", "scratch"): [0.90, 0.92, 0.94],
-    ("WBC_100", "pretrain"): [0.93, 0.95, 0.97],  # +3 points on every seed
-    ("WBC_1", "scratch"): [0.60, 0.70, 0.80],
-    ("WBC_1", "pretrain"): [0.65, 0.70, 0.90],
-}
-T975_2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom
+# The reporting split: 60 images, Neutrophil the commonest (24, 40%).
+TARGETS = np.repeat(np.arange(5), [4, 8, 16, 8, 24])
+SEEDS = (1, 2, 3)
 
 
-def _row(subset: str, strategy: str, phase: str, index: int, seed: int, accuracy: float,
+def _predictions(quality: str, seed: int, strategy: str = "scratch") -> list[int]:
+    """``perfect``: every image right; ``good``: 6 of 60 wrong (which ones depends on the seed
+    and the strategy); ``poor``: half wrong, mostly called Neutrophil."""
+    rng = np.random.default_rng([seed, len(quality), len(strategy)])
+    pred = TARGETS.copy()
+    wrong = {"perfect": 0, "good": 6, "poor": 30}[quality]
+    index = rng.choice(TARGETS.size, wrong, replace=False)
+    pred[index] = np.where(TARGETS[index] == 4, 2, 4)
+    return pred.tolist()
+
+
+QUALITY = {("WBC_100", "scratch"): "good", ("WBC_100", "pretrain"): "perfect",
+           ("WBC_1", "scratch"): "poor", ("WBC_1", "pretrain"): "poor"}
+
+
+def _row(subset: str, strategy: str, phase: str, index: int, seed: int, pred: list[int],
          **extra: Any) -> dict[str, Any]:
     key = f"{subset}-{strategy}/" + (f"final-seed{seed}" if phase == "final"
                                      else f"search-{index:02d}")
-    matrix = [[0] * 5 for _ in range(5)]
-    for c in range(5):
-        matrix[c][c] = 10
+    scores = classification_metrics(TARGETS, pred, num_classes=5, class_names=WBC_CLASSES)
     return {"study": "hand", "cell": f"{subset}-{strategy}", "subset": subset,
             "strategy": strategy, "phase": phase, "trial_id": key, "seed": seed,
             "status": "completed", "lr": 0.01 * (index + 1), "weight_decay": 1e-4,
             "imbalance": ["none", "weighted", "balanced"][index % 3], "aug_factor": 0,
             "background": "none", "best_epoch": 2, "epochs_run": 2,
             "val_macro_f1": 0.5 + 0.1 * index, "val_accuracy": 0.8,
-            "test_accuracy": accuracy, "test_macro_f1": accuracy - 0.1,
-            "test_balanced_accuracy": accuracy - 0.05, "test_n": 50,
-            **{f"test_recall_{c}": 0.5 for c in WBC_CLASSES},
-            "test_confusion_matrix": matrix, "selection_split": "val half A",
-            "reporting_split": "val half B", "train_loop_seconds": 1.0, **extra}
+            "test_accuracy": scores["accuracy"], "test_macro_f1": scores["macro_f1"],
+            "test_balanced_accuracy": scores["balanced_accuracy"], "test_n": TARGETS.size,
+            **{f"test_recall_{c}": v for c, v in scores["recall"].items()},
+            "test_confusion_matrix": scores["confusion_matrix"], "test_predictions": pred,
+            "test_targets": TARGETS.tolist(), "selection_split": "val half A",
+            "reporting_split": "val half B", "train_loop_seconds": 1.0,
+            "config_from": f"{subset}-{strategy}/search-01" if phase == "final" else None,
+            **extra}
 
 
-def _study(root: Path, *, drop_final: tuple[str, str] | None = None) -> Path:
+def _study(root: Path, *, drop_final: tuple[str, str] | None = None,
+           seeds: tuple[int, ...] = SEEDS, epochs: bool = True) -> Path:
     store = ResultsStore(root)
-    for (subset, strategy), accuracies in KNOWN.items():
+    for (subset, strategy), quality in QUALITY.items():
         for index in range(4):
-            row = _row(subset, strategy, "search", index, 0, 0.5)
-            store.write_trial(row, [{"epoch": e, "val_macro_f1": 0.2 * e, "cell": row["cell"],
-                                     "phase": "search"} for e in (1, 2)])
+            row = _row(subset, strategy, "search", index, 0, _predictions(quality, 0, strategy))
+            store.write_trial(row, [{"epoch": e, "val_macro_f1": 0.2 * e} for e in (1, 2)]
+                              if epochs else [])
         if (subset, strategy) == drop_final:
             continue
-        for seed, accuracy in enumerate(accuracies, start=1):
-            row = _row(subset, strategy, "final", 1, seed, accuracy)
-            store.write_trial(row, [{"epoch": e, "val_macro_f1": 0.3 * e, "cell": row["cell"],
-                                     "phase": "final"} for e in (1, 2)])
+        for seed in seeds:
+            row = _row(subset, strategy, "final", 1, seed, _predictions(quality, seed, strategy))
+            store.write_trial(row, [{"epoch": e, "val_macro_f1": 0.3 * e} for e in (1, 2)]
+                              if epochs else [])
     store.write_study({"study": "hand", "preset": "quick", "status": "complete",
                        "spec": {"subsets": ["WBC_1", "WBC_100"],
                                 "strategies": ["scratch", "pretrain"], "search_trials": 4,
-                                "final_seeds": 3, "image_size": 32, "epochs": 2, "seed": 0},
+                                "final_seeds": len(seeds), "image_size": 32, "epochs": 2,
+                                "seed": 0},
                        "data": {"source": "synthetic", "scale": 0.05, "seed": 0,
                                 "fingerprint": "abc"},
                        "provenance": {"versions": {"torch": "x"}, "hardware": {}},
@@ -68,35 +85,68 @@ def _study(root: Path, *, drop_final: tuple[str, str] | None = None) -> Path:
     return root
 
 
-def test_table_has_the_known_means_and_t_intervals(tmp_path: Path) -> None:
+def _headings(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("## ")]
+
+
+def test_the_report_opens_with_answers_and_macro_f1_leads(tmp_path: Path) -> None:
     path, report = write_report(_study(tmp_path / "r"))
-    assert report.subsets == ["WBC_100", "WBC_1"]  # largest budget first
     text = path.read_text()
-    half = T975_2 * 0.02 / math.sqrt(3)
-    assert f"| scratch | {92:.2f} [{100 * (0.92 - half):.2f}, {100 * (0.92 + half):.2f}]" in text
-    # WBC_1 scratch: mean 0.70, sd 0.10
-    half = T975_2 * 0.10 / math.sqrt(3)
-    assert f"70.00 [{100 * (0.70 - half):.2f}, {100 * (0.70 + half):.2f}]" in text
-    # Synthetic data: the report's own numbers are not put beside ours, and the reader is told.
-    assert "(report 97.05)" not in text and "not shown beside ours" in text
-    for heading in ("### accuracy", "### macro-F1", "### balanced accuracy",
-                    "## Paired comparisons", "## Per-class recall", "## Provenance"):
+    assert report.subsets == ["WBC_100", "WBC_1"]  # largest budget first, as the report
+    assert _headings(text)[0] == "## Answers"
+    answers = text.split("## Answers")[1].split("\n## ")[0]
+    assert "**Does CAM16 pretraining help?** Yes at WBC_100 (strong evidence)" in answers
+    assert "no clear difference at WBC_1" in answers
+    assert "**At which label budget?**" in answers
+    assert "Not answered: this study did not run ssl" in answers
+    tables = text.split("## Table 1")[1]
+    assert tables.index("### macro-F1") < tables.index("### balanced accuracy") \
+        < tables.index("### accuracy")
+    for heading in ("## The reporting split", "## Paired comparisons", "## Per-class recall",
+                    "## Method", "## Provenance"):
         assert heading in text
 
 
-def test_paired_comparison_finds_a_constant_gain_and_not_a_noisy_one(tmp_path: Path) -> None:
+def test_table_1_intervals_include_the_reporting_images(tmp_path: Path) -> None:
+    text = write_report(_study(tmp_path / "r"))[0].read_text()
+    runs = np.array([_predictions("good", s) for s in SEEDS])
+    est = cell_estimate(TARGETS, runs, "macro_f1", 5, replicates=2000)
+    assert f"| scratch | {100 * est.estimate:.1f} [{100 * est.low:.1f}, {100 * est.high:.1f}]" \
+        in text
+    # The images' sampling is in it: at least as wide as that part alone.
+    assert est.image_sd > 0 and (est.high - est.low) / 2 >= 1.96 * est.image_sd
+
+
+def test_the_reporting_split_and_the_majority_baseline_are_stated(tmp_path: Path) -> None:
+    text = write_report(_study(tmp_path / "r"))[0].read_text()
+    assert ("60 images (Basophil 4, Eosinophil 8, Lymphocyte 16, Monocyte 8, Neutrophil 24)"
+            in text)
+    share = 24 / 60
+    majority_f1 = 2 * share / (1 + share) / 5
+    assert f"Always answering Neutrophil scores macro-F1 {100 * majority_f1:.1f}" in text
+    assert f"| *always Neutrophil* | {100 * majority_f1:.1f} | {100 * majority_f1:.1f} |" in text
+    assert f"| *always Neutrophil* | {100 * share:.1f} |" in text  # the accuracy table
+
+
+def test_paired_comparisons_separate_a_real_gain_from_noise(tmp_path: Path) -> None:
     report = summarise(load_results(_study(tmp_path / "r")))
     table = paired(report).set_index(["subset", "comparison"])
     gain = table.loc[("WBC_100", "pretrain - scratch")]
-    assert gain["seeds"] == 3
-    assert gain["difference"] == pytest.approx(0.03)
-    assert gain["low"] == pytest.approx(0.03) and gain["high"] == pytest.approx(0.03)
-    assert bool(gain["significant"])
-    noisy = table.loc[("WBC_1", "pretrain - scratch")]  # +5, 0, +10 points
-    assert noisy["difference"] == pytest.approx(0.05)
-    assert noisy["low"] < 0 < noisy["high"]
-    assert not bool(noisy["significant"])
-    assert noisy["p_holm"] >= noisy["p"]
+    assert gain["seeds"] == 3 and gain["difference"] > 0.05
+    assert gain["low"] > 0 and gain["evidence"] == "strong"
+    assert gain["prob_improvement"] > 0.95
+    noise = table.loc[("WBC_1", "pretrain - scratch")]
+    assert noise["low"] < 0 < noise["high"] and noise["evidence"] == "none"
+    assert noise["p_holm"] >= noise["p"]
+    assert math.isfinite(noise["min_detectable"]) and noise["min_detectable"] > 0
+
+
+def test_one_seed_claims_nothing(tmp_path: Path) -> None:
+    path, _ = write_report(_study(tmp_path / "r", seeds=(1,)))
+    text = path.read_text()
+    assert "1 final seed per cell" in text and "1 final seeds" not in text
+    assert "strong evidence" not in text.split("## Answers")[1].split("\n## ")[0]
+    assert "With one seed per cell nothing here can be significant" in text
 
 
 def test_a_partial_study_says_what_is_missing(tmp_path: Path) -> None:
@@ -105,19 +155,42 @@ def test_a_partial_study_says_what_is_missing(tmp_path: Path) -> None:
     assert report.missing == ["WBC_1-pretrain: 0 of 3 final seeds (4 of 4 search trials)"]
     text = path.read_text()
     assert "Incomplete study" in text and "WBC_1-pretrain: 0 of 3 final seeds" in text
-    assert "| pretrain | 95.00" in text  # the cells that are there are still reported
+    assert "| pretrain | 100.0" in text  # the cells that are there are still reported
 
 
-def test_figures_are_valid_pngs_and_the_report_is_reproducible(tmp_path: Path) -> None:
+def _coloured(path: Path, rgb: tuple[int, int, int], tolerance: int = 40) -> int:
+    """Pixels of ``path`` within ``tolerance`` of ``rgb``: how much of a colour was drawn."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    return int((np.abs(pixels - np.array(rgb)).max(axis=2) <= tolerance).sum())
+
+
+ORANGE = (255, 127, 14)  # matplotlib's C1: the final seeds' learning curves
+
+
+def test_learning_curves_draw_the_epochs(tmp_path: Path) -> None:
+    with_epochs = _study(tmp_path / "with")
+    write_report(with_epochs)
+    drawn = _coloured(with_epochs / "figures" / "learning_curves.png", ORANGE)
+    without = _study(tmp_path / "without", epochs=False)
+    write_report(without)
+    empty = _coloured(without / "figures" / "learning_curves.png", ORANGE)
+    assert drawn > 500 and empty < 50, (drawn, empty)
+
+
+def test_figures_are_print_quality_pngs_and_reproducible(tmp_path: Path) -> None:
     root = _study(tmp_path / "r")
-    path, _ = write_report(root)
+    path, _ = write_report(root, formats=("png", "svg"))
     figures = sorted((root / "figures").glob("*.png"))
     assert len(figures) == 5
+    assert sorted(p.stem for p in (root / "figures").glob("*.svg")) == [p.stem for p in figures]
     first = {p.name: p.read_bytes() for p in [path, *figures]}
     for figure in figures:
         with Image.open(figure) as image:
             image.verify()
-            assert image.format == "PNG" and image.size[0] > 300
+            assert image.format == "PNG" and image.size[0] > 1000
+        with Image.open(figure) as image:
+            assert round(image.info["dpi"][0]) == 200
         assert f"figures/{figure.name}" in path.read_text()
     write_report(root)
     assert {p.name: p.read_bytes() for p in [path, *figures]} == first
@@ -126,12 +199,15 @@ def test_figures_are_valid_pngs_and_the_report_is_reproducible(tmp_path: Path) -
 def test_report_command_prints_the_table_and_names_bad_folders(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _study(tmp_path / "r")
-    assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
+    assert main(["report", str(root), "--out", str(tmp_path / "out"), "--format", "png,pdf"]) == 0
     out = capsys.readouterr().out
-    assert "WBC_100" in out and "92.00" in out
+    assert "WBC_100" in out and "macro-F1" in out and "always Neutrophil" in out
     assert (tmp_path / "out" / "report.md").exists()
+    assert (tmp_path / "out" / "figures" / "by_budget.pdf").exists()
     assert main(["report", str(tmp_path)]) == 2
     assert "neither trials.parquet nor a Ray Tune experiment" in capsys.readouterr().err
+    assert main(["report", str(root), "--format", "gif"]) == 2
+    assert "gif" in capsys.readouterr().err
 
 
 def test_the_committed_reference_report_is_reproduced(tmp_path: Path) -> None:

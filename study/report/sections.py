@@ -1,0 +1,208 @@
+"""The report's sections after the tables: backgrounds, per-class recall, configurations,
+importances, the method and the provenance."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from study.report.summary import Report, importances
+from wbc.layout import WBC_CLASSES
+
+__all__ = ["background_section", "best_section", "importance_section", "method_section",
+           "provenance_section", "recall_section"]
+
+
+def background_section(report: Report) -> list[str]:
+    trials = report.results.trials
+    if "background" not in trials:
+        return []
+    search = trials[(trials["phase"] == "search") & trials["val_macro_f1"].notna()
+                    & trials["aug_factor"].fillna(0).gt(0)] if "aug_factor" in trials else \
+        trials.iloc[:0]
+    if not len(search):
+        return []
+    lines = ["## Which background won", "",
+             "Search trials of the strategies that paste cells, by background mode: how many "
+             "were tried, their mean and best selection macro-F1, and how many cells chose it.",
+             "", "| background | trials | mean val macro-F1 | best | chosen by cells |",
+             "|---|---|---|---|---|"]
+    chosen: dict[str, int] = {}
+    for cell in report.cells.values():
+        if cell.best and cell.best.get("background") and cell.best.get("aug_factor"):
+            chosen[cell.best["background"]] = chosen.get(cell.best["background"], 0) + 1
+    for mode, group in search.groupby("background"):
+        lines.append(f"| {mode} | {len(group)} | {group['val_macro_f1'].mean():.3f} | "
+                     f"{group['val_macro_f1'].max():.3f} | {chosen.get(str(mode), 0)} |")
+    return [*lines, ""]
+
+
+def recall_section(report: Report) -> list[str]:
+    lines = ["## Per-class recall", "",
+             "Test recall per class, mean over the final seeds, in % (Basophils are about 2% "
+             "of the data).", "",
+             "| cell | " + " | ".join(WBC_CLASSES) + " |", "|---|" + "---|" * len(WBC_CLASSES)]
+    for cell in report.cells.values():
+        if not len(cell.finals):
+            continue
+        values = []
+        for c in WBC_CLASSES:
+            column = f"test_recall_{c}"
+            mean = cell.finals[column].mean() if column in cell.finals else math.nan
+            values.append("–" if not math.isfinite(mean) else f"{100 * mean:.1f}")
+        lines.append(f"| {cell.name} | " + " | ".join(values) + " |")
+    return [*lines, ""]
+
+
+def _pretrain_lines(pretrain: dict[str, Any]) -> list[str]:
+    """One line per pretraining source; a study from before the SSL strategies stored the
+    CAM16 record alone."""
+    if "val_accuracy" in pretrain:
+        pretrain = {"cam16": pretrain}
+    lines = []
+    for source, record in pretrain.items():
+        if source == "prcc_ssl":
+            lines.append(
+                f"- pRCC self-supervised pretraining (SimCLR): loss "
+                f"{record.get('ssl_loss', math.nan):.3f} after {record.get('epochs')} epochs on "
+                f"{record.get('ssl_images', record.get('prcc_images'))} images; CAM16 probe "
+                f"of the frozen backbone: k-NN {record.get('knn_accuracy', math.nan):.3f} "
+                f"(random init {record.get('knn_accuracy_random', math.nan):.3f}), linear "
+                f"{record.get('linear_probe_accuracy', math.nan):.3f} (random init "
+                f"{record.get('linear_probe_accuracy_random', math.nan):.3f})")
+        else:
+            start = " from the pRCC SSL backbone" if source == "prcc_ssl+cam16" else ""
+            lines.append(f"- CAM16 pretraining{start}: val accuracy "
+                         f"{record.get('val_accuracy', 0):.3f}, test accuracy "
+                         f"{record.get('test_accuracy', 0):.3f}, {record.get('epochs')} epochs")
+    return lines
+
+
+def _reran(report: Report) -> str:
+    spec = report.results.study.get("spec", {})
+    if spec.get("final_config") == "resampled":
+        return ("Each final seed re-ran the best trial of its own bootstrap resample of the "
+                "cell's search trials (`final_config = \"resampled\"`), so the final seeds' "
+                "spread includes the search's choice of configuration; the last column says "
+                "which trials they re-ran.")
+    return "The final seeds re-ran this configuration."
+
+
+def best_section(report: Report) -> list[str]:
+    lines = ["## Best configuration per cell", "",
+             f"The search trial with the highest selection macro-F1. {_reran(report)}", "",
+             "| cell | val macro-F1 | " + " | ".join(report.searched) + " | final seeds re-ran |",
+             "|---|---|" + "---|" * (len(report.searched) + 1)]
+    for cell in report.cells.values():
+        if not cell.best:
+            lines.append(f"| {cell.name} | – |" + " – |" * (len(report.searched) + 1))
+            continue
+        values = []
+        for name in report.searched:
+            value = cell.best.get(name)
+            if name in ("aug_factor", "background") and not cell.best.get("aug_factor"):
+                value = None
+            if isinstance(value, float) and math.isnan(value):
+                value = None
+            values.append("–" if value is None else f"{value:.3g}" if isinstance(value, float)
+                          else str(value))
+        lines.append(f"| {cell.name} | {cell.best['val_macro_f1']:.3f} | "
+                     + " | ".join(values) + f" | {_sources(cell)} |")
+    return [*lines, ""]
+
+
+def _sources(cell: Any) -> str:
+    """Which search trials the final seeds re-ran: ``search-02 (seeds 1, 3), search-00 (2)``."""
+    if not len(cell.finals) or "config_from" not in cell.finals:
+        return "–"
+    groups: dict[str, list[int]] = {}
+    for source, seed in zip(cell.finals["config_from"], cell.finals["seed"], strict=True):
+        groups.setdefault(str(source).rsplit("/", 1)[-1], []).append(int(seed))
+    return ", ".join(f"{k} ({', '.join(map(str, v))})" for k, v in groups.items())
+
+
+def importance_section(report: Report) -> list[str]:
+    table = importances(report)
+    lines = ["## Which hyperparameters mattered", ""]
+    if not len(table):
+        return [*lines, "Too few search trials to say (at least 4 per strategy).", ""]
+    lines += ["fANOVA importance (Optuna) of each searched hyperparameter for the selection "
+              "macro-F1, ranked within each cell, per strategy over all subsets. With few "
+              "trials these are rough.", "", "| strategy | trials | " +
+              " | ".join(report.searched) + " |", "|---|---|" + "---|" * len(report.searched)]
+    for strategy, group in table.groupby("strategy", sort=False):
+        scores = dict(zip(group["parameter"], group["importance"], strict=True))
+        lines.append(f"| {strategy} | {int(group['trials'].iloc[0])} | " + " | ".join(
+            f"{scores[n]:.2f}" if n in scores else "–" for n in report.searched) + " |")
+    return [*lines, ""]
+
+
+def provenance_section(report: Report) -> list[str]:
+    study = report.results.study
+    trials = report.results.trials
+    lines = ["## Provenance", ""]
+    if not study:
+        return [*lines, "No study.json next to the trials.", ""]
+    prov = study.get("provenance", {})
+    data = study.get("data", {})
+    hardware = prov.get("hardware", {})
+    versions = prov.get("versions", {})
+    sessions = study.get("sessions", [])
+    lines += [
+        f"- status: {study.get('status')}; sessions: {len(sessions)}; wall time "
+        f"{study.get('wall_seconds', 0):.0f} s",
+        f"- data: {data.get('source')}"
+        + (f" (scale {data.get('scale')}, seed {data.get('seed')})"
+           if data.get("source") == "synthetic" else f" ({data.get('root')})")
+        + f"; fingerprint `{data.get('fingerprint')}`; excluded files "
+        f"{data.get('excluded_files', 0)}",
+        f"- seeds: search trials train with seed {study.get('spec', {}).get('seed')}; final "
+        f"seeds {sorted({int(s) for s in trials[trials['phase'] == 'final']['seed']})}"
+        if len(trials) else "- seeds: –",
+        f"- code: git {prov.get('git_commit')}, source digest `{prov.get('code_sha256')}`",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        f"- hardware: {hardware.get('cpu')}, {hardware.get('cpu_count')} CPUs, "
+        f"{hardware.get('memory_gib')} GiB, GPUs: {', '.join(hardware.get('gpus') or []) or 'none'}",
+    ]
+    lines += _pretrain_lines(study.get("pretrain") or {})
+    for i, session in enumerate(sessions, 1):
+        if "wall_seconds" not in session:
+            lines.append(f"- session {i}: stopped before it finished (no timing recorded)")
+            continue
+        lines.append(
+            f"- session {i}{' (resumed)' if session.get('resumed') else ''}: "
+            f"{session['wall_seconds']:.0f} s = data {session.get('data_seconds', 0):.0f} + "
+            f"Ray start-up {session.get('ray_startup_seconds', 0):.0f} + pretraining "
+            f"{session.get('pretrain_seconds', 0):.0f} + trials "
+            f"{session.get('tune_seconds', 0):.0f} s on {session.get('slots')} slots; "
+            f"{session.get('trials_run')} trials; inside training loops "
+            f"{100 * session.get('inside_training_loops_fraction', 0):.0f}% of the slot time; "
+            f"per-trial overhead {session.get('per_trial_overhead_seconds') or 0:.1f} s")
+    return [*lines, ""]
+
+
+def method_section(report: Report) -> list[str]:
+    """How the figures were computed, in the words the tables use."""
+    spec = report.results.study.get("spec", {})
+    selection = spec.get("selection", "full")
+    chosen = ("on the whole selection split for every budget" if selection == "full" else
+              "on a stratified part of the selection split as large as the budget "
+              "(`selection = \"scaled\"`: WBC_1 selects on 1% of it, as a researcher with 1% "
+              "of the labels would)")
+    return ["## Method", "",
+            f"Each run picked its best epoch, and each cell its configuration, {chosen}. Every "
+            "figure comes from the reporting split, which took no part in any choice.", "",
+            "Intervals are 95% and cover both sources of variance a reader cares about: the "
+            "training seeds and the sampling of the reporting images (Bouthillier et al. 2021, "
+            "*Accounting for variance in machine learning benchmarks*). The image part is a "
+            "paired, class-stratified bootstrap over the reporting images (2,000 replicates, "
+            "the same draw for both strategies and every seed); the seed part is the variance "
+            "of the per-seed values; the interval is a t interval on their sum with "
+            "Welch-Satterthwaite degrees of freedom, so that three seeds are not mistaken for "
+            "thirty. p-values are Holm-adjusted over each table. P(improvement) is the chance "
+            "that a run of the first strategy beats the same-seed run of the second on a "
+            "resampled reporting set (Agarwal et al. 2021). *Detectable* is the smallest "
+            "difference this design finds with 80% power; *seeds for 0.5 pt* is how many final "
+            "seeds a half-point difference would need on this reporting split (\"–\" where "
+            "image noise alone is larger: that needs more reporting images, not more seeds).",
+            ""]
