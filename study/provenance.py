@@ -19,14 +19,17 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_commit() -> str | None:
-    """The checkout's commit, with ``-dirty`` when tracked files differ; None without git."""
+    """The checkout's commit, with ``-dirty`` when tracked code differs from it (``wbc/``,
+    ``study/``, ``pyproject.toml``: a results folder or a document being rewritten does not
+    make the code another); None without git."""
     if not (_ROOT / ".git").exists() or shutil.which("git") is None:
         return None
     try:
         commit = subprocess.run(["git", "-C", str(_ROOT), "rev-parse", "HEAD"], check=True,
                                 capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(_ROOT), "status", "--porcelain",
-                                "--untracked-files=no"], check=True, capture_output=True,
+                                "--untracked-files=no", "--", "wbc", "study", "pyproject.toml"],
+                               check=True, capture_output=True,
                                text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -11,19 +11,42 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
+
+from study.report.stats import cell_estimate
+from study.report.summary import REPLICATES
+from wbc.layout import WBC_CLASSES
 from wbc.metrics import mean_interval
 
 __all__ = ["Progress", "cell_summary", "format_params"]
 
 
 def cell_summary(rows: list[dict[str, Any]]) -> str:
-    """``test accuracy 93.1% [91.0, 95.2], macro-F1 0.874 (3 seeds)`` for a cell's final rows."""
+    """``test accuracy 93.1% [91.0, 95.2], macro-F1 0.874 [0.80, 0.95] (3 seeds)`` for a cell's
+    final rows.
+
+    The intervals are the report's (``study.report.stats.cell_estimate``: seeds and reporting
+    images) when the rows carry their per-image predictions, so the line and ``report.md``
+    agree; otherwise a t-interval over the seeds.
+    """
     done = [r for r in rows if r.get("status") == "completed"]
     if not done:
         return "no final run completed"
+    predictions = [r.get("test_predictions") for r in done]
+    targets = done[0].get("test_targets")
+    paired = (targets is not None and len(targets) >= 2
+              and all(p is not None and len(p) == len(targets) for p in predictions)
+              and all(r.get("test_targets") is not None
+                      and np.array_equal(np.asarray(r["test_targets"]), np.asarray(targets))
+                      for r in done))
 
     def interval(key: str, percent: bool) -> str:
-        mean, low, high = mean_interval([float(r.get(key) or math.nan) for r in done])
+        if paired and targets is not None:
+            est = cell_estimate(targets, np.asarray(predictions), key.removeprefix("test_"),
+                                len(WBC_CLASSES), replicates=REPLICATES)
+            mean, low, high = est.estimate, est.low, est.high
+        else:
+            mean, low, high = mean_interval([float(r.get(key) or math.nan) for r in done])
         low, high = max(low, 0.0), min(high, 1.0)  # a proportion's interval stays in [0, 1]
         scale, unit, digits = (100.0, "%", 1) if percent else (1.0, "", 3)
         text = f"{scale * mean:.{digits}f}{unit}"
