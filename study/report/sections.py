@@ -192,9 +192,9 @@ def method_section(report: Report) -> list[str]:
     return ["## Method", "",
             f"Each run picked its best epoch, and each cell its configuration, {chosen}. Every "
             "figure comes from the reporting split, which took no part in any choice.", "",
-            "Intervals are 95% and cover both sources of variance a reader cares about: the "
-            "training seeds and the sampling of the reporting images (Bouthillier et al. 2021, "
-            "*Accounting for variance in machine learning benchmarks*). The image part is a "
+            "Intervals are 95% and cover two sources of variance: the training seeds and the "
+            "sampling of the reporting images (Bouthillier et al. 2021, *Accounting for "
+            "variance in machine learning benchmarks*). The image part is a "
             "paired, class-stratified bootstrap over the reporting images (2,000 replicates, "
             "the same draw for both strategies and every seed); the seed part is the variance "
             "of the per-seed values; the interval is a t interval on their sum with "
@@ -205,4 +205,21 @@ def method_section(report: Report) -> list[str]:
             "difference this design finds with 80% power; *seeds for 0.5 pt* is how many final "
             "seeds a half-point difference would need on this reporting split (\"–\" where "
             "image noise alone is larger: that needs more reporting images, not more seeds).",
-            ""]
+            "", _search_caveat(spec), ""]
+
+
+def _search_caveat(spec: dict[str, Any]) -> str:
+    """What the intervals leave out: the search itself, in the spec's own numbers."""
+    trials = spec.get("search_trials")
+    tried = f"the {trials} configurations" if isinstance(trials, int) else "the configurations"
+    if spec.get("final_config") == "resampled":
+        part = (f"The final seeds re-ran configurations drawn from a resample of {tried} each "
+                "cell's search tried, so the seed part includes the choice among them; ")
+    else:
+        part = (f"Every final seed re-ran the best of {tried} each cell's search tried, so the "
+                "seed part leaves out the choice among them; ")
+    return (part + "no interval includes what another search would have tried. A study with "
+            "another `seed` searches anew and can move a cell's mean, or a difference, by more "
+            "than its interval, the more so with few search trials. A verdict found by two "
+            "studies with different seeds is worth more than one: run the study again with "
+            "`--set seed=1` and read both reports.")

@@ -105,6 +105,10 @@ def test_the_report_opens_with_answers_and_macro_f1_leads(tmp_path: Path) -> Non
     for heading in ("## The reporting split", "## Paired comparisons", "## Per-class recall",
                     "## Method", "## Provenance"):
         assert heading in text
+    # The method says what the intervals leave out, in the spec's numbers.
+    method = text.split("## Method")[1].split("\n## ")[0]
+    assert "every final seed re-ran the best of the 4 configurations" in method.lower()
+    assert "no interval includes what another search would have tried" in method
 
 
 def test_table_1_intervals_include_the_reporting_images(tmp_path: Path) -> None:
