@@ -208,13 +208,8 @@ def _ensure_ssl(tree: Tree, settings: PretrainSettings, store: WeightsStore,
             f"{metrics['pretrain_seconds']:.0f} s")
         return state, metrics
 
-    result, made = store.ensure(kind_of("prcc_ssl"), key, make)
-    if not made:
-        say(f"{label} {key}: reused (k-NN probe accuracy "
-            f"{result.metrics.get('knn_accuracy', float('nan')):.3f})")
-    return Pretrained(result.weights, key, result.metrics,
-                      float(result.metrics.get("loop_seconds", 0.0)) if made else 0.0,
-                      executor.cpus if made else 0.0)
+    return _ensured(store, "prcc_ssl", key, make, executor, say,
+                    f"{label} {key}: reused (k-NN probe accuracy {{:.3f}})", "knn_accuracy")
 
 
 def _ensure_cam16(tree: Tree, base: TrainConfig, settings: PretrainSettings,
@@ -247,10 +242,19 @@ def _ensure_cam16(tree: Tree, base: TrainConfig, settings: PretrainSettings,
                 "(pretrain_epochs; a synthetic tree's synthetic_tissue_scale).")
         return state, metrics
 
-    result, made = store.ensure(kind_of("cam16"), key, make)
+    return _ensured(store, "cam16", key, make, executor, say,
+                    f"{label} {key}: reused (val accuracy {{:.3f}})", "val_accuracy")
+
+
+def _ensured(store: WeightsStore, kind: str, key: str,
+             make: Callable[[], tuple[State, dict[str, Any]]], executor: Executor,
+             say: Callable[[str], None], reused: str, score: str) -> Pretrained:
+    """The weights of ``key`` from the store, made by ``make`` when absent; the loop time and
+    CPUs count only when this call made them. ``reused`` is said, with the ``score`` metric,
+    when they were already there."""
+    result, made = store.ensure(kind_of(kind), key, make)
     if not made:
-        say(f"{label} {key}: reused (val accuracy "
-            f"{result.metrics.get('val_accuracy', float('nan')):.3f})")
+        say(reused.format(result.metrics.get(score, float("nan"))))
     return Pretrained(result.weights, key, result.metrics,
                       float(result.metrics.get("loop_seconds", 0.0)) if made else 0.0,
                       executor.cpus if made else 0.0)
