@@ -171,6 +171,16 @@ def confusion_matrices(report: Report, folder: Path, formats: Sequence[str]) -> 
     return _save(fig, folder, "confusion_matrices", formats)
 
 
+def _selection_axes(ax: Any, report: Report, xlabel: str) -> None:
+    """A panel of selection macro-F1 over integer steps, with the majority baseline."""
+    _baseline(ax, report, "test_macro_f1")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("selection macro-F1")
+    ax.grid(alpha=0.3)
+
+
 def learning_curves(report: Report, folder: Path, formats: Sequence[str]) -> list[Path]:
     """Selection macro-F1 per epoch: final seeds solid, search trials faint."""
     epochs = report.results.epochs
@@ -187,12 +197,7 @@ def learning_curves(report: Report, folder: Path, formats: Sequence[str]) -> lis
         if not len(rows):
             ax.text(0.5, 0.5, "no epochs recorded", ha="center", va="center",
                     transform=ax.transAxes)
-        _baseline(ax, report, "test_macro_f1")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("selection macro-F1")
-        ax.grid(alpha=0.3)
+        _selection_axes(ax, report, "epoch")
 
     fig = _each_cell(report, draw, width=3.2, height=2.6)
     fig.suptitle("Learning curves (orange: final seeds; blue: search trials; dashed: always "
@@ -215,12 +220,7 @@ def search_history(report: Report, folder: Path, formats: Sequence[str]) -> list
         if len(values):
             best = np.fmax.accumulate(np.nan_to_num(values, nan=-np.inf))
             ax.step(order, np.where(np.isfinite(best), best, np.nan), where="post", color="C2")
-        _baseline(ax, report, "test_macro_f1")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("search trial")
-        ax.set_ylabel("selection macro-F1")
-        ax.grid(alpha=0.3)
+        _selection_axes(ax, report, "search trial")
 
     fig = _each_cell(report, draw, width=3.2, height=2.6)
     fig.suptitle("Search history (red: stopped early or failed; green: best so far)")
