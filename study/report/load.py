@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,12 @@ import pandas as pd
 
 from study.results import (
     EPOCH_KEYS,
-    EPOCHS_FILE,
+    ROWS_DIR,
     STUDY_FILE,
     TRIALS_FILE,
+    ResultsStore,
     curve,
     epoch_rows,
-    read_table,
     resolved_config,
     trial_row,
 )
@@ -30,13 +31,6 @@ class Results:
     epochs: pd.DataFrame
     study: dict[str, Any]
     source: str  # "results folder" or "Tune experiment folder"
-
-
-def _frame(path: Path) -> pd.DataFrame:
-    try:
-        return read_table(path).to_pandas()
-    except FileNotFoundError:
-        return pd.DataFrame()
 
 
 def _placed(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -55,12 +49,14 @@ def load_results(path: Path) -> Results:
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a folder: give a study's results folder (it "
                                 "holds trials.parquet) or a Ray Tune experiment folder")
-    if (path / TRIALS_FILE).exists():
+    if (path / TRIALS_FILE).exists() or (path / ROWS_DIR).is_dir():
         study = json.loads((path / STUDY_FILE).read_text()) if (path / STUDY_FILE).exists() \
             else {}
-        trials = _frame(path / TRIALS_FILE)
-        return Results(trials, _placed(_frame(path / EPOCHS_FILE), trials), study,
-                       "results folder")
+        store = ResultsStore(path)
+        with suppress(OSError):  # a read-only folder is read as it is, row files included
+            store.compact()
+        trials = store.trials()
+        return Results(trials, _placed(store.epochs(), trials), study, "results folder")
     tune_dir = path / "tune" if (path / "tune").is_dir() else path
     if not any(tune_dir.glob("experiment_state-*.json")):
         raise FileNotFoundError(f"{path} holds neither trials.parquet nor a Ray Tune experiment "

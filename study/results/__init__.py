@@ -17,6 +17,7 @@ from study.results.rows import (
 )
 from study.results.store import (
     EPOCHS_FILE,
+    ROWS_DIR,
     STUDY_FILE,
     TRIALS_FILE,
     ResultsStore,
@@ -30,6 +31,7 @@ __all__ = [
     "EPOCH_COLUMNS",
     "EPOCH_KEYS",
     "RECORD_FIELDS",
+    "ROWS_DIR",
     "STUDY_FILE",
     "TRIALS_FILE",
     "TRIAL_COLUMNS",

@@ -3,10 +3,18 @@
 One row per trial (search trials and final re-runs) and one per (trial, epoch). Rows are keyed
 by the trial's stable ``trial_id`` (``WBC_10-pretrain/search-02``): writing a trial again
 replaces its row and its epoch rows, so a study resumed after a crash never holds a trial twice.
-Every write rewrites the file next to it and renames it into place under a lock: a reader (or a
-crash) sees the old file or the new one, never half of one. Columns are typed (floats, ints,
-strings, bools; confusion matrices as nested integer lists), with no JSON strings for numbers, so
-pandas, pyarrow and DuckDB read them as they are.
+
+Writing a trial costs the same with ten rows stored or ten thousand: it adds two small files,
+``rows/<trial>.<version>.epochs.parquet`` and then ``rows/<trial>.<version>.trial.parquet``
+(the trial file, written last, marks the pair complete), and rewrites nothing. ``compact()``
+merges the row files into ``trials.parquet`` and ``epochs.parquet`` (the latest version of a
+trial wins) and removes exactly the files it merged, so a write landing meanwhile is kept for the
+next one; a study compacts when its Tune run ends and ``study report`` before it reads.
+``trials()``, ``epochs()`` and ``trial_rows()`` read both, so they are up to date at any moment.
+Every file is written beside its target and renamed into place: a reader (or a crash) sees the
+old file or the new one, never half of one. Columns are typed (floats, ints, strings, bools;
+confusion matrices as nested integer lists), with no JSON strings for numbers, so pandas, pyarrow
+and DuckDB read them as they are.
 
 No Ray here: the report reads these files with nothing but pandas.
 """
@@ -14,8 +22,12 @@ No Ray here: the report reads these files with nothing but pandas.
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +40,7 @@ from wbc.fileio import atomic_write_bytes, atomic_write_text, file_lock
 
 __all__ = [
     "EPOCHS_FILE",
+    "ROWS_DIR",
     "STUDY_FILE",
     "TRIALS_FILE",
     "ResultsStore",
@@ -38,6 +51,10 @@ __all__ = [
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 STUDY_FILE = "study.json"
+ROWS_DIR = "rows"  # row files not compacted yet
+_TRIAL_SUFFIX = ".trial.parquet"
+_EPOCHS_SUFFIX = ".epochs.parquet"
+_ORPHAN_SECONDS = 3600.0  # an epochs file this old without its trial file: a write that died
 
 # Columns whose type must not depend on the values seen so far (an lr of 1 is still a float).
 _FLOAT_PREFIXES = ("val_", "test_", "lr", "weight_decay", "train_loss", "train_accuracy")
@@ -106,6 +123,11 @@ def _write_table(path: Path, table: pa.Table) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
+def _row_file_key(trial_id: str) -> str:
+    """A trial id as a file name with no dot (the dots separate key, version and kind)."""
+    return urllib.parse.quote(trial_id, safe="").replace(".", "%2E")
+
+
 class ResultsStore:
     """The results folder of one study; safe to use from several processes."""
 
@@ -114,6 +136,7 @@ class ResultsStore:
         self.trials_path = self.root / TRIALS_FILE
         self.epochs_path = self.root / EPOCHS_FILE
         self.study_path = self.root / STUDY_FILE
+        self.rows_dir = self.root / ROWS_DIR
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -121,25 +144,98 @@ class ResultsStore:
             yield
 
     def write_trial(self, row: dict[str, Any], epochs: Sequence[dict[str, Any]]) -> None:
-        """Insert or replace one trial's row and all its epoch rows (epochs first: a trial row
-        always has its curve)."""
-        key = row["trial_id"]
-        with self._locked():
-            # Read both before writing either: a bad file stops the write before any change.
-            kept = [r for r in _read_rows(self.epochs_path) if r.get("trial_id") != key]
-            trials = [r for r in _read_rows(self.trials_path) if r.get("trial_id") != key]
-            new = epoch_rows(row, list(epochs))
-            if kept or new:
-                _write_table(self.epochs_path, table_from_rows(kept + new, EPOCH_COLUMNS))
+        """Insert or replace one trial's row and all its epoch rows: two new row files (epochs
+        first: a trial row always has its curve), nothing earlier rewritten."""
+        stem = (f"{_row_file_key(row['trial_id'])}.{time.time_ns():020d}-{os.getpid()}-"
+                f"{threading.get_ident()}")
+        new = epoch_rows(row, list(epochs))
+        epochs_table = (table_from_rows(new, EPOCH_COLUMNS) if new
+                        else pa.table({"trial_id": pa.array([], pa.string())}))
+        _write_table(self.rows_dir / f"{stem}{_EPOCHS_SUFFIX}", epochs_table)
+        _write_table(self.rows_dir / f"{stem}{_TRIAL_SUFFIX}",
+                     table_from_rows([row], TRIAL_COLUMNS))
+
+    def _pending(self) -> tuple[dict[str, tuple[dict[str, Any], list[dict[str, Any]]]],
+                                list[Path]]:
+        """Row files not compacted yet: (the latest complete version of each trial as (row,
+        epoch rows), the files a compaction may remove). Those are every version up to the
+        latest complete one, and epoch files left alone by a write that died before its trial
+        file (older than ``_ORPHAN_SECONDS``); a write in flight is never among them."""
+        try:
+            entries = sorted((p for p in self.rows_dir.iterdir()
+                              if p.name.endswith(".parquet") and not p.name.startswith(".")),
+                             key=lambda p: p.name)
+        except FileNotFoundError:
+            return {}, []
+        latest: dict[str, str] = {}  # file key -> stem of its newest complete version
+        for path in entries:
+            if path.name.endswith(_TRIAL_SUFFIX):
+                stem = path.name[:-len(_TRIAL_SUFFIX)]
+                latest[stem.split(".", 1)[0]] = stem  # names sort by version within a key
+        found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        for stem in latest.values():
+            trial = _read_rows(self.rows_dir / f"{stem}{_TRIAL_SUFFIX}")
+            epochs = _read_rows(self.rows_dir / f"{stem}{_EPOCHS_SUFFIX}")
+            if trial:
+                found[trial[0]["trial_id"]] = (trial[0], [e for e in epochs if "epoch" in e])
+        removable = []
+        old = time.time() - _ORPHAN_SECONDS
+        for path in entries:
+            stem = path.name.rsplit(".", 2)[0]
+            newest = latest.get(stem.split(".", 1)[0])
+            if newest is not None and stem <= newest:
+                removable.append(path)
             else:
-                self.epochs_path.unlink(missing_ok=True)  # its only trial has no epochs now
-            _write_table(self.trials_path, table_from_rows([*trials, row], TRIAL_COLUMNS))
+                with suppress(FileNotFoundError):
+                    if path.stat().st_mtime < old:
+                        removable.append(path)
+        return found, removable
+
+    def compact(self) -> int:
+        """Merge the row files into ``trials.parquet`` and ``epochs.parquet``; the number of
+        trials merged. A bad file stops the merge before any change."""
+        if not self.rows_dir.is_dir():
+            return 0
+        with self._locked():
+            pending, files = self._pending()
+            if not files:
+                return 0
+            if pending:
+                epochs = [r for r in _read_rows(self.epochs_path)
+                          if r.get("trial_id") not in pending]
+                trials = [r for r in _read_rows(self.trials_path)
+                          if r.get("trial_id") not in pending]
+                for row, curve_rows in pending.values():
+                    trials.append(row)
+                    epochs.extend(curve_rows)
+                if epochs:
+                    _write_table(self.epochs_path, table_from_rows(epochs, EPOCH_COLUMNS))
+                else:
+                    self.epochs_path.unlink(missing_ok=True)  # no trial has epochs now
+                _write_table(self.trials_path, table_from_rows(trials, TRIAL_COLUMNS))
+            for path in files:
+                path.unlink(missing_ok=True)
+            return len(pending)
 
     def trials(self) -> pd.DataFrame:
-        return self._frame(self.trials_path, TRIAL_COLUMNS)
+        """Every trial row (compacted and not yet), one per ``trial_id``."""
+        pending, _ = self._pending()
+        if not pending:
+            return self._frame(self.trials_path, TRIAL_COLUMNS)
+        rows = [r for r in _read_rows(self.trials_path) if r.get("trial_id") not in pending]
+        rows += [row for row, _ in pending.values()]
+        return table_from_rows(rows, TRIAL_COLUMNS).to_pandas()
 
     def epochs(self) -> pd.DataFrame:
-        return self._frame(self.epochs_path, EPOCH_COLUMNS)
+        """Every epoch row of the trials ``trials()`` gives."""
+        pending, _ = self._pending()
+        if not pending:
+            return self._frame(self.epochs_path, EPOCH_COLUMNS)
+        rows = [r for r in _read_rows(self.epochs_path) if r.get("trial_id") not in pending]
+        rows += [e for _, curve_rows in pending.values() for e in curve_rows]
+        if not rows:
+            return pd.DataFrame(columns=list(EPOCH_COLUMNS))
+        return table_from_rows(rows, EPOCH_COLUMNS).to_pandas()
 
     @staticmethod
     def _frame(path: Path, columns: Sequence[str]) -> pd.DataFrame:
@@ -150,8 +246,33 @@ class ResultsStore:
 
     def trial_rows(self) -> dict[str, dict[str, Any]]:
         """Every stored trial row by ``trial_id``."""
-        with self._locked():
-            return {r["trial_id"]: r for r in _read_rows(self.trials_path)}
+        rows = {r["trial_id"]: r for r in _read_rows(self.trials_path)}
+        pending, _ = self._pending()
+        rows.update({key: row for key, (row, _) in pending.items()})
+        return rows
+
+    def trial_row(self, trial_id: str) -> dict[str, Any] | None:
+        """One trial's stored row, or None; reads only that trial's row files."""
+        prefix = _row_file_key(trial_id) + "."
+        try:
+            versions = sorted(p.name for p in self.rows_dir.iterdir()
+                              if p.name.startswith(prefix) and p.name.endswith(_TRIAL_SUFFIX))
+        except FileNotFoundError:
+            versions = []
+        if versions:
+            rows = _read_rows(self.rows_dir / versions[-1])
+            return rows[0] if rows else None
+        try:
+            with self.trials_path.open("rb") as handle:
+                table = pq.read_table(handle, filters=[("trial_id", "=", trial_id)])
+        except FileNotFoundError:
+            return None
+        except pa.ArrowInvalid as err:
+            raise RuntimeError(f"{self.trials_path}: not a readable Parquet file ({err}); move "
+                               "it aside to start the results over, or restore it from a copy"
+                               ) from err
+        found = table.to_pylist()
+        return found[0] if found else None
 
     def write_study(self, record: dict[str, Any]) -> None:
         with self._locked():

@@ -1,10 +1,13 @@
-"""ResultsStore: upserts keyed by trial_id, typed columns that pandas, pyarrow and DuckDB read
-as they are, atomic replacement, several writer processes, and study.json."""
+"""ResultsStore: upserts keyed by trial_id, append-only row files compacted into typed Parquet
+that pandas, pyarrow and DuckDB read as they are, atomic replacement, several writer processes,
+and study.json."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,7 @@ def test_trial_ids_in_epoch_rows_come_from_the_trial(tmp_path: Path) -> None:
 def test_columns_come_in_the_documented_order(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     store.write_trial(_trial("a", zeta=1, alpha="x"), _epochs(1))
+    assert store.compact() == 1
     names = pq.read_schema(store.trials_path).names
     assert names[:4] == ["study", "cell", "subset", "strategy"]
     assert names.index("trial_id") < names.index("lr") < names.index("alpha") < names.index("zeta")
@@ -117,6 +121,7 @@ def _typed_store(tmp_path: Path) -> ResultsStore:
     store.write_trial(_trial("a", lr=1, seed=3, val_macro_f1=0.25, epochs_run=2), _epochs(2))
     store.write_trial(_trial("b", lr=0.1, seed=4, val_macro_f1=0.5, epochs_run=3,
                              test_confusion_matrix=None), _epochs(3))
+    store.compact()
     return store
 
 
@@ -188,7 +193,42 @@ def test_table_from_rows_rejects_mixed_types() -> None:
         table_from_rows([{"status": "ok"}, {"status": 3}])
 
 
-# --- atomicity -------------------------------------------------------------------------------
+# --- append-only row files and compaction ---------------------------------------------------
+
+
+def test_a_write_adds_files_and_rewrites_none(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    store.write_trial(_trial("a"), _epochs(2))
+    store.compact()
+    compacted = store.trials_path.stat().st_mtime_ns, store.epochs_path.stat().st_mtime_ns
+    store.write_trial(_trial("b"), _epochs(3))
+    assert (store.trials_path.stat().st_mtime_ns, store.epochs_path.stat().st_mtime_ns) == \
+        compacted
+    assert len(list(store.rows_dir.glob("*.parquet"))) == 2  # the trial and its epochs
+    # Readers see the new trial before compaction...
+    assert sorted(store.trials().trial_id) == ["a", "b"]
+    assert len(store.epochs()) == 5
+    assert store.trial_row("b")["seed"] == 0 and store.trial_row("a")["trial_id"] == "a"
+    assert store.trial_row("absent") is None
+    # ... and compaction brings the files up to date and removes what it merged.
+    assert store.compact() == 1
+    assert sorted(pq.read_table(store.trials_path).column("trial_id").to_pylist()) == ["a", "b"]
+    assert list(store.rows_dir.iterdir()) == []
+    assert store.compact() == 0
+
+
+def test_the_latest_version_of_a_trial_wins_over_the_compacted_one(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    store.write_trial(_trial("WBC_10-scratch/search-00", val_macro_f1=0.1), _epochs(3))
+    store.compact()
+    store.write_trial(_trial("WBC_10-scratch/search-00", val_macro_f1=0.2), _epochs(1))
+    store.write_trial(_trial("WBC_10-scratch/search-00", val_macro_f1=0.3), _epochs(2))
+    assert store.trial_row("WBC_10-scratch/search-00")["val_macro_f1"] == 0.3
+    assert store.trials().val_macro_f1.tolist() == [0.3]
+    assert store.epochs().epoch.tolist() == [1, 2]
+    store.compact()
+    assert store.trials().val_macro_f1.tolist() == [0.3]
+    assert store.epochs().epoch.tolist() == [1, 2]
 
 
 def test_writes_leave_no_temp_files(tmp_path: Path) -> None:
@@ -196,38 +236,50 @@ def test_writes_leave_no_temp_files(tmp_path: Path) -> None:
     for i in range(3):
         store.write_trial(_trial(f"t{i}"), _epochs(2))
     store.write_study({"name": "quick"})
-    assert _temp_files(tmp_path) == []
+    store.compact()
+    assert _temp_files(tmp_path) == [] and _temp_files(store.rows_dir) == []
     assert {TRIALS_FILE, EPOCHS_FILE, STUDY_FILE} <= {p.name for p in tmp_path.iterdir()}
 
 
-def test_failed_encode_leaves_previous_trials_file(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_that_dies_between_its_files_leaves_no_trial_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = ResultsStore(tmp_path)
     store.write_trial(_trial("a"), _epochs(2))
-    before = store.trials_path.read_bytes()
     real = pq.write_table
     calls: list[int] = []
 
     def flaky(*args: Any, **kwargs: Any) -> None:
         calls.append(1)
-        if len(calls) > 1:  # the epochs write succeeds, the trials write dies
+        if len(calls) > 1:  # the epochs file is written, the trial file dies
             raise OSError("disk full")
         real(*args, **kwargs)
 
     monkeypatch.setattr(pq, "write_table", flaky)
     with pytest.raises(OSError, match="disk full"):
         store.write_trial(_trial("b"), _epochs(1))
+    monkeypatch.undo()
     assert len(calls) == 2
-    assert store.trials_path.read_bytes() == before
+    # The orphan epochs file is not a trial: readers and compaction leave it out.
+    assert sorted(store.trial_rows()) == ["a"]
+    assert store.epochs().trial_id.tolist() == ["a", "a"]
+    store.compact()
     assert pq.read_table(store.trials_path).column("trial_id").to_pylist() == ["a"]
     assert _temp_files(tmp_path) == []
+    # A young orphan may be a write in flight: kept, and still not read as a trial.
+    orphan, = store.rows_dir.iterdir()
+    assert orphan.name.endswith(".epochs.parquet") and sorted(store.trial_rows()) == ["a"]
+    os.utime(orphan, (time.time() - 7200, time.time() - 7200))  # an hour later: swept
+    store.compact()
+    assert list(store.rows_dir.iterdir()) == []
 
 
-def test_crash_before_rename_leaves_previous_trials_file(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_before_rename_leaves_the_compacted_files(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     store = ResultsStore(tmp_path)
     store.write_trial(_trial("a"), _epochs(2))
+    store.compact()
     before = store.trials_path.read_bytes()
+    store.write_trial(_trial("b", val_macro_f1=0.99), _epochs(1))
     real = __import__("os").fsync
     calls: list[int] = []
 
@@ -239,15 +291,14 @@ def test_crash_before_rename_leaves_previous_trials_file(tmp_path: Path,
 
     monkeypatch.setattr("wbc.fileio.os.fsync", crash_on_second)
     with pytest.raises(OSError, match="power cut"):
-        store.write_trial(_trial("b", val_macro_f1=0.99), _epochs(1))
+        store.compact()
     assert store.trials_path.read_bytes() == before
-    assert pq.read_table(store.trials_path).column("trial_id").to_pylist() == ["a"]
     assert _temp_files(tmp_path) == []  # the failed write cleaned up after itself
-
-    monkeypatch.undo()
-    store.write_trial(_trial("b"), _epochs(1))
+    # Nothing lost: the row files are still there and the next compaction merges them.
     assert sorted(store.trial_rows()) == ["a", "b"]
-    assert _temp_files(tmp_path) == []
+    monkeypatch.undo()
+    store.compact()
+    assert sorted(pq.read_table(store.trials_path).column("trial_id").to_pylist()) == ["a", "b"]
 
 
 # --- several processes -----------------------------------------------------------------------
@@ -269,6 +320,7 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
         worker.join(timeout=60)
     assert [w.exitcode for w in workers] == [0, 0]
 
+    ResultsStore(tmp_path).compact()
     ids = pd.read_parquet(tmp_path / TRIALS_FILE)["trial_id"].tolist()
     assert len(ids) == 20
     assert sorted(ids) == sorted(f"{p}-{i:02d}" for p in ("p", "q") for i in range(10))
@@ -283,23 +335,30 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
 def test_corrupt_trials_file_raises_and_is_kept(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     store.write_trial(_trial("a"), _epochs(1))
+    store.compact()
     garbage = b"this is not parquet at all, just garbage bytes\x00\x01"
     store.trials_path.write_bytes(garbage)
+    store.write_trial(_trial("b"), _epochs(1))  # a write reads nothing earlier
     with pytest.raises(RuntimeError,
                        match=re.escape(str(store.trials_path)) + ".*move it aside"):
-        store.write_trial(_trial("b"), _epochs(1))
+        store.compact()
     assert store.trials_path.read_bytes() == garbage
+    assert len(list(store.rows_dir.iterdir())) == 2  # the new trial is kept for later
     with pytest.raises(RuntimeError, match=re.escape(str(store.trials_path))):
         store.trial_rows()
+    with pytest.raises(RuntimeError, match=re.escape(str(store.trials_path))):
+        store.trial_row("a")
 
 
 def test_corrupt_epochs_file_raises_and_is_kept(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     store.write_trial(_trial("a"), _epochs(1))
+    store.compact()
     before = store.trials_path.read_bytes()
     store.epochs_path.write_bytes(b"PAR1 garbage")
+    store.write_trial(_trial("b"), _epochs(1))
     with pytest.raises(RuntimeError, match=re.escape(str(store.epochs_path))):
-        store.write_trial(_trial("b"), _epochs(1))
+        store.compact()
     assert store.epochs_path.read_bytes() == b"PAR1 garbage"
     assert store.trials_path.read_bytes() == before
 
