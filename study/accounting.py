@@ -14,7 +14,8 @@ from study.record import Session, StudyRecord
 from study.results import ResultsStore
 from study.spec import StudySpec
 
-__all__ = ["account", "study_status"]
+__all__ = ["COMPLETE", "COMPLETE_WITH_ERRORS", "INTERRUPTED", "account", "failed_cells",
+           "study_status"]
 
 
 def account(spec: StudySpec, record: StudyRecord, session: Session, store: ResultsStore,
@@ -22,11 +23,14 @@ def account(spec: StudySpec, record: StudyRecord, session: Session, store: Resul
     """Fill ``session``'s trial figures and utilisation, and ``record``'s total wall time."""
     assert session.wall_seconds is not None and session.tune_seconds is not None
     trials = store.trials()
+    for column in ("finished_at", "status", "train_loop_seconds", "wall_seconds"):
+        if column not in trials:  # rows of trials that all failed before reporting
+            trials[column] = None
     started = pd.Timestamp(session.started_at)
     finished = pd.to_datetime(trials["finished_at"], utc=True, format="mixed") \
         if len(trials) else pd.Series([], dtype="datetime64[ns, UTC]")
     mine = trials[finished >= started] if len(trials) else trials
-    loop = float(mine["train_loop_seconds"].fillna(0).sum()) if len(mine) else 0.0
+    loop = float(pd.to_numeric(mine["train_loop_seconds"]).fillna(0).sum()) if len(mine) else 0.0
     trained = int((mine["status"] != "error").sum()) if len(mine) else 0
     session.trials_run = len(mine)
     session.train_loop_slot_seconds = loop
@@ -35,8 +39,9 @@ def account(spec: StudySpec, record: StudyRecord, session: Session, store: Resul
     session.per_trial_overhead_seconds = ((session.tune_seconds * slots - loop) / trained
                                           if trained else None)
     # Inside a trial, outside its loops: start-up, data, model, reports (Tune's time_total_s).
-    if len(mine) and "wall_seconds" in mine:
-        inside = (mine["wall_seconds"] - mine["train_loop_seconds"]).dropna()
+    if len(mine):
+        inside = (pd.to_numeric(mine["wall_seconds"])
+                  - pd.to_numeric(mine["train_loop_seconds"])).dropna()
         session.trial_overhead_seconds = float(inside.mean()) if len(inside) else None
     in_loops = loop + (session.pretrain_loop_slot_seconds or 0.0)
     session.inside_training_loops_fraction = in_loops / (session.wall_seconds * slots)
@@ -50,11 +55,29 @@ def account(spec: StudySpec, record: StudyRecord, session: Session, store: Resul
     record.wall_seconds = sum(s.wall_seconds or 0.0 for s in record.sessions)
 
 
+COMPLETE = "complete"
+COMPLETE_WITH_ERRORS = "complete with errors"
+INTERRUPTED = "interrupted"
+
+
 def study_status(spec: StudySpec, store: ResultsStore, interrupted: bool) -> str:
-    """``complete`` when every cell's search trials have rows and nothing was cut off."""
+    """``complete`` when every cell's search trials have rows, nothing was cut off and no
+    trial failed; ``complete with errors`` when it ran to its end with failed trials (rows of
+    status ``error``: ``failed_cells`` names them); else ``interrupted``."""
     trials = store.trials()
     expected = len(spec.cells) * spec.search_trials
     search = int((trials["phase"] == "search").sum()) if len(trials) else 0
     if interrupted or search < expected:
-        return "interrupted"
-    return "complete"
+        return INTERRUPTED
+    if failed_cells(store):
+        return COMPLETE_WITH_ERRORS
+    return COMPLETE
+
+
+def failed_cells(store: ResultsStore) -> dict[str, int]:
+    """Cells with failed trials: cell -> how many failed."""
+    trials = store.trials()
+    if not len(trials) or "status" not in trials:
+        return {}
+    failed = trials[trials["status"] == "error"]
+    return {str(c): int(n) for c, n in failed.groupby("cell").size().items()}

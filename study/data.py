@@ -8,7 +8,7 @@ from pathlib import Path
 
 from wbc.cache import decode_samples, default_cache_dir
 from wbc.config import TrainConfig
-from wbc.data import plan_cam16, plan_wbc
+from wbc.data import plan_cam16, plan_wbc, wbc_decode_set
 from wbc.datasets import DatasetError, Tree, class_counts
 from wbc.fileio import file_lock
 from wbc.layout import WBC_CLASSES
@@ -62,8 +62,7 @@ def check_tree(tree: Tree, cells: tuple[tuple[str, str], ...], base_config: Trai
 
 def warm_caches(tree: Tree, image_size: int, *, cam16: bool, cache_dir: str | None) -> str:
     """Decode every WBC image (and CAM16's when ``cam16``) once; the WBC fingerprint."""
-    samples = {s.path: s for s in tree.wbc.samples()}
-    decoded = decode_samples(list(samples.values()), image_size, name="WBC",
+    decoded = decode_samples(list(wbc_decode_set(tree)), image_size, name="WBC",
                              cache_dir=cache_dir)
     if cam16:
         plan = plan_cam16(tree, image_size=image_size)

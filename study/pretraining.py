@@ -42,6 +42,7 @@ from wbc.pretrain import (
     ssl_key,
 )
 from wbc.strategies import get_strategy
+from wbc.train import best_weights
 
 __all__ = [
     "SOURCES",
@@ -91,21 +92,22 @@ class Executor(Protocol):
         ...
 
 
-def largest_node_cpus(cap: int = 8) -> int:
-    """The CPUs of the largest alive node, up to ``cap``: a one-off run on one node can use
-    no more (the cluster's sum would never be scheduled on a cluster of several nodes)."""
-    nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-    return max(1, int(min(max(nodes, default=1), cap)))
+def largest_node_cpus(cap: int = 8, *, gpu: bool = False) -> int:
+    """The CPUs of the largest alive node (of those with a GPU when ``gpu``), up to ``cap``:
+    a one-off run on one node can use no more; the cluster's sum would never be scheduled on
+    a cluster of several nodes."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    cpus = [r.get("CPU", 0) for r in nodes if not gpu or r.get("GPU", 0) >= 1]
+    return max(1, int(min(max(cpus, default=1), cap)))
 
 
 def _supervised_task(plan: SplitPlan, flat: dict[str, Any], init: str | None, threads: int,
                      use_gpu: bool, cache_dir: str | None) -> tuple[State, dict[str, Any]]:
     """A pretraining run in a Ray task: best weights and the final record."""
-    import torch
-
+    from wbc.hardware import require_cuda
     from wbc.run import train_run
 
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    device = require_cuda("CAM16 pretraining") if use_gpu else "cpu"
     result = train_run(plan, TrainConfig.from_flat(flat), device=device,
                        weights=Path(init) if init else None, cache_dir=cache_dir,
                        threads=threads)
@@ -152,7 +154,7 @@ class TrainExecutor:
         outcome = run_training(plan, config, self.spec.named(name), pretrained=init)
         state = outcome.load_checkpoint()
         loop = float(sum(row.get("loop_seconds", 0.0) for row in state["history"]))
-        return state["best_state"], {**outcome.metrics, "loop_seconds": loop}
+        return best_weights(state), {**outcome.metrics, "loop_seconds": loop}
 
     def ssl(self, samples: list[Sample], config: SSLConfig, probe_plan: SplitPlan | None,
             min_epoch_images: int, name: str) -> tuple[State, dict[str, Any]]:

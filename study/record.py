@@ -29,6 +29,7 @@ class Session:
     data_seconds: float | None = None
     ray_startup_seconds: float | None = None
     slots: int | None = None
+    node_check_seconds: float | None = None
     pretrain_loop_slot_seconds: float | None = None
     pretrain_seconds: float | None = None
     tune_seconds: float | None = None
@@ -62,12 +63,17 @@ class StudyRecord:
     preset: str
     spec: dict[str, Any]  # StudySpec.to_dict()
     provenance: dict[str, Any]
-    status: str = "running"  # running | interrupted | complete
+    # running | interrupted | complete | complete with errors | failed (``error`` says why)
+    status: str = "running"
     created_at: str = field(default_factory=now)
     sessions: list[Session] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)  # source, fingerprint, counts, ...
     pretrain: dict[str, Any] = field(default_factory=dict)  # source -> its record and key
     wall_seconds: float | None = None
+    failed_cells: dict[str, int] = field(default_factory=dict)  # cell -> failed trials
+    # The nodes of the last session: id, host, what the storage check and decode cost there.
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None  # why the last session failed before its trials
 
     def to_dict(self) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -80,6 +86,12 @@ class StudyRecord:
             values["pretrain"] = self.pretrain
         if self.wall_seconds is not None:
             values["wall_seconds"] = self.wall_seconds
+        if self.failed_cells:
+            values["failed_cells"] = self.failed_cells
+        if self.nodes:
+            values["nodes"] = self.nodes
+        if self.error is not None:
+            values["error"] = self.error
         return values
 
     @classmethod
@@ -90,4 +102,6 @@ class StudyRecord:
                    created_at=values.get("created_at", ""),
                    sessions=[Session.from_dict(s) for s in values.get("sessions", [])],
                    data=values.get("data", {}), pretrain=values.get("pretrain", {}),
-                   wall_seconds=values.get("wall_seconds"))
+                   wall_seconds=values.get("wall_seconds"),
+                   failed_cells=values.get("failed_cells", {}), nodes=values.get("nodes", []),
+                   error=values.get("error"))

@@ -4,7 +4,9 @@ The order, and where the time goes (``study.json`` records each part, ``study.re
 
 1. data (``study.data``): the tree (a synthetic one is made once and cached), validated before
    Ray starts, and decoded once into the shared cache, so trials only map it;
-2. Ray start-up (or connecting to a cluster under ``ray job submit``);
+2. Ray start-up (or connecting to a cluster under ``ray job submit``), then every node checked
+   and given the decode cache (``study.nodes``): a node that cannot see the data or the results
+   folder stops the study here, before any trial;
 3. pretraining (``study.pretraining``), once per study, kept in the results folder for every
    cell that needs it;
 4. the Tune run (``study.tune``): per-cell Optuna searches with per-cell ASHA, and each cell's
@@ -19,18 +21,20 @@ are not trained again, and rows are keyed so that none is lost or duplicated.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from study.accounting import account, study_status
+from study.accounting import account, failed_cells, study_status
 from study.data import StudyError, check_tree, synthetic_tree, warm_caches, wbc100_counts
 from study.provenance import provenance
 from study.record import Session, StudyRecord, now
 from study.results import ResultsStore
 from study.spec import StudySpec
+from wbc.data import wbc_decode_set
 from wbc.datasets import Tree, scan_tree
 
 __all__ = ["StudyError", "run_study"]
@@ -70,12 +74,24 @@ def _open_record(spec: StudySpec | None, store: ResultsStore, *, resume: bool,
                              provenance=provenance())
 
 
-def _prepare_data(spec: StudySpec, record: StudyRecord, cache_dir: str | None,
+def _joins_cluster() -> bool:
+    """Whether this study runs on a cluster it joins (``ray job submit``, ``RAY_ADDRESS``) or
+    one of several nodes, where only shared storage is seen by every node."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS", "local") != "local":
+        return True
+    return ray.is_initialized() and sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+
+
+def _prepare_data(spec: StudySpec, record: StudyRecord, results: Path, cache_dir: str | None,
                   say: Callable[[str], None]) -> Tree:
     if spec.data is None:
+        # On a cluster the synthetic tree goes where every node reads it: the results folder.
+        where = str(results / "data") if _joins_cluster() else cache_dir
         root = synthetic_tree(spec.synthetic_scale, spec.image_size, seed=spec.synthetic_seed,
                               val_scale=spec.synthetic_val_scale,
-                              tissue_scale=spec.synthetic_tissue_scale, cache_dir=cache_dir,
+                              tissue_scale=spec.synthetic_tissue_scale, cache_dir=where,
                               say=say)
         record.data = {"source": "synthetic", "scale": spec.synthetic_scale,
                        "val_scale": spec.synthetic_val_scale,
@@ -118,7 +134,8 @@ def _pretrain(spec: StudySpec, tree: Tree, results: Path, slots: int, cache_dir:
             workers=resources.workers_per_trial, use_gpu=resources.gpus_per_trial > 0,
             cpus_per_worker=resources.cpus_per_trial, cache_dir=cache_dir))
     else:
-        executor = TaskExecutor(cpus=largest_node_cpus(), use_gpu=resources.gpus_per_trial > 0,
+        use_gpu = resources.gpus_per_trial > 0
+        executor = TaskExecutor(cpus=largest_node_cpus(gpu=use_gpu), use_gpu=use_gpu,
                                 storage=str(results / "train"), cache_dir=cache_dir)
     done = ensure_sources(sources_of(spec.strategies), tree, spec.base_config(),
                           spec.pretrain_settings(), WeightsStore(results), executor,
@@ -156,23 +173,37 @@ def _slots(spec: StudySpec) -> int:
 def run_study(spec: StudySpec | None, results: Path, *, resume: bool = False,
               quiet: bool = False, cache_dir: str | None = None,
               say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) a study into ``results``; returns the ``study.json`` record."""
-    import ray
-
-    from study.tune import StudyContext, reconcile, run_experiment
-
-    clock = _Clock()
-    session_started = clock.started
+    """Run (or resume) a study into ``results``; returns the ``study.json`` record. A
+    ``StudyError`` (bad data, a node that cannot see the storage) leaves the study ``failed``
+    with the reason in ``study.json``; nothing computed before is lost."""
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     results = results.absolute()
     store = ResultsStore(results)
     spec, record = _open_record(spec, store, resume=resume, say=say)
-    session = Session(started_at=now(), resumed=resume)
-    record.status = "running"
-    record.sessions.append(session)
+    store.compact()  # row files a killed session left
+    record.status, record.error = "running", None
+    record.sessions.append(Session(started_at=now(), resumed=resume))
     store.write_study(record.to_dict())
+    try:
+        _run(spec, record, store, resume=resume, quiet=quiet, cache_dir=cache_dir, say=say)
+    except StudyError as err:
+        record.status, record.error = "failed", str(err)
+        store.write_study(record.to_dict())
+        raise
+    return record.to_dict()
 
-    tree = _prepare_data(spec, record, cache_dir, say)
+
+def _run(spec: StudySpec, record: StudyRecord, store: ResultsStore, *, resume: bool,
+         quiet: bool, cache_dir: str | None, say: Callable[[str], None]) -> None:
+    import ray
+
+    from study.nodes import NodeProblem, check_nodes
+    from study.tune import StudyContext, reconcile, run_experiment
+
+    clock = _Clock()
+    session_started = clock.started
+    session, results = record.sessions[-1], store.root
+    tree = _prepare_data(spec, record, results, cache_dir, say)
     session.data_seconds = clock.lap()
     store.write_study(record.to_dict())
 
@@ -180,6 +211,12 @@ def run_study(spec: StudySpec | None, results: Path, *, resume: bool = False,
         ray.init(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=None)
     session.ray_startup_seconds = clock.lap()
     slots = session.slots = _slots(spec)
+    try:
+        record.nodes = check_nodes(results, wbc_decode_set(tree), spec.image_size,
+                                   record.data["fingerprint"], cache_dir=cache_dir, say=say)
+    except NodeProblem as err:
+        raise StudyError(str(err)) from err
+    session.node_check_seconds = clock.lap()
 
     pretrained, session.pretrain_loop_slot_seconds = _pretrain(spec, tree, results, slots,
                                                                cache_dir, say)
@@ -191,14 +228,16 @@ def run_study(spec: StudySpec | None, results: Path, *, resume: bool = False,
 
     context = StudyContext(spec=spec, tree=tree, results=str(results), cache_dir=cache_dir,
                            pretrained={source: (str(p.weights), p.key)
-                                       for source, p in pretrained.items()})
+                                       for source, p in pretrained.items()},
+                           wbc_fingerprint=record.data["fingerprint"])
     grid, interrupted = run_experiment(context, slots, resume=resume, quiet=quiet)
     session.tune_seconds = clock.lap()
     reconcile(spec, grid, store)
+    store.compact()
 
     session.wall_seconds = time.perf_counter() - session_started
     session.finished_at = now()
     account(spec, record, session, store, slots)
     record.status = study_status(spec, store, interrupted)
+    record.failed_cells = failed_cells(store)
     store.write_study(record.to_dict())
-    return record.to_dict()

@@ -245,17 +245,30 @@ def decode_samples(
     cache_dir: Path | str | None = None,
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
+    fingerprint: str | None = None,
 ) -> DecodedSet:
     """Decode ``samples`` at ``image_size`` once, or open the cache made earlier.
 
-    ``name`` only labels the cache folder (``WBC``, ``CAM16``). Raises ``wbc.imageio.ImageError``
-    naming the file if one cannot be decoded; check trees with ``scan_tree`` first.
+    ``name`` only labels the cache folder (``WBC``, ``CAM16``). ``fingerprint``: the set's
+    fingerprint as the caller computed it earlier; a cache of it opens without a stat of every
+    file, and files that no longer match it raise ``ValueError``. Raises
+    ``wbc.imageio.ImageError`` naming the file if one cannot be decoded; check trees with
+    ``scan_tree`` first.
     """
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
-    distinct = _distinct_samples(samples)
-    fingerprint = _fingerprint(distinct, image_size)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if fingerprint is not None:
+        known = root / f"{name}-{image_size}px-{fingerprint[:20]}"
+        if (known / "manifest.json").exists():
+            return _open(known, fingerprint, 0)
+    distinct = _distinct_samples(samples)
+    expected, fingerprint = fingerprint, _fingerprint(distinct, image_size)
+    if expected is not None and expected != fingerprint:
+        raise ValueError(f"the {len(distinct)} {name} files are not the ones checked earlier "
+                         f"(fingerprint {fingerprint[:20]}, expected {expected[:20]}): files "
+                         "changed (or a node sees other files at the same paths); start again "
+                         "on the files as they are now")
     directory = root / f"{name}-{image_size}px-{fingerprint[:20]}"
     if (directory / "manifest.json").exists():
         return _open(directory, fingerprint, 0)

@@ -45,6 +45,7 @@ __all__ = [
     "scaled_selection",
     "selection_reporting_split",
     "train_samples",
+    "wbc_decode_set",
 ]
 
 SELECTION_SEED = 0  # the val halves are fixed across trials and seeds: comparable figures
@@ -116,6 +117,16 @@ class SplitPlan:
     # Percent of the selection split a run selects on: 100, or the label budget's own percent
     # when selection is "scaled" (a researcher with 1% of the labels has 1% of the val labels).
     selection_percent: int = 100
+    # The files of the decode cache the splits are rows of (empty: the splits' own files). A
+    # WBC plan names every WBC image of the tree, so all subsets map one cache, decoded once.
+    decode_set: tuple[Sample, ...] = ()
+    # That cache's fingerprint when the caller knows it (a study checked the files once): the
+    # cache then opens without a stat of every file.
+    decode_fingerprint: str | None = None
+
+    def decode_files(self) -> list[Sample]:
+        """The files the plan's decode cache holds."""
+        return list(self.decode_set) or [*self.train, *self.val, *self.test]
 
 
 @dataclass
@@ -205,7 +216,13 @@ def plan_wbc(tree: Tree, config: TrainConfig) -> SplitPlan:
     percent = subset_percent(config.data.subset) or 100
     return SplitPlan("WBC", WBC_CLASSES, train, tree.wbc.val, tree.wbc.test,
                      config.data.image_size, len(tree.excluded_files), tuple(notes),
-                     selection_percent=percent if config.data.selection == "scaled" else 100)
+                     selection_percent=percent if config.data.selection == "scaled" else 100,
+                     decode_set=wbc_decode_set(tree))
+
+
+def wbc_decode_set(tree: Tree) -> tuple[Sample, ...]:
+    """Every WBC image of the tree (all subsets and splits): the one WBC decode cache."""
+    return tuple(tree.wbc.samples())
 
 
 def plan_cam16(tree: Tree, *, image_size: int) -> SplitPlan:
@@ -243,8 +260,9 @@ def _selection_name(name: str, plan: SplitPlan, n: int) -> str:
 def load_plan(plan: SplitPlan, *, cache_dir: Path | str | None = None,
               workers: int | None = None) -> PreparedData:
     """Decode the plan's files (once per cache) and assemble CPU tensors for each split."""
-    decoded = decode_samples([*plan.train, *plan.val, *plan.test], plan.image_size,
-                             name=plan.dataset, cache_dir=cache_dir, workers=workers)
+    decoded = decode_samples(plan.decode_files(), plan.image_size, name=plan.dataset,
+                             cache_dir=cache_dir, workers=workers,
+                             fingerprint=plan.decode_fingerprint)
     prefix = "WBC_100" if plan.dataset == "WBC" else plan.dataset
     if plan.test:
         chosen, name = list(plan.val), f"{prefix}/val"

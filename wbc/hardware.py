@@ -6,7 +6,8 @@ import os
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_model", "describe", "gpu_name", "pick_device"]
+__all__ = ["GPUUnavailableError", "cpu_model", "describe", "gpu_name", "pick_device",
+           "require_cuda"]
 
 
 def cpu_model() -> str:
@@ -36,6 +37,26 @@ def pick_device(name: str = "auto") -> str:
     if name != "auto":
         return name
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class GPUUnavailableError(RuntimeError):
+    """A run was given a GPU and cannot use it."""
+
+
+def require_cuda(where: str) -> str:
+    """``cuda``, or a ``GPUUnavailableError`` that says why a run given a GPU cannot see one
+    (training on the CPU while holding a GPU would only be slow and wrong in the record)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    built = torch.version.cuda or "none (a CPU-only build)"
+    raise GPUUnavailableError(
+        f"{where} was given a GPU but torch cannot use CUDA (torch {torch.__version__}, built "
+        f"for CUDA {built}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): "
+        "check the node's NVIDIA driver (a CUDA 13 build of torch needs driver R580 or newer) "
+        "and that the container sees the GPU (`docker run --gpus all`), or run without GPUs "
+        "(resources.gpus_per_trial=0)")
 
 
 def describe() -> str:

@@ -54,6 +54,7 @@ __all__ = [
     "EpochCallback",
     "FitResult",
     "TrainingState",
+    "best_weights",
     "evaluate",
     "fit",
     "load_checkpoint",
@@ -284,6 +285,12 @@ def _cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
+def best_weights(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
+    """The best epoch's weights from a ``TrainingState.state_dict()`` checkpoint."""
+    best = checkpoint.get("best_state")
+    return dict(best) if best is not None else dict(checkpoint["model"])
+
+
 class TrainingState:
     """Everything a run has learnt so far: the model and its optimiser, where the run is
     (epoch, step), its history and its best epoch (selection macro-F1; accuracy breaks ties).
@@ -312,6 +319,8 @@ class TrainingState:
             self.best_selection = dict(scores)
 
     def state_dict(self) -> dict[str, Any]:
+        """A complete checkpoint. When the best epoch is the last one, its weights are the
+        model's and are not stored twice (``best_state`` None; ``best_weights`` reads it)."""
         return {
             "model": _cpu_copy(unwrap_model(self.model).state_dict()),
             "optimizer": self.optimizer.state_dict(),
@@ -320,7 +329,7 @@ class TrainingState:
             "history": self.history,
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
-            "best_state": self.best_state,
+            "best_state": None if self.best_epoch == self.epoch else self.best_state,
             "best_selection": self.best_selection,
         }
 
@@ -330,7 +339,7 @@ class TrainingState:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history = list(state["history"])
         self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
-        self.best_state = dict(state["best_state"])
+        self.best_state = best_weights(state)
         self.best_selection = dict(state["best_selection"])
 
     def score_best(self, data: EvalData, class_names: Sequence[str], config: TrainConfig

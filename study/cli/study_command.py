@@ -2,7 +2,9 @@
 
 ``study run`` with no arguments makes a small synthetic tree and runs the quick preset on this
 machine. Exit status: 0 the study completed; 1 it stopped before the end (resume it); 2 a usage
-or input error, said in one line that names the file or value and what to do; 130 Ctrl-C.
+or input error, said in one line that names the file or value and what to do (a node that cannot
+see the data or the results folder included); 3 it ran to its end but some trials failed (the
+cells are named; ``--resume`` retries them); 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -140,8 +142,14 @@ def _summary(record: dict[str, Any], results: Path) -> str:
                  f"{held}" + (f"; per-trial overhead {overhead:.1f} s" if overhead is not None
                               else ""))
     parts.append(f"results: {results}  (trials.parquet, epochs.parquet, study.json)")
+    failed = record.get("failed_cells") or {}
+    if failed:
+        parts.append(f"{sum(failed.values())} trial(s) failed, in "
+                     + ", ".join(f"{cell} ({n})" for cell, n in sorted(failed.items()))
+                     + "; trials.parquet holds their errors (status 'error')")
     if record["status"] != "complete":
-        parts.append(f"continue with: study run --resume {results}")
+        parts.append(f"continue with: study run --resume {results}"
+                     + (" (it retries the failed trials)" if failed else ""))
     return "\n".join(parts)
 
 
@@ -167,7 +175,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(_summary(record, results.absolute()))
     if not args.no_report:
         _report_after_run(results.absolute())
-    return 0 if record["status"] == "complete" else 1
+    return {"complete": 0, "complete with errors": 3}.get(record["status"], 1)
 
 
 def _report_after_run(results: Path) -> None:

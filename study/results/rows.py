@@ -48,9 +48,9 @@ EPOCH_KEYS = ("study", "cell", "phase", "subset", "strategy", "seed", "trial_id"
 # instead).
 RECORD_FIELDS = ("best_epoch", "train_images", "selection_split", "reporting_split", "notes",
                  "excluded_files", "data_fingerprint", "pretrain_key", "device", "hostname",
-                 "world_size", "setup_seconds", "resumed_from_epoch")
+                 "world_size", "setup_seconds", "resumed_from_epoch", "node_id")
 # Report keys that are not learning-curve figures: the run's record, Tune's bookkeeping.
-_EPOCH_DROP = ("notes", "data_fingerprint", "pretrain_key", "device", "hostname", "pid",
+_EPOCH_DROP = ("notes", "data_fingerprint", "pretrain_key", "device", "hostname", "pid", "node_id",
                "selection_split", "reporting_split", "excluded_files", "world_size",
                "setup_seconds", "resumed_from_epoch", "replayed", "node_ip", "date",
                "timestamp", "trial_id", "experiment_tag", "done", "training_iteration",
@@ -128,12 +128,14 @@ def trial_row(study: str, config: dict[str, Any], settings: dict[str, Any] | Non
         "epochs_run": max((e["epoch"] for e in epochs), default=0),
         "train_loop_seconds": float(sum(e.get("loop_seconds", 0.0) for e in epochs)),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_seconds": None,
     }
-    source = final or {}
+    # A trial stopped early or failed: its record fields (node, data) from its last report.
+    kept = {k: v for k, v in (last_report or {}).items() if k in RECORD_FIELDS}
+    source = final or kept
     if final is None and epochs:  # stopped early: the best epoch's selection figures
         last = epochs[-1]
         best = next((e for e in epochs if e["epoch"] == last.get("best_epoch")), last)
-        kept = {k: v for k, v in (last_report or {}).items() if k in RECORD_FIELDS}
         source = {**kept, **last, **{k: v for k, v in best.items() if k.startswith("val_")},
                   "train_images": last.get("train_images")}
     for key, value in source.items():

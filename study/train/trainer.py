@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,8 +96,8 @@ class TrainOutcome:
 
 def warm_cache(plan: SplitPlan, cache_dir: str | None = None) -> str:
     """Decode the plan's files on this node now (once), so workers only map the cache."""
-    decoded = decode_samples([*plan.train, *plan.val, *plan.test], plan.image_size,
-                             name=plan.dataset, cache_dir=cache_dir)
+    decoded = decode_samples(plan.decode_files(), plan.image_size, name=plan.dataset,
+                             cache_dir=cache_dir, fingerprint=plan.decode_fingerprint)
     return decoded.fingerprint
 
 
@@ -127,7 +131,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
               resume=_resume_state(CHECKPOINT_FILE),
               on_epoch=lambda m, s: _report(m, s if rank == 0 else None, CHECKPOINT_FILE),
               cache_dir=loop_config.get("cache_dir"), threads=loop_config.get("threads"),
-              rank=rank, wrap=prepare_model, extra=loop_config.get("extra"))
+              rank=rank, wrap=prepare_model,
+              extra={**(loop_config.get("extra") or {}),
+                     "node_id": ray.get_runtime_context().get_node_id()})
 
 
 def ssl_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -189,13 +195,34 @@ def _check_storage(spec: RunSpec) -> None:
                          "submit` the working directory is a temporary copy")
 
 
+@contextmanager
+def _own_sigint() -> Iterator[None]:
+    """Keep this process's SIGINT handler: ``TorchTrainer.fit()`` in the main thread installs
+    one that holds the run's controller actor, which would then outlive the run (about 1 GB on
+    the driver's node for the rest of a study)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
+def _fit(trainer: TorchTrainer) -> Any:
+    with _own_sigint():
+        result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return result
+
+
 def run_training(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
                  pretrained: Path | None = None) -> TrainOutcome:
     """Run one training to completion (or resume it) and return its final record."""
     _check_storage(spec)
-    result = build_trainer(plan, config, spec, pretrained=pretrained).fit()
-    if result.error is not None:
-        raise result.error
+    result = _fit(build_trainer(plan, config, spec, pretrained=pretrained))
     return TrainOutcome(dict(result.metrics or {}), result.checkpoint, str(result.path))
 
 
@@ -204,12 +231,10 @@ def run_ssl(samples: list[Any], config: SSLConfig, spec: RunSpec, *,
             ) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[dict[str, Any]]]:
     """One SimCLR run on Ray Train: (backbone state dict, final record, history)."""
     _check_storage(spec)
-    result = _trainer(ssl_loop_per_worker, {
+    result = _fit(_trainer(ssl_loop_per_worker, {
         "ssl": config.to_flat(), "samples": samples, "probe_plan": probe_plan,
         "min_epoch_images": min_epoch_images,
-    }, spec).fit()
-    if result.error is not None:
-        raise result.error
+    }, spec))
     outcome = TrainOutcome(dict(result.metrics or {}), result.checkpoint, str(result.path))
     state = outcome.load_checkpoint(SSL_CHECKPOINT_FILE)
     return state["model"], outcome.metrics, list(state["history"])

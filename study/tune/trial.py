@@ -23,13 +23,14 @@ training again.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from ray import tune
 
 from study.results import CONFIG_KEY, TRIAL_KEYS, ResultsStore
@@ -39,13 +40,16 @@ from wbc.augment import pastes_enabled
 from wbc.config import TrainConfig
 from wbc.data import SplitPlan, plan_wbc
 from wbc.datasets import Tree
+from wbc.hardware import require_cuda
 from wbc.metrics import scalars
 from wbc.run import train_run
 from wbc.strategies import get_strategy
 from wbc.train import load_checkpoint, save_checkpoint
 
-__all__ = ["METRIC", "MODE", "StudyContext", "run_trial", "trial_config", "with_resources"]
+__all__ = ["METRIC", "MODE", "StudyContext", "run_trial", "train_run_folder", "trial_config",
+           "with_resources"]
 
+HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource
 METRIC = "best_val_macro_f1"  # macro-F1: accuracy would favour always saying "Neutrophil"
 MODE = "max"
 
@@ -60,6 +64,9 @@ class StudyContext:
     # Starting weights by source (wbc.strategies.Strategy.weights_source): (file, key).
     pretrained: dict[str, tuple[str, str]] = field(default_factory=dict)
     cache_dir: str | None = None
+    # The WBC decode set's fingerprint, as the driver (and every node's check) computed it:
+    # a trial maps the cache without a stat of every file.
+    wbc_fingerprint: str | None = None
 
     def starting_weights(self, strategy: str) -> tuple[Path | None, str | None]:
         """The stored weights a strategy's trial starts from, and their key (None: random)."""
@@ -92,7 +99,7 @@ def trial_config(spec: StudySpec, config: dict[str, Any]) -> TrainConfig:
 
 def _replay(context: StudyContext, config: dict[str, Any]) -> dict[str, Any] | None:
     """The stored final record of this trial, if it finished with these same settings."""
-    row = ResultsStore(Path(context.results)).trial_rows().get(config["trial_key"])
+    row = ResultsStore(Path(context.results)).trial_row(config["trial_key"])
     if row is None or row.get("status") != "completed":
         return None
     for key, value in config.items():
@@ -105,17 +112,35 @@ def _replay(context: StudyContext, config: dict[str, Any]) -> dict[str, Any] | N
     return row
 
 
+def _node() -> tuple[str, str]:
+    """(Ray node id, host name) of the process this runs in."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), socket.gethostname()
+
+
 def run_trial(config: dict[str, Any], context: StudyContext) -> None:
-    """The trainable handed to ``tune.with_parameters``."""
+    """The trainable handed to ``tune.with_parameters``. An error names the node it ran on
+    (the row keeps the node of every trial that reported)."""
+    node_id, host = _node()
+    try:
+        _trial(config, context, node_id)
+    except Exception as err:
+        raise RuntimeError(f"trial {config.get('trial_key')} on node {node_id} ({host}): "
+                           f"{type(err).__name__}: {err}") from err
+
+
+def _trial(config: dict[str, Any], context: StudyContext, node_id: str) -> None:
     stored = _replay(context, config)
     if stored is not None:
         tune.report({**scalars(stored), "epoch": int(stored.get("epochs_run") or 1),
                      METRIC: stored.get("val_macro_f1"), "replayed": True})
         return
     train_config = trial_config(context.spec, config)
-    plan = plan_wbc(context.tree, train_config)
+    plan = dataclasses.replace(plan_wbc(context.tree, train_config),
+                               decode_fingerprint=context.wbc_fingerprint)
     weights, key = context.starting_weights(train_config.model.strategy)
-    extra = {"pretrain_key": key, CONFIG_KEY: train_config.to_flat()}
+    extra = {"pretrain_key": key, CONFIG_KEY: train_config.to_flat(), "node_id": node_id}
     if context.spec.resources.mode == "train":
         _run_on_ray_train(context, config, train_config, plan, weights, extra)
     else:
@@ -125,7 +150,7 @@ def run_trial(config: dict[str, Any], context: StudyContext) -> None:
 def _run_inline(context: StudyContext, config: TrainConfig, plan: SplitPlan,
                 weights: Path | None, extra: dict[str, Any]) -> None:
     resources = context.spec.resources
-    use_gpu = resources.gpus_per_trial > 0 and torch.cuda.is_available()
+    device = require_cuda("this trial") if resources.gpus_per_trial > 0 else "cpu"
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -141,7 +166,7 @@ def _run_inline(context: StudyContext, config: TrainConfig, plan: SplitPlan,
             save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    train_run(plan, config, device="cuda" if use_gpu else "cpu", weights=weights,
+    train_run(plan, config, device=device, weights=weights,
               resume=resume, on_epoch=on_epoch, cache_dir=context.cache_dir,
               threads=int(resources.cpus_per_trial), extra=extra)
 
@@ -156,12 +181,18 @@ def run_spec(context: StudyContext, name: str) -> RunSpec:
                    cpus_per_worker=resources.cpus_per_trial, cache_dir=context.cache_dir)
 
 
+def train_run_folder(spec: StudySpec, results: str, trial_key: str) -> Path:
+    """Where a train-mode trial's Ray Train run keeps its state: stable per trial, so a
+    restored study resumes the run from its own checkpoints."""
+    return Path(results) / "train" / f"{spec.name}-{trial_key.replace('/', '-')}"
+
+
 def _run_on_ray_train(context: StudyContext, config: dict[str, Any], train_config: TrainConfig,
                       plan: SplitPlan, weights: Path | None, extra: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     # Stable per trial: a restored study resumes the run from its own checkpoints.
-    name = f"{context.spec.name}-{config['trial_key'].replace('/', '-')}"
+    name = train_run_folder(context.spec, context.results, config["trial_key"]).name
     trainer = build_trainer(plan, train_config, run_spec(context, name),
                             callbacks=[TuneReportCallback()], pretrained=weights,
                             extra_metrics=extra)
@@ -176,8 +207,9 @@ def with_resources(context: StudyContext) -> Any:
     bound = tune.with_parameters(run_trial, context=context)
     if resources.mode == "train":
         # The driver function only waits on its TorchTrainer; the workers hold the CPUs and
-        # GPUs. A trial must request something, hence a token of memory.
-        return tune.with_resources(bound, {"cpu": 0, "memory": 1 << 20})
+        # GPUs. It goes to the head node (Ray's own resource there), never to a GPU node's
+        # memory.
+        return tune.with_resources(bound, {"cpu": 0, "memory": 1 << 20, HEAD_RESOURCE: 0.001})
     request: dict[str, float] = {"cpu": resources.cpus_per_trial}
     if resources.gpus_per_trial > 0:
         request["gpu"] = resources.gpus_per_trial

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from study.results import ResultsStore
 from study.runner import run_study
 from study.spec import StudySpec
 from wbc.cache import decode_samples
@@ -200,9 +201,15 @@ def test_a_failing_trial_is_retried_then_recorded_with_its_error(
     failed = trials.loc["WBC_10-pretrain/search-00"]
     assert failed["status"] == "error"
     assert "model.pt" in failed["error"]
+    assert "on node " in failed["error"]  # the error names the node that ran it
     assert "WBC_10-pretrain/final-seed1" not in trials.index  # no best configuration to re-run
     assert trials.loc["WBC_10-scratch/final-seed1", "status"] == "completed"
-    assert record["status"] == "complete"
+    # Failed work is never "complete": the cell is named, and the CLI exits 3.
+    assert record["status"] == "complete with errors"
+    assert record["failed_cells"] == {"WBC_10-pretrain": 1}
+    # The rows of trials that ran say where: the Ray node id and the host.
+    assert trials.loc["WBC_10-scratch/final-seed1", "node_id"]
+    assert trials.loc["WBC_10-scratch/final-seed1", "hostname"]
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -219,10 +226,11 @@ def _end_group(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=60)
 
 
-def _rows(path: Path) -> int:
+def _rows(results: Path) -> int:
+    """Trial rows stored so far: the row files of a running study and the compacted ones."""
     try:
-        return len(pq.read_table(path))
-    except (FileNotFoundError, OSError, pa.ArrowInvalid):
+        return len(ResultsStore(results).trials())
+    except (FileNotFoundError, OSError, RuntimeError, pa.ArrowInvalid):
         return 0
 
 
@@ -236,14 +244,14 @@ def test_sigkill_of_the_driver_then_resume_keeps_every_trial_exactly_once(
     driver = _start(["--data", str(tiny_root), "--results", str(results), "--quiet", *sets], log)
     try:
         deadline = time.monotonic() + 240
-        while _rows(results / "trials.parquet") < 3:
+        while _rows(results) < 3:
             assert driver.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
         os.kill(driver.pid, signal.SIGKILL)  # mid-study, with trials running
     finally:
         _end_group(driver)
-    before = pd.read_parquet(results / "trials.parquet")
+    before = ResultsStore(results).trials()  # row files: the killed driver compacted nothing
     assert 3 <= len(before) < len(_expected_keys(_spec(tiny_root)))
 
     resumed = _start(["--resume", str(results), "--quiet"], log)
