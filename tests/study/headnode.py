@@ -10,7 +10,8 @@ The token lives in a file in the head's temp dir and reaches Ray through
 ``RAY_AUTH_TOKEN_PATH``, so the real ``~/.ray/auth_token`` is neither read nor written.
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` stops Ray from swapping ``--node-ip-address=127.0.0.1``
 for the machine's routable address (``ray._private.services.resolve_ip_for_localhost``), so
-every address it hands out is loopback; it also refuses worker nodes, which a test head lacks.
+every address it hands out is loopback; it also makes a plain `ray start --address` refuse to
+join, so ``running_worker`` joins a second node through a small entry that lifts both (DESIGN).
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ import pytest
 
 __all__ = [
     "HeadNode",
+    "WorkerNode",
     "free_port",
     "ray_cli",
     "ray_head",
     "running_head",
+    "running_worker",
     "started_by",
     "still_running",
 ]
@@ -256,3 +259,116 @@ def ray_head() -> Iterator[HeadNode]:
     """A token-auth Ray head on 127.0.0.1 (2 CPUs) for one test module."""
     with running_head() as head:
         yield head
+
+
+# ``ray start`` for a node joining a head on 127.0.0.1: Ray would swap the loopback address for
+# the machine's routable one, and refuses to join with the head's
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; both are switched off in this process only.
+_JOIN_ENTRY = """
+import sys
+
+import ray._private.ray_constants as ray_constants
+import ray._private.services as services
+
+services.resolve_ip_for_localhost = lambda host: host
+ray_constants.ENABLE_RAY_CLUSTER = True
+from ray.scripts.scripts import main
+
+sys.argv = ["ray", *sys.argv[1:]]
+main()
+"""
+
+
+@dataclass(frozen=True)
+class WorkerNode:
+    """A second node of a head's cluster, on the same machine."""
+
+    pid: int  # the ``ray start --block`` process (under ``unshare`` when hiding a path)
+    temp_dir: Path
+    node_manager_port: int
+
+    def processes(self) -> dict[int, int]:
+        """This node's processes now: pid -> start time."""
+        return started_by(self.pid)
+
+    def raylet_pid(self) -> int:
+        """The pid of this node's raylet."""
+        for pid in self.processes():
+            try:
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if name == "raylet":
+                return pid
+        raise RuntimeError(f"no raylet among the processes of the node started as {self.pid}")
+
+
+def _alive_nodes(head: HeadNode) -> list[dict[str, Any]]:
+    listing = head.ray("list", "nodes", "--address", head.dashboard_url, "--format", "json",
+                       "--filter", "state=ALIVE", timeout=60)
+    if listing.returncode != 0:
+        return []
+    try:
+        return list(json.loads(listing.stdout))
+    except json.JSONDecodeError:
+        return []
+
+
+@contextmanager
+def running_worker(head: HeadNode, *, num_cpus: int = 1, hide: Path | None = None,
+                   nodes: int = 2, start_timeout: float = 120.0) -> Iterator[WorkerNode]:
+    """Join a second node to ``head`` on 127.0.0.1 with its own temp dir and free ports; yield
+    it once the cluster counts ``nodes`` alive nodes, and end exactly the processes it
+    started.
+
+    ``hide``: a folder this node must not see. The node runs in its own mount namespace
+    (``unshare -m``, root only) with an empty tmpfs mounted over that folder, so its processes
+    find the folder empty while every other process sees the real one.
+    """
+    if hide is not None and (os.geteuid() != 0 or shutil.which("unshare") is None):
+        pytest.skip("hiding a path from one node needs root and unshare(1)")
+    temp_dir = Path(tempfile.mkdtemp(prefix="wbc-raynode-"))
+    entry = temp_dir / "join_node.py"
+    entry.write_text(_JOIN_ENTRY)
+    node_manager_port = free_port()
+    command = [
+        sys.executable, str(entry), "start", "--block",
+        f"--address={head.gcs_address}", "--node-ip-address=127.0.0.1",
+        f"--node-manager-port={node_manager_port}", f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}", f"--num-cpus={num_cpus}", "--num-gpus=0",
+        "--disable-usage-stats", f"--temp-dir={temp_dir / 'ray'}",
+    ]
+    if hide is not None:
+        hide.mkdir(parents=True, exist_ok=True)
+        command = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                   'mount -t tmpfs wbc-hidden "$0" && exec "$@"', str(hide), *command]
+    log_path = temp_dir / "ray-start.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(command, env=head.env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    worker = WorkerNode(pid=proc.pid, temp_dir=temp_dir, node_manager_port=node_manager_port)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while len(_alive_nodes(head)) < nodes:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the joining ray start exited with {proc.returncode}:\n"
+                                   f"{_log_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the second node did not join within {start_timeout:.0f} "
+                                   f"s:\n{_log_tail(log_path)}")
+            time.sleep(1.0)
+        yield worker
+    finally:
+        known = started_by(proc.pid)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        known.update(started_by(proc.pid, descendants=False))
+        _kill_leftovers(known)
+        shutil.rmtree(temp_dir, ignore_errors=True)

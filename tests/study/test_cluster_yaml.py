@@ -92,10 +92,16 @@ def test_gpu_workers_autoscale_from_zero(config: dict[str, Any]) -> None:
     assert config["available_node_types"][head_type]["resources"].get("GPU", 0) == 0
 
 
-def test_project_is_synced_and_installed_with_pinned_torch(config: dict[str, Any]) -> None:
+def test_project_is_synced_and_installed_from_the_lock_ci_uses(config: dict[str, Any]) -> None:
     remote = next(r for r, local in config["file_mounts"].items() if local == ".")
     setup = " ; ".join(config["setup_commands"])
-    assert f"pip install --no-cache-dir -e {remote}" in setup
+    assert f"pip install --no-cache-dir -c {remote}/requirements/lock.txt -e {remote}" in setup
+    # CI installs from the same lock.
+    assert "-c requirements/lock.txt" in (REPO_ROOT / ".ci" / "run").read_text()
+    lock = dict(line.split("==") for line in
+                (REPO_ROOT / "requirements" / "lock.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    # The lock satisfies pyproject.toml's torch range and pins Ray as the images do.
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     pins = {}
     for dep in pyproject["project"]["dependencies"]:
@@ -104,7 +110,16 @@ def test_project_is_synced_and_installed_with_pinned_torch(config: dict[str, Any
             pins[match[1]] = match[2]
     assert set(pins) == {"torch", "torchvision"}
     for package, version in pins.items():
-        assert f"{package}=={version}" in setup
+        assert lock[package] == version
+    image_ray = re.search(r"rayproject/ray:([\d.]+)-", config["docker"]["worker_image"])
+    assert image_ray is not None and lock["ray"] == image_ray[1]
+
+
+def test_gpu_workers_get_the_gpu_and_refuse_an_old_driver(config: dict[str, Any]) -> None:
+    worker = config["available_node_types"]["gpu_worker"]
+    assert "--gpus all" in worker["docker"]["worker_run_options"]
+    checks = " ; ".join(worker["worker_setup_commands"])
+    assert "580" in checks and "torch.cuda.is_available()" in checks
 
 
 @pytest.mark.parametrize(("break_it", "error"), [
