@@ -11,7 +11,7 @@ The token lives in a file in the head's temp dir and reaches Ray through
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` stops Ray from swapping ``--node-ip-address=127.0.0.1``
 for the machine's routable address (``ray._private.services.resolve_ip_for_localhost``), so
 every address it hands out is loopback; it also makes a plain `ray start --address` refuse to
-join, so ``running_worker`` joins a second node through a small entry that lifts both (DESIGN).
+join, so ``running_worker`` joins a second node through a small entry that lifts both.
 """
 
 from __future__ import annotations
