@@ -192,6 +192,22 @@ def _log_tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+def _stop(proc: subprocess.Popen[bytes], temp_dir: Path) -> None:
+    """End a ``ray start --block`` and exactly the processes it started; remove its temp dir."""
+    known = started_by(proc.pid)
+    if proc.poll() is None:
+        # ``ray start --block`` ends its processes on SIGTERM (no drain: _head_env).
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    known.update(started_by(proc.pid, descendants=False))
+    _kill_leftovers(known)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 @contextmanager
 def running_head(*, num_cpus: int = 2, start_timeout: float = 120.0,
                  extra_args: Sequence[str] = ()) -> Iterator[HeadNode]:
@@ -240,18 +256,7 @@ def running_head(*, num_cpus: int = 2, start_timeout: float = 120.0,
             time.sleep(0.5)
         yield head
     finally:
-        known = started_by(proc.pid)
-        if proc.poll() is None:
-            # ``ray start --block`` ends its processes on SIGTERM (no drain: _head_env).
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        known.update(started_by(proc.pid, descendants=False))
-        _kill_leftovers(known)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        _stop(proc, temp_dir)
 
 
 @pytest.fixture(scope="module")
@@ -361,14 +366,4 @@ def running_worker(head: HeadNode, *, num_cpus: int = 1, hide: Path | None = Non
             time.sleep(1.0)
         yield worker
     finally:
-        known = started_by(proc.pid)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        known.update(started_by(proc.pid, descendants=False))
-        _kill_leftovers(known)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        _stop(proc, temp_dir)

@@ -31,8 +31,6 @@ import pytest
 
 from tests.study.headnode import HeadNode, WorkerNode, running_head, running_worker
 from tests.study.test_job_submit import REPO_ROOT, UPLOAD_EXCLUDES, _output
-from tests.treegen import make_cam16_prcc, make_wbc_tree
-from wbc.layout import WBC_CLASSES
 
 pytestmark = pytest.mark.slow
 
@@ -52,11 +50,9 @@ def head() -> Iterator[HeadNode]:
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("two-node-tree")
-    make_wbc_tree(root, {c: (12, 3, 6) for c in WBC_CLASSES})
-    make_cam16_prcc(root, n=8)
-    return root
+def tree(tiny_root: Path) -> Path:
+    """WBC with masks, CAM16 and pRCC (tests/study/conftest.py)."""
+    return tiny_root
 
 
 def _submit(head: HeadNode, tmp_path: Path, tree: Path, results: Path,
