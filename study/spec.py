@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,24 @@ class SearchSpace:
             if not values or any(v not in valid for v in values):
                 raise ValueError(f"space.{name}={list(values)!r}: choose one or more of "
                                  f"{', '.join(valid)}")
+            if len(set(values)) != len(values):
+                raise ValueError(f"space.{name}={list(values)!r} names a choice twice")
+
+    def check_against(self, train: TrainConfig) -> None:
+        """Refuse bounds the training config would refuse in every trial (an lr of 20, an
+        aug_factor of 1000), naming the bound and the config's range."""
+        for field_name, bounds in (("lr", ("lr_min", "lr_max")),
+                                   ("weight_decay", ("weight_decay_min", "weight_decay_max")),
+                                   ("aug_factor", ("aug_factor_min", "aug_factor_max")),
+                                   ("label_smoothing", ("label_smoothing_min",
+                                                        "label_smoothing_max"))):
+            for bound in bounds:
+                try:
+                    train.replace(**{field_name: getattr(self, bound)})
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"space.{bound}={getattr(self, bound)!r}: every trial "
+                                     f"would fail, as the training settings refuse it ({err})"
+                                     ) from None
 
 
 @dataclass(frozen=True)
@@ -82,7 +101,8 @@ class Resources:
         if self.execution not in get_args(Execution):
             raise ValueError(f"resources.execution={self.execution!r} is not one of: "
                              f"{', '.join(get_args(Execution))}")
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0 or self.workers_per_trial < 1:
+        if not (0 < self.cpus_per_trial < 1 << 16 and 0 <= self.gpus_per_trial < 1 << 10
+                and self.workers_per_trial >= 1):  # refuses NaN and infinity too
             raise ValueError("resources: cpus_per_trial must be above 0, gpus_per_trial at "
                              "least 0 and workers_per_trial at least 1")
         if self.max_concurrent < 0 or self.max_failures < 0:
@@ -160,6 +180,21 @@ class StudySpec:
                                  f"{', '.join(strategy_names())}")
         if not self.subsets or not self.strategies:
             raise ValueError("a study needs at least one subset and one strategy")
+        for name in ("subsets", "strategies"):
+            values = getattr(self, name)
+            keys = [subset_percent(v) for v in values] if name == "subsets" else list(values)
+            twice = sorted({v for v, k in zip(values, keys, strict=True) if keys.count(k) > 1})
+            if twice:
+                raise ValueError(f"{name}: {', '.join(twice)} given more than once (each cell "
+                                 "is one (subset, strategy) pair); list each once")
+        if self.pretrain_epochs < 1:
+            raise ValueError(f"pretrain_epochs={self.pretrain_epochs!r} must be at least 1")
+        if not 1e-8 <= self.pretrain_lr <= 10.0:
+            raise ValueError(f"pretrain_lr={self.pretrain_lr!r} must be in [1e-08, 10.0]")
+        if not 0 <= self.startup_trials <= 1 << 20:
+            raise ValueError(f"startup_trials={self.startup_trials!r} must be at least 0")
+        if not 8 <= self.image_size <= 2048:
+            raise ValueError(f"image_size={self.image_size!r} must be in [8, 2048] pixels")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every={self.checkpoint_every!r} must be at least 0")
         for name in ("search_trials", "epochs", "final_seeds", "grace_epochs"):
@@ -186,6 +221,10 @@ class StudySpec:
                 self.ssl, image_size=self.image_size, seed=self.seed))
         except (TypeError, ValueError) as err:
             raise ValueError(f"ssl settings: {err}") from err
+        try:
+            self.space.check_against(self.train)
+        except ValueError as err:
+            raise ValueError(str(err)) from None
         for scale in ("synthetic_scale", "synthetic_val_scale", "synthetic_tissue_scale"):
             value = getattr(self, scale)
             if value is not None and not 0 < value <= 10:
@@ -276,8 +315,10 @@ def _parse_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        if "," in text:
-            return [part.strip() for part in text.split(",") if part.strip()]
+        bracketed = text.startswith("[") and text.endswith("]")
+        if bracketed or "," in text:  # [WBC_10,WBC_1] or WBC_10,WBC_1: a list of bare words
+            inner = text[1:-1] if bracketed else text
+            return [part.strip().strip("'\"") for part in inner.split(",") if part.strip()]
         return text
 
 
@@ -340,6 +381,8 @@ def _typed(name: str, hint: Any, value: Any) -> Any:
                              f" got {value!r}")
         return value
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
         return float(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value

@@ -217,7 +217,8 @@ def test_overrides_strings() -> None:
     assert spec.name == "mine" and spec.data == "/data/wbc tree"
 
 
-@pytest.mark.parametrize("assignment", ['subsets=["WBC_10","WBC_1"]', "subsets=WBC_10,WBC_1"])
+@pytest.mark.parametrize("assignment", ['subsets=["WBC_10","WBC_1"]', "subsets=WBC_10,WBC_1",
+                                        "subsets=[WBC_10,WBC_1]", "subsets=[WBC_10, 'WBC_1']"])
 def test_overrides_lists(assignment: str) -> None:
     spec = preset("quick").with_overrides([assignment])
     assert spec.subsets == ("WBC_10", "WBC_1")
@@ -357,3 +358,38 @@ def test_label_smoothing_is_searched_only_where_its_bounds_allow() -> None:
     assert "label_smoothing" in cell_space(preset("paper").space, "scratch")
     with pytest.raises(ValueError, match="label_smoothing"):
         preset("quick").with_overrides(["space.label_smoothing_max=0.7"])
+
+
+# --- bounds the trials would refuse, duplicate cells: refused when the spec loads -------------
+
+
+@pytest.mark.parametrize(("assignment", "pattern"), [
+    ("space.lr_max=50", r"space\.lr_max=50\.0: every trial would fail.*lr=50\.0 is outside"),
+    ("space.lr_max=inf", r"space\.lr_max must be a finite number, got inf"),
+    ("space.lr_min=nan", r"space\.lr_min must be a finite number, got nan"),
+    ("space.aug_factor_max=1000", r"space\.aug_factor_max=1000: .*\[0, 100\]"),
+    ("space.weight_decay_max=3", r"space\.weight_decay_max=3\.0: .*\[0\.0, 1\.0\]"),
+    ("space.label_smoothing_max=0.9", r"label_smoothing_max=0\.9"),
+    ("synthetic_scale=0", r"synthetic_scale=0\.0 must be above 0"),
+    ("synthetic_scale=-1", r"synthetic_scale=-1\.0 must be above 0"),
+    ("resources.cpus_per_trial=nan", r"resources\.cpus_per_trial must be a finite number"),
+    ("resources.gpus_per_trial=inf", r"resources\.gpus_per_trial must be a finite number"),
+    ("pretrain_epochs=0", r"pretrain_epochs=0 must be at least 1"),
+    ("pretrain_lr=0", r"pretrain_lr=0\.0 must be in"),
+    ("image_size=4", r"image_size=4 must be in \[8, 2048\]"),
+    ("subsets=[WBC_10,WBC_10]", r"subsets: WBC_10 given more than once"),
+    ("subsets=[WBC_10,WBC_010]", r"subsets: WBC_010, WBC_10 given more than once"),
+    ("strategies=scratch,pretrain,scratch", r"strategies: scratch given more than once"),
+    ("space.imbalance=[none,none]", r"space\.imbalance=\['none', 'none'\] names a choice twice"),
+])
+def test_settings_every_trial_would_refuse_are_refused_at_load(assignment: str, pattern: str
+                                                               ) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        preset("quick").with_overrides([assignment])
+
+
+def test_pretrain_lr_is_used_as_given() -> None:
+    from wbc.pretrain import pretrain_config
+
+    spec = preset("quick").with_overrides(["pretrain_lr=1e-5"])
+    assert pretrain_config(spec.base_config(), epochs=1, lr=spec.pretrain_lr).optim.lr == 1e-5
