@@ -14,8 +14,8 @@ from study.record import Session, StudyRecord
 from study.results import ResultsStore
 from study.spec import StudySpec
 
-__all__ = ["COMPLETE", "COMPLETE_WITH_ERRORS", "INTERRUPTED", "account", "failed_cells",
-           "study_status"]
+__all__ = ["COMPLETE", "COMPLETE_WITH_ERRORS", "FAILED", "INTERRUPTED", "account",
+           "failed_cells", "failure_summary", "study_status"]
 
 
 def account(spec: StudySpec, record: StudyRecord, session: Session, store: ResultsStore,
@@ -58,20 +58,40 @@ def account(spec: StudySpec, record: StudyRecord, session: Session, store: Resul
 COMPLETE = "complete"
 COMPLETE_WITH_ERRORS = "complete with errors"
 INTERRUPTED = "interrupted"
+FAILED = "failed"
 
 
 def study_status(spec: StudySpec, store: ResultsStore, interrupted: bool) -> str:
     """``complete`` when every cell's search trials have rows, nothing was cut off and no
     trial failed; ``complete with errors`` when it ran to its end with failed trials (rows of
-    status ``error``: ``failed_cells`` names them); else ``interrupted``."""
+    status ``error``: ``failed_cells`` names them); ``failed`` when it ran to its end and every
+    trial failed; else ``interrupted``."""
     trials = store.trials()
     expected = len(spec.cells) * spec.search_trials
     search = int((trials["phase"] == "search").sum()) if len(trials) else 0
     if interrupted or search < expected:
         return INTERRUPTED
+    if len(trials) and "status" in trials and (trials["status"] == "error").all():
+        return FAILED
     if failed_cells(store):
         return COMPLETE_WITH_ERRORS
     return COMPLETE
+
+
+def failure_summary(store: ResultsStore, *, per_cell: int = 1) -> str:
+    """The failed trials' errors, per cell: the first line of each distinct error."""
+    trials = store.trials()
+    if not len(trials) or "status" not in trials:
+        return ""
+    failed = trials[trials["status"] == "error"]
+    lines = []
+    for cell, rows in failed.groupby("cell"):
+        errors = rows["error"] if "error" in rows else pd.Series([], dtype=object)
+        seen = list(dict.fromkeys(str(e).strip().splitlines()[-1][:300]
+                                  for e in errors.dropna() if str(e).strip()))
+        shown = "; ".join(seen[:per_cell]) or "no error text recorded"
+        lines.append(f"{cell} ({len(rows)} trial(s)): {shown}")
+    return "every trial failed:\n  " + "\n  ".join(lines)
 
 
 def failed_cells(store: ResultsStore) -> dict[str, int]:

@@ -255,6 +255,9 @@ def _ensured(store: WeightsStore, kind: str, key: str,
     CPUs count only when this call made them. ``reused`` is said, with the ``score`` metric,
     when they were already there."""
     result, made = store.ensure(kind_of(kind), key, make)
+    if key in store.rebuilt:
+        say(f"warning: the stored {kind} weights {key} were not used and were made again: "
+            f"{store.rebuilt[key]}")
     if not made:
         say(reused.format(result.metrics.get(score, float("nan"))))
     return Pretrained(result.weights, key, result.metrics,

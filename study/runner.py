@@ -20,7 +20,6 @@ are not trained again, and rows are keyed so that none is lost or duplicated.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
@@ -28,12 +27,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from study.accounting import account, failed_cells, study_status
+from study.accounting import FAILED, account, failed_cells, failure_summary, study_status
 from study.data import StudyError, check_tree, synthetic_tree, warm_caches, wbc100_counts
+from study.local_ray import start_ray, untrusted
 from study.provenance import provenance
 from study.record import Session, StudyRecord, now
 from study.results import ResultsStore
+from study.results.owner import FolderBusy, own_folder
 from study.spec import StudySpec
+from wbc.cache import default_cache_dir
 from wbc.data import wbc_decode_set
 from wbc.datasets import Tree, scan_tree
 
@@ -50,28 +52,65 @@ class _Clock:
         return seconds
 
 
+def _folder_problem(results: Path, *, new: bool) -> str | None:
+    """Why ``results`` cannot hold this study's files, or None: checked before any work."""
+    for parent in [results, *results.parents]:
+        if parent.exists():
+            break
+    if parent.exists() and not parent.is_dir():
+        where = "is a file" if parent == results else f"is under {parent}, which is a file"
+        return f"--results {results} {where}; give a folder"
+    if not new and not results.is_dir():
+        return f"{results} does not exist; start a new study with `study run --results {results}`"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return (f"--results {results}: {parent} is not writable by this user; give a folder "
+                "you can write, or fix its permissions")
+    return None
+
+
+def _claim(results: Path) -> None:
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StudyError(f"--results {results}: cannot create the folder "
+                         f"({err.strerror or err}); give a folder you can write") from err
+
+
 def _open_record(spec: StudySpec | None, store: ResultsStore, *, resume: bool,
                  say: Callable[[str], None]) -> tuple[StudySpec, StudyRecord]:
-    """The study's record: read back to resume, or a new one (refusing an occupied folder)."""
+    """The study's record: read back to resume, or a new one created exclusively (refusing an
+    occupied folder). Call with the folder owned (``own_folder``)."""
     results = store.root
     if resume:
         try:
             record = StudyRecord.from_dict(store.read_study())
+            spec = StudySpec.from_dict(record.spec)
         except FileNotFoundError as err:
             raise StudyError(f"{err}; start a new study with `study run --results "
                              f"{results}`") from err
-        spec = StudySpec.from_dict(record.spec)
+        except KeyError as err:
+            raise StudyError(f"{store.study_path}: not a study record (no {err}); restore it "
+                             "from a copy, or start a new study in another folder") from err
+        except (TypeError, ValueError) as err:
+            raise StudyError(f"{store.study_path}: cannot resume from it ({err})") from err
+        try:
+            store.verify()
+        except RuntimeError as err:
+            raise StudyError(str(err)) from err
         say(f"resuming study {spec.name!r} in {results}")
         return spec, record
     if spec is None:
         raise ValueError("a new study needs a spec")
-    if store.study_path.exists():
+    record = StudyRecord(study=spec.name, preset=spec.preset, spec=spec.to_dict(),
+                         provenance=provenance())
+    try:
+        store.create_study(record.to_dict())
+    except FileExistsError:
         raise StudyError(f"{results} already holds a study; continue it with `study run "
-                         f"--resume {results}` or give another --results folder")
+                         f"--resume {results}` or give another --results folder") from None
     say(f"study {spec.name!r} ({spec.preset} preset): {len(spec.cells)} cells x "
         f"({spec.search_trials} search + {spec.final_seeds} final) trials -> {results}")
-    return spec, StudyRecord(study=spec.name, preset=spec.preset, spec=spec.to_dict(),
-                             provenance=provenance())
+    return spec, record
 
 
 def _joins_cluster() -> bool:
@@ -84,32 +123,70 @@ def _joins_cluster() -> bool:
     return ray.is_initialized() and sum(1 for n in ray.nodes() if n.get("Alive")) > 1
 
 
-def _prepare_data(spec: StudySpec, record: StudyRecord, results: Path, cache_dir: str | None,
-                  say: Callable[[str], None]) -> Tree:
+def _load_tree(spec: StudySpec, results: Path, cache_dir: str | None,
+               say: Callable[[str], None]) -> tuple[Tree, dict[str, Any]]:
+    """The study's tree, scanned and checked (``StudyError`` if it cannot run every cell), and
+    what ``study.json`` records of its source. Writes nothing but a synthetic tree."""
     if spec.data is None:
         # On a cluster the synthetic tree goes where every node reads it: the results folder.
         where = str(results / "data") if _joins_cluster() else cache_dir
-        root = synthetic_tree(spec.synthetic_scale, spec.image_size, seed=spec.synthetic_seed,
-                              val_scale=spec.synthetic_val_scale,
-                              tissue_scale=spec.synthetic_tissue_scale, cache_dir=where,
-                              say=say)
-        record.data = {"source": "synthetic", "scale": spec.synthetic_scale,
-                       "val_scale": spec.synthetic_val_scale,
-                       "tissue_scale": spec.synthetic_tissue_scale, "seed": spec.synthetic_seed}
+        try:
+            root = synthetic_tree(spec.synthetic_scale, spec.image_size,
+                                  seed=spec.synthetic_seed, val_scale=spec.synthetic_val_scale,
+                                  tissue_scale=spec.synthetic_tissue_scale, cache_dir=where,
+                                  say=say)
+        except OSError as err:
+            raise StudyError(f"cannot write the synthetic tree under {where or 'the cache'} "
+                             f"({err}); give --cache-dir a writable folder") from err
+        data = {"source": "synthetic", "scale": spec.synthetic_scale,
+                "val_scale": spec.synthetic_val_scale,
+                "tissue_scale": spec.synthetic_tissue_scale, "seed": spec.synthetic_seed}
     else:
         root = Path(spec.data)
         if not root.is_dir():
             raise StudyError(f"data folder {root} does not exist; give a tree in the report's "
                              "layout (see `wbc check --help`) or leave data unset for a "
                              "synthetic one")
-        record.data = {"source": "tree", "root": spec.data}
+        data = {"source": "tree", "root": spec.data}
     tree = scan_tree(root, exclude_bad=spec.exclude_bad)
     check_tree(tree, spec.cells, spec.base_config())
-    record.data["fingerprint"] = warm_caches(tree, spec.image_size, cam16=spec.needs_cam16,
-                                             cache_dir=cache_dir)
-    record.data["wbc100_counts"] = wbc100_counts(tree)
-    record.data["excluded_files"] = len(tree.excluded_files)
-    return tree
+    return tree, data
+
+
+def _warm(spec: StudySpec, tree: Tree, record: StudyRecord, data: dict[str, Any],
+          cache_dir: str | None, *, allow_data_change: bool) -> None:
+    """Decode the tree into the cache, and fill ``record.data``; a resume refuses data that
+    is not the data the study started on, unless ``allow_data_change``."""
+    try:
+        fingerprint = warm_caches(tree, spec.image_size, cam16=spec.needs_cam16,
+                                  cache_dir=cache_dir)
+    except OSError as err:
+        raise StudyError(f"the decode cache {cache_dir or default_cache_dir()} cannot be "
+                         f"written ({err}); give --cache-dir a folder on a writable local "
+                         "disk (or set WBC_CACHE_DIR)") from err
+    counts = wbc100_counts(tree)
+    before = record.data.get("fingerprint")
+    changes = list(record.data.get("changes", []))
+    if before is not None and before != fingerprint:
+        changed = [f"{split} {cls} {n} -> {counts[split].get(cls)}"
+                   for split, by_class in record.data.get("wbc100_counts", {}).items()
+                   for cls, n in by_class.items() if counts.get(split, {}).get(cls) != n]
+        what = ("; ".join(changed[:6]) if changed
+                else "same counts per class, other files or contents")
+        if not allow_data_change:
+            raise StudyError(
+                f"the data changed since this study started (WBC fingerprint {before[:12]} -> "
+                f"{fingerprint[:12]}; {what}): its trials would mix two datasets. Restore the "
+                "data as it was, start a new study on the new data, or resume with "
+                "--allow-data-change (the rows of each dataset are then kept apart: the report "
+                "uses only the trials on the current data)")
+        # Trials that ended before this session ran on the earlier data (study.report.load).
+        changes.append({"at": record.sessions[-1].started_at, "from": before,
+                        "to": fingerprint})
+    record.data = {**data, "fingerprint": fingerprint, "wbc100_counts": counts,
+                   "excluded_files": len(tree.excluded_files)}
+    if changes:
+        record.data["changes"] = changes
 
 
 def _pretrain(spec: StudySpec, tree: Tree, results: Path, slots: int, cache_dir: str | None,
@@ -172,43 +249,72 @@ def _slots(spec: StudySpec) -> int:
 
 def run_study(spec: StudySpec | None, results: Path, *, resume: bool = False,
               quiet: bool = False, cache_dir: str | None = None,
-              say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) a study into ``results``; returns the ``study.json`` record. A
-    ``StudyError`` (bad data, a node that cannot see the storage) leaves the study ``failed``
-    with the reason in ``study.json``; nothing computed before is lost."""
+              say: Callable[[str], None] | None = None,
+              allow_data_change: bool = False) -> dict[str, Any]:
+    """Run (or resume) a study into ``results``; returns the ``study.json`` record.
+
+    The driver owns the folder from its creation to its end (``study.results.owner``): a
+    second driver on it is refused, naming the first. A new study's data is checked before the
+    folder is created, so a failed check leaves nothing behind. A ``StudyError`` after that (a
+    node that cannot see the storage, changed data on resume) leaves the study ``failed`` with
+    the reason in ``study.json``; nothing computed before is lost."""
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     results = results.absolute()
+    problem = _folder_problem(results, new=not resume)
+    if problem is not None:
+        raise StudyError(problem)
     store = ResultsStore(results)
-    spec, record = _open_record(spec, store, resume=resume, say=say)
-    store.compact()  # row files a killed session left
-    record.status, record.error = "running", None
-    record.sessions.append(Session(started_at=now(), resumed=resume))
-    store.write_study(record.to_dict())
+    tree = data = None
+    if not resume:
+        if store.study_path.exists():
+            raise StudyError(f"{results} already holds a study; continue it with `study run "
+                             f"--resume {results}` or give another --results folder")
+        if spec is None:
+            raise ValueError("a new study needs a spec")
+        tree, data = _load_tree(spec, results, cache_dir, say)
+    else:
+        refusal = untrusted(results)
+        if refusal is not None:
+            raise StudyError(refusal)
+    _claim(results)
     try:
-        _run(spec, record, store, resume=resume, quiet=quiet, cache_dir=cache_dir, say=say)
-    except StudyError as err:
-        record.status, record.error = "failed", str(err)
-        store.write_study(record.to_dict())
-        raise
+        with own_folder(results, command="study run --resume" if resume else "study run"):
+            spec, record = _open_record(spec, store, resume=resume, say=say)
+            store.compact()  # row files a killed session left
+            record.status, record.error = "running", None
+            record.sessions.append(Session(started_at=now(), resumed=resume))
+            store.write_study(record.to_dict())
+            try:
+                _run(spec, record, store, tree, data, resume=resume, quiet=quiet,
+                     cache_dir=cache_dir, say=say, allow_data_change=allow_data_change)
+            except StudyError as err:
+                record.status, record.error = "failed", str(err)
+                store.write_study(record.to_dict())
+                raise
+    except FolderBusy as err:
+        raise StudyError(str(err)) from None
+    except PermissionError as err:
+        raise StudyError(f"{err.filename or results}: not writable ({err.strerror}); give a "
+                         "--results folder you can write") from err
     return record.to_dict()
 
 
-def _run(spec: StudySpec, record: StudyRecord, store: ResultsStore, *, resume: bool,
-         quiet: bool, cache_dir: str | None, say: Callable[[str], None]) -> None:
-    import ray
-
+def _run(spec: StudySpec, record: StudyRecord, store: ResultsStore, tree: Tree | None,
+         data: dict[str, Any] | None, *, resume: bool, quiet: bool, cache_dir: str | None,
+         say: Callable[[str], None], allow_data_change: bool) -> None:
     from study.nodes import NodeProblem, check_nodes
     from study.tune import StudyContext, reconcile, run_experiment
 
     clock = _Clock()
     session_started = clock.started
     session, results = record.sessions[-1], store.root
-    tree = _prepare_data(spec, record, results, cache_dir, say)
+    if tree is None or data is None:
+        tree, data = _load_tree(spec, results, cache_dir, say)
+    _warm(spec, tree, record, data, cache_dir, allow_data_change=allow_data_change)
     session.data_seconds = clock.lap()
     store.write_study(record.to_dict())
 
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=None)
+    start_ray()
     session.ray_startup_seconds = clock.lap()
     slots = session.slots = _slots(spec)
     try:
@@ -240,4 +346,5 @@ def _run(spec: StudySpec, record: StudyRecord, store: ResultsStore, *, resume: b
     account(spec, record, session, store, slots)
     record.status = study_status(spec, store, interrupted)
     record.failed_cells = failed_cells(store)
+    record.error = failure_summary(store) if record.status == FAILED else None
     store.write_study(record.to_dict())

@@ -13,7 +13,9 @@ under a lock". Steps B-E (load, drop the head, add a 5-way head, train on WBC) a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +26,9 @@ from torch import nn
 
 from wbc.cache import default_cache_dir
 from wbc.config import SSLConfig, TrainConfig
-from wbc.fileio import atomic_write_text, file_lock, save_torch
+from wbc.fileio import atomic_write_bytes, atomic_write_text, file_lock
 from wbc.layout import WBC_CLASSES
-from wbc.model import build_resnet18, load_backbone, read_state_dict
+from wbc.model import WeightsError, build_resnet18, load_backbone, read_state_dict
 from wbc.strategies import get_strategy
 
 __all__ = [
@@ -59,28 +61,69 @@ def kind_of(source: str) -> str:
 class WeightsStore:
     """Pretrained weights under ``<root>/pretrain/<kind>-<key>/`` (``model.pt``,
     ``result.json``); ``root`` is a study's results folder (shared storage on a cluster) or
-    the cache (``wbc train``)."""
+    the cache (``wbc train``).
+
+    The record holds the weights file's size and SHA-256: an entry whose file no longer matches
+    (truncated, overwritten, zeroed) is not used but set aside as ``<folder>.corrupt-<time>``
+    and made again; an entry written without them (by hand, or by an older version) is used
+    only if it reads as a state dict. ``rebuilt`` says which keys were made again, and why.
+    """
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
+        self.rebuilt: dict[str, str] = {}  # key -> why its stored entry was not used
 
     def folder(self, kind: str, key: str) -> Path:
         return self.root / "pretrain" / f"{kind}-{key}"
 
-    def find(self, kind: str, key: str) -> PretrainResult | None:
-        """The stored result for ``key``, or None."""
+    def problem(self, kind: str, key: str) -> str | None:
+        """Why the stored entry of ``key`` cannot be used, or None (also when there is none)."""
         folder = self.folder(kind, key)
-        if not (folder / RECORD_FILE).exists():
+        try:
+            record = json.loads((folder / RECORD_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            return f"{folder / RECORD_FILE} is unreadable ({err})"
+        weights = folder / WEIGHTS_FILE
+        expected = record.get("weights_sha256") if isinstance(record, dict) else None
+        if expected is None:
+            try:
+                read_state_dict(weights)
+            except (FileNotFoundError, WeightsError) as err:
+                return str(err)
+            return None
+        try:
+            size = weights.stat().st_size
+            with weights.open("rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as err:
+            return f"{weights}: unreadable ({err.strerror or err})"
+        if size != record.get("weights_bytes", size) or digest != expected:
+            return (f"{weights}: its {size} bytes do not match the SHA-256 its record holds "
+                    "(truncated or overwritten)")
+        return None
+
+    def find(self, kind: str, key: str) -> PretrainResult | None:
+        """The stored result for ``key`` if it is there and intact, else None."""
+        folder = self.folder(kind, key)
+        if not (folder / RECORD_FILE).exists() or self.problem(kind, key) is not None:
             return None
         metrics = json.loads((folder / RECORD_FILE).read_text())
         return PretrainResult(folder / WEIGHTS_FILE, metrics, key)
 
     def store(self, kind: str, key: str, state: dict[str, torch.Tensor],
               metrics: dict[str, Any]) -> PretrainResult:
-        """Save the weights, then the figures (plain scalars): the record marks completion."""
+        """Save the weights, then the figures (plain scalars) and the weights' checksum: the
+        record marks completion."""
         folder = self.folder(kind, key)
-        save_torch(state, folder / WEIGHTS_FILE)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
+        atomic_write_bytes(folder / WEIGHTS_FILE, data)
         record = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | None)}
+        record["weights_sha256"] = hashlib.sha256(data).hexdigest()
+        record["weights_bytes"] = len(data)
         atomic_write_text(folder / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True))
         return PretrainResult(folder / WEIGHTS_FILE, record, key)
 
@@ -97,6 +140,10 @@ class WeightsStore:
             found = self.find(kind, key)
             if found is not None:
                 return found, False
+            problem = self.problem(kind, key)
+            if problem is not None:  # kept for a look, out of the way of the new entry
+                self.rebuilt[key] = problem
+                folder.rename(folder.with_name(f"{folder.name}.corrupt-{time.time_ns()}"))
             state, metrics = make()
             return self.store(kind, key, state, metrics), True
 
@@ -107,7 +154,7 @@ def pretrain_config(wbc_config: TrainConfig, *, epochs: int, lr: float | None = 
     classes, random init (or the ImageNet file, if the WBC run starts from one), no pastes.
     ``from_ssl``: it starts from a self-supervised backbone instead (``ssl_pretrain``)."""
     return wbc_config.replace(strategy="ssl" if from_ssl else "scratch", epochs=epochs,
-                              lr=lr or wbc_config.optim.lr, mask_augment=None,
+                              lr=wbc_config.optim.lr if lr is None else lr, mask_augment=None,
                               imbalance="none", subset="WBC_100", subset_seed=None,
                               aug_factor=0, report_every=max(1, epochs // 4),
                               checkpoint_every=max(1, epochs // 4))

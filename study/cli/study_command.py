@@ -3,8 +3,9 @@
 ``study run`` with no arguments makes a small synthetic tree and runs the quick preset on this
 machine. Exit status: 0 the study completed; 1 it stopped before the end (resume it); 2 a usage
 or input error, said in one line that names the file or value and what to do (a node that cannot
-see the data or the results folder included); 3 it ran to its end but some trials failed (the
-cells are named; ``--resume`` retries them); 130 Ctrl-C.
+see the data or the results folder, and a folder in use by another driver, included); 3 it ran
+to its end but some or all of its trials failed (the cells and errors are named; ``--resume``
+retries them); 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "be absolute under `ray job submit`, and shared storage on a cluster")
     p.add_argument("--resume", type=Path, default=None, metavar="RESULTS",
                    help="continue the study in this results folder where it stopped")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="with --resume: go on although the data changed since the study "
+                        "started; the report then uses only the trials on the current data")
     p.add_argument("--cache-dir", default=None,
                    help="decode and synthetic-data cache (default: $WBC_CACHE_DIR or "
                         "~/.cache/wbc)")
@@ -83,8 +87,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     try:
         path, report = write_report(args.results, args.out,
                                     formats=["png", *(f for f in formats if f != "png")])
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
+    except PermissionError as err:
+        raise UserError(f"{err.filename or args.out}: not writable ({err.strerror}); give "
+                        "--out a folder you can write") from err
+    except (FileNotFoundError, NotADirectoryError, RuntimeError, ValueError) as err:
         raise UserError(str(err)) from err
+    except OSError as err:
+        raise UserError(f"{err.filename or args.out}: {err.strerror or err}") from err
     print(terminal_table(report))
     for line in report.missing:
         print(f"missing: {line}")
@@ -143,10 +152,16 @@ def _summary(record: dict[str, Any], results: Path) -> str:
                               else ""))
     parts.append(f"results: {results}  (trials.parquet, epochs.parquet, study.json)")
     failed = record.get("failed_cells") or {}
-    if failed:
+    if record["status"] == "failed" and record.get("error"):
+        parts.append(record["error"])
+    elif failed:
         parts.append(f"{sum(failed.values())} trial(s) failed, in "
                      + ", ".join(f"{cell} ({n})" for cell, n in sorted(failed.items()))
                      + "; trials.parquet holds their errors (status 'error')")
+    changes = (record.get("data") or {}).get("changes") or []
+    if changes:
+        parts.append(f"the data changed at {changes[-1]['at']} (resumed with "
+                     "--allow-data-change): the report uses only the trials that ended after it")
     if record["status"] != "complete":
         parts.append(f"continue with: study run --resume {results}"
                      + (" (it retries the failed trials)" if failed else ""))
@@ -161,6 +176,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UserError("--resume continues a study with its own spec; drop --config, "
                             "--set, --data, --name and --results")
         spec, results = None, Path(args.resume)
+    elif args.allow_data_change:
+        raise UserError("--allow-data-change goes with --resume (a new study records the data "
+                        "it starts on)")
     else:
         spec = _resolve_spec(args)
         if args.print_spec:
@@ -169,13 +187,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         results = _results_folder(args, spec.name)
     try:
         record = run_study(spec, results, resume=args.resume is not None, quiet=args.quiet,
-                           cache_dir=args.cache_dir, say=_say)
+                           cache_dir=args.cache_dir, say=_say,
+                           allow_data_change=args.allow_data_change)
     except StudyError as err:
         raise UserError(str(err)) from err
     print(_summary(record, results.absolute()))
     if not args.no_report:
         _report_after_run(results.absolute())
-    return {"complete": 0, "complete with errors": 3}.get(record["status"], 1)
+    return {"complete": 0, "complete with errors": 3, "failed": 3}.get(record["status"], 1)
 
 
 def _report_after_run(results: Path) -> None:

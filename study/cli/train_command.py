@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 import time
@@ -132,8 +131,7 @@ def _synthetic(args: argparse.Namespace, image_size: int) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Run one cell: check the tree, pretrain if needed (cached), train, print."""
-    import ray
-
+    from study.local_ray import start_ray
     from study.train.trainer import RunSpec, run_training, warm_cache
     from wbc.data import plan_wbc
     from wbc.datasets import scan_tree
@@ -156,8 +154,7 @@ def run(args: argparse.Namespace) -> int:
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     spec = RunSpec(storage_path=storage, name=name, workers=args.workers or 1,
                    use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker, cache_dir=cache_dir)
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING, log_to_driver=not args.quiet)
+    start_ray(log_to_driver=not args.quiet)
     pretrained, pretrain_metrics = _pretrained(args, tree, config, spec)
     outcome = run_training(plan, config, spec, pretrained=pretrained)
     metrics = dict(outcome.metrics)

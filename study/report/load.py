@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from study.results import (
     EPOCH_KEYS,
     ROWS_DIR,
     STUDY_FILE,
+    TRIAL_COLUMNS,
     TRIALS_FILE,
     ResultsStore,
     curve,
@@ -31,6 +32,38 @@ class Results:
     epochs: pd.DataFrame
     study: dict[str, Any]
     source: str  # "results folder" or "Tune experiment folder"
+    # Trials left out because they ran on other data than the study's current data (a resume
+    # with --allow-data-change): data fingerprint -> trials.
+    set_aside: dict[str, int] = field(default_factory=dict)
+
+
+def _with_columns(trials: pd.DataFrame) -> pd.DataFrame:
+    """Every trial column present (empty where no row has it: trials that all failed before
+    reporting have no metrics), so that the report can say what is missing."""
+    for column in TRIAL_COLUMNS:
+        if column not in trials:
+            trials[column] = pd.Series([None] * len(trials), index=trials.index, dtype=object)
+    return trials
+
+
+def _current_data(trials: pd.DataFrame, epochs: pd.DataFrame, study: dict[str, Any]
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """Only the trials on the study's current data: rows of two datasets are never pooled. A
+    resume with --allow-data-change records when the data changed; trials that ended before the
+    last change ran on the data before it."""
+    changes = (study.get("data") or {}).get("changes") or []
+    if not changes or not len(trials) or "finished_at" not in trials:
+        return trials, epochs, {}
+    last = changes[-1]
+    ended = pd.to_datetime(trials["finished_at"], utc=True, format="mixed", errors="coerce")
+    before = ended.notna() & (ended < pd.Timestamp(last["at"]))
+    if not before.any():
+        return trials, epochs, {}
+    kept = trials[~before]
+    if len(epochs) and "trial_id" in epochs:
+        epochs = epochs[epochs["trial_id"].isin(set(kept["trial_id"]))]
+    return (kept.reset_index(drop=True), epochs.reset_index(drop=True),
+            {str(last["from"]): int(before.sum())})
 
 
 def _placed(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -55,8 +88,9 @@ def load_results(path: Path) -> Results:
         store = ResultsStore(path)
         with suppress(OSError):  # a read-only folder is read as it is, row files included
             store.compact()
-        trials = store.trials()
-        return Results(trials, _placed(store.epochs(), trials), study, "results folder")
+        trials, epochs, set_aside = _current_data(_with_columns(store.trials()),
+                                                  store.epochs(), study)
+        return Results(trials, _placed(epochs, trials), study, "results folder", set_aside)
     tune_dir = path / "tune" if (path / "tune").is_dir() else path
     if not any(tune_dir.glob("experiment_state-*.json")):
         raise FileNotFoundError(f"{path} holds neither trials.parquet nor a Ray Tune experiment "

@@ -187,6 +187,19 @@ def _cell(trials: pd.DataFrame, spec: dict[str, Any], subset: str, strategy: str
     return cell
 
 
+def _failures(trials: pd.DataFrame) -> list[str]:
+    """One line per cell with failed trials: how many, and the last line of an error."""
+    if not len(trials) or "status" not in trials:
+        return []
+    lines = []
+    for cell, rows in trials[trials["status"] == "error"].groupby("cell"):
+        errors = [str(e).strip().splitlines()[-1] for e in rows.get("error", [])
+                  if _present(e) and str(e).strip()]
+        lines.append(f"{cell}: {len(rows)} trial(s) failed"
+                     + (f" ({errors[0][:200]})" if errors else ""))
+    return lines
+
+
 def summarise(results: Results) -> Report:
     """Cells, their final rows and best configurations, the reporting split, what is missing."""
     trials = results.trials
@@ -209,6 +222,11 @@ def summarise(results: Results) -> Report:
                 missing.append(f"{cell.name}: {len(cell.finals)} of {wanted} final seeds "
                                f"({cell.search_done} of {cell.search_expected} search trials)")
             cells[(subset, strategy)] = cell
+    missing += _failures(trials)
+    for fingerprint, n in results.set_aside.items():
+        missing.append(f"{n} trial(s) ran on other data (fingerprint {fingerprint[:12]}, before "
+                       "the data changed and the study was resumed with --allow-data-change) "
+                       "and are left out of every table and figure")
     return Report(results, cells, subsets, strategies, missing, searched,
                   _reporting(trials) if len(trials) else None)
 

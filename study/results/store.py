@@ -279,9 +279,46 @@ class ResultsStore:
             text = json.dumps(record, indent=2, sort_keys=False, default=str)
             atomic_write_text(self.study_path, text + "\n")
 
+    def create_study(self, record: dict[str, Any]) -> None:
+        """Write ``study.json`` only if there is none: ``FileExistsError`` otherwise (the file
+        appears whole, through a hard link of a complete temporary file)."""
+        tmp = self.study_path.with_name(f".{STUDY_FILE}.{os.getpid()}.new")
+        atomic_write_text(tmp, json.dumps(record, indent=2, default=str) + "\n")
+        try:
+            os.link(tmp, self.study_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def read_study(self) -> dict[str, Any]:
+        """``study.json``; ``FileNotFoundError`` when absent, ``ValueError`` naming the file when
+        it is not a study record."""
         if not self.study_path.exists():
             raise FileNotFoundError(f"{self.study_path} does not exist: {self.root} is not a "
                                     "study's results folder")
-        data: dict[str, Any] = json.loads(self.study_path.read_text())
+        try:
+            data = json.loads(self.study_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{self.study_path}: not valid JSON ({err}); restore it from a copy, "
+                             "or start a new study in another folder") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.study_path}: not a study record (a JSON object); restore "
+                             "it from a copy, or start a new study in another folder")
         return data
+
+    def verify(self) -> None:
+        """Read every Parquet file's footer: ``RuntimeError`` naming the first that is not a
+        readable Parquet file (a truncated ``trials.parquet``), before a resume starts work."""
+        paths = [self.trials_path, self.epochs_path]
+        if self.rows_dir.is_dir():
+            paths += sorted(p for p in self.rows_dir.iterdir() if p.name.endswith(".parquet")
+                            and not p.name.startswith("."))
+        for path in paths:
+            try:
+                with path.open("rb") as handle:
+                    pq.read_metadata(handle)
+            except FileNotFoundError:
+                continue
+            except (pa.ArrowInvalid, OSError) as err:
+                raise RuntimeError(f"{path}: not a readable Parquet file ({err}); restore it "
+                                   "from a copy, or move it aside to go on without its rows"
+                                   ) from err

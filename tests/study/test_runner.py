@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from study.results import ResultsStore
 from study.runner import run_study
@@ -25,7 +26,7 @@ from wbc.cache import decode_samples
 from wbc.data import plan_cam16
 from wbc.datasets import scan_tree
 from wbc.layout import WBC_CLASSES
-from wbc.pretrain import pretrain_config, pretrain_key
+from wbc.pretrain import WeightsStore, pretrain_config, pretrain_key
 
 SMALL: dict[str, Any] = {
     "name": "small", "image_size": 32, "subsets": ["WBC_100", "WBC_10"],
@@ -191,10 +192,9 @@ def test_a_failing_trial_is_retried_then_recorded_with_its_error(
     key = pretrain_key(fingerprint, pretrain_config(spec.base_config(),
                                                     epochs=spec.pretrain_epochs,
                                                     lr=spec.pretrain_lr))
-    folder = results / "pretrain" / f"cam16-{key}"
-    folder.mkdir(parents=True)
-    (folder / "model.pt").write_bytes(b"not a checkpoint")
-    (folder / "result.json").write_text('{"val_accuracy": 0.5}')
+    # Intact (its checksum matches, so it is used) but not a ResNet-18: loading it fails.
+    WeightsStore(results).store("cam16", key, {"fc.weight": torch.zeros(3)},
+                                {"val_accuracy": 0.5})
 
     record = run_study(spec, results, quiet=True)
     trials = pd.read_parquet(results / "trials.parquet").set_index("trial_id")

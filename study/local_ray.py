@@ -1,0 +1,101 @@
+"""Which Ray a study talks to, and what it trusts.
+
+``start_ray()`` joins the cluster named by ``RAY_ADDRESS`` (``ray job submit`` sets it) or else
+starts a private Ray for this driver alone: ``address="local"``, so a ``ray_current_cluster``
+file left in Ray's temp dir by another (possibly dead, possibly someone else's) head is never
+followed, and every server on the node IP ``127.0.0.1``, so nothing listens beyond loopback
+(GCS, raylet, object manager, dashboard and its agents, metrics). Token auth, which Ray 2.60
+turns on for a local cluster, keeps its token in ``~/.ray/auth_token``; Ray writes that file with
+the process umask (often 0644), so it is created 0600 here first, and tightened when found
+readable by others.
+
+``untrusted(results)`` is checked before a resume. Resuming restores Ray Tune's experiment
+state, which includes the searchers as Python pickles (``searcher-state-*.pkl``, cloudpickle
+in ``experiment_state-*.json``): whoever can write those files can run code as whoever resumes
+the study. A results folder, or any file of its Tune state, that other users may write (or that
+another user owns) is refused, with the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+from pathlib import Path
+
+__all__ = ["TOKEN_FILE", "start_ray", "untrusted"]
+
+TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+
+
+def _private_token() -> None:
+    """Make sure the token Ray's private cluster uses is readable by this user alone."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
+            os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return
+    path = TOKEN_FILE
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            path.chmod(0o600)
+        return
+    except OSError:
+        return  # a read-only home: Ray says what it needs itself
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+
+
+def start_ray(*, log_to_driver: bool = False) -> None:
+    """Connect to ``RAY_ADDRESS``'s cluster, or start a private one on loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS", "local")
+    options = {"logging_level": logging.WARNING, "log_to_driver": log_to_driver,
+               "include_dashboard": None}
+    if address != "local":
+        ray.init(address=address, **options)
+        return
+    _private_token()
+    import ray._private.services as services
+
+    # Ray swaps 127.0.0.1 for the machine's routable address unless told the IP is meant.
+    resolve = services.resolve_ip_for_localhost
+    services.resolve_ip_for_localhost = lambda ip: ip
+    try:
+        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
+                 **options)
+    finally:
+        services.resolve_ip_for_localhost = resolve
+
+
+def _loose(path: Path, info: os.stat_result) -> str | None:
+    if info.st_uid not in (os.getuid(), 0):
+        return f"{path} belongs to another user (uid {info.st_uid})"
+    if info.st_mode & stat.S_IWOTH:
+        return f"{path} is writable by every user"
+    return None
+
+
+def untrusted(results: Path) -> str | None:
+    """Why resuming from ``results`` could run another user's code, or None."""
+    paths = [results, results / "study.json"]
+    for folder, dirs, files in os.walk(results / "tune"):  # every pickle Tune may load
+        paths += [Path(folder) / name for name in (*dirs, *files)]
+    for path in paths:
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        reason = _loose(path, info)
+        if reason is not None:
+            return (f"{reason}: resuming restores Ray Tune's state from this folder, which "
+                    "includes pickled Python objects, so whoever can write it can run code as "
+                    f"you. If you trust its contents, make it yours alone (`chmod -R go-w "
+                    f"{results}`, and copy it if another user owns it), then resume")
+    return None
