@@ -92,11 +92,25 @@ class _Writer:
             future.result()
 
 
+DROPPED_NOTE = "dropped.txt"
+
+
 def _drop_checkpoints(trial_path: str | None, train_folder: Path | None) -> None:
-    """A finished trial's checkpoints: Tune's in the trial folder, and its Ray Train run's."""
+    """A finished trial's checkpoints: Tune's in the trial folder (emptied, not removed: a
+    driver killed before Tune saved its state restores the trial from its last checkpoint, and
+    Tune fails a trial whose checkpoint folder is gone; an empty one makes the trial replay its
+    row, or start over), and its Ray Train run's."""
     if trial_path and "://" not in trial_path:
         for folder in Path(trial_path).glob("checkpoint_*"):
-            shutil.rmtree(folder, ignore_errors=True)
+            for item in folder.iterdir():
+                if item.name == DROPPED_NOTE:
+                    continue
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item, ignore_errors=True)
+                else:
+                    item.unlink(missing_ok=True)
+            (folder / DROPPED_NOTE).write_text("the trial ended and its row was written; its "
+                                               "state was removed to save space\n")
     if train_folder is not None:
         shutil.rmtree(train_folder, ignore_errors=True)
 

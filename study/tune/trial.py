@@ -155,7 +155,9 @@ def _run_inline(context: StudyContext, config: TrainConfig, plan: SplitPlan,
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+            # Emptied when the trial ended (study.tune.callback): nothing to resume from.
+            if (Path(folder) / CHECKPOINT_FILE).exists():
+                resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
     epochs = config.optim.epochs
 
     def on_epoch(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:

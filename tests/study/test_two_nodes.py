@@ -86,7 +86,9 @@ def _job_logs(head: HeadNode, job_id: str) -> str:
 
 
 def _checkpoints(results: Path) -> list[Path]:
-    return [p for p in results.rglob("checkpoint_*") if p.is_dir()]
+    """Checkpoint folders that still hold state (an ended trial's are emptied, kept for Tune)."""
+    return [p for p in results.rglob("checkpoint_*")
+            if p.is_dir() and any(f.name != "dropped.txt" for f in p.iterdir())]
 
 
 def test_a_study_runs_on_two_nodes(head: HeadNode, tree: Path, tmp_path: Path) -> None:
