@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -67,12 +70,17 @@ def write_class_folder(
     seed: int = 0,
     stem: str = "img",
 ) -> list[Path]:
-    """``n`` images in ``folder`` cycling through ``sizes``; the first ``n_masks`` get masks."""
+    """``n`` images in ``folder`` cycling through ``sizes``; the first ``n_masks`` get masks.
+
+    Every (seed, label, stem, index) draws other pixels, so the splits of a tree hold no copies
+    of each other (the checker flags those).
+    """
     sizes = list(sizes)
     written = []
+    offset = zlib.crc32(stem.encode()) * 1_000_003
     for i in range(n):
-        image, mask = cell_image(sizes[i % len(sizes)], seed=seed * 100_003 + label * 1009 + i,
-                                 label=label)
+        image, mask = cell_image(sizes[i % len(sizes)],
+                                 seed=offset + seed * 100_003 + label * 1009 + i, label=label)
         written.append(write_image(folder / f"{stem}{i:04d}{suffix}", image))
         if masks is not None and i < n_masks:
             write_mask(masks / f"{stem}{i:04d}{mask_suffix}", mask)
@@ -119,3 +127,32 @@ def make_cam16_prcc(root: Path, *, n: int = 4, seed: int = 0) -> Path:
     write_class_folder(root / "pRCC/train/data/slideB/deeper", 2, label=1, suffix=".tif",
                        seed=seed, stem="q")
     return root
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_png_bomb(path: Path, side: int = 30_000) -> Path:
+    """A valid 1-bit PNG of ``side x side`` black pixels: ~110 KB on disk for 30000, 900 MB
+    once Pillow decodes it (one byte per pixel). Written row by row, never held whole."""
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (side + 7) // 8)  # filter byte, then the packed bits of one row
+    idat = b"".join([*(compressor.compress(row) for _ in range(side)), compressor.flush()])
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1 bit, greyscale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+                     + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    return path
+
+
+def write_jpeg_declaring(path: Path, width: int, height: int) -> Path:
+    """A small valid JPEG whose frame header (SOF0) is patched to declare ``width x height``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    Image.fromarray(cell_image((16, 16), seed=0)[0], "RGB").save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height (2), width (2)
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    path.write_bytes(bytes(data))
+    return path

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from wbc.imageio import ImageError
+from wbc.imageio import MAX_PIXELS_ENV, ImageError, max_image_pixels, parse_pixel_count
 
 __all__ = ["main"]
 
@@ -39,6 +40,13 @@ def _image_size(text: str) -> int:
     if not 16 <= value <= 2048:
         raise argparse.ArgumentTypeError(f"must be between 16 and 2048 pixels, got {text}")
     return value
+
+
+def _pixel_count(text: str) -> int:
+    try:
+        return parse_pixel_count(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -122,7 +130,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
             continue
         started = time.perf_counter()
         decoded = decode_samples(samples, args.image_size, name=name, cache_dir=args.cache_dir,
-                                 workers=args.workers, progress=None if args.quiet else _say)
+                                 workers=args.workers, progress=None if args.quiet else _say,
+                                 verify="full")
         seconds = time.perf_counter() - started
         rate = f"{decoded.decoded_now / seconds:.0f} images/s" if decoded.decoded_now else \
             "already decoded"
@@ -140,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--workers", type=int, default=None,
                         help="processes for decoding (default: all cores)")
     common.add_argument("--quiet", action="store_true", help="no progress messages")
+    limits = argparse.ArgumentParser(add_help=False)
+    limits.add_argument("--max-image-pixels", type=_pixel_count, default=None, metavar="N",
+                        help="refuse images whose header declares more pixels (default: "
+                             f"${MAX_PIXELS_ENV} or 8192x8192); a count or WxH")
 
     p = sub.add_parser("synth", parents=[common], help="generate a synthetic WBC + CAM16 + pRCC tree")
     p.add_argument("out", type=Path, help="folder to create")
@@ -156,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing tree at OUT")
     p.set_defaults(run=_cmd_synth)
 
-    p = sub.add_parser("check", parents=[common],
+    p = sub.add_parser("check", parents=[common, limits],
                        help="validate a tree and print the report's Table 1 and 2 counts")
     p.add_argument("root", type=Path, help="dataset root (holds WBC_100/)")
     p.add_argument("--json", action="store_true", help="print the counts and problems as JSON")
@@ -168,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip decoding every file (faster; misses corrupt files)")
     p.set_defaults(run=_cmd_check)
 
-    p = sub.add_parser("import", parents=[common],
+    p = sub.add_parser("import", parents=[common, limits],
                        help="turn an ImageFolder set (SRC/<Class>/*) into the report's layout")
     p.add_argument("src", type=Path, help="ImageFolder source; only read")
     p.add_argument("root", type=Path, help="new dataset root to create")
@@ -180,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-bad", action="store_true", help="skip unreadable files")
     p.set_defaults(run=_cmd_import)
 
-    p = sub.add_parser("decode", parents=[common],
-                       help="decode a tree once into the memory-mapped cache")
+    p = sub.add_parser("decode", parents=[common, limits],
+                       help="decode a tree once into the memory-mapped cache (an existing one "
+                            "is checked in full and rebuilt if damaged)")
     p.add_argument("root", type=Path, help="dataset root")
     p.add_argument("--image-size", type=_image_size, default=128, help="working resolution")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -196,11 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``wbc`` console script and ``python -m wbc``."""
+def _run(args: argparse.Namespace) -> int:
     from wbc.datasets import DatasetError
 
-    args = build_parser().parse_args(argv)
+    try:
+        max_image_pixels()
+    except ValueError as err:
+        _say(f"wbc {args.command}: error: {err}")
+        return 2
     try:
         return int(args.run(args))
     except (UserError, DatasetError, ImageError) as err:
@@ -209,6 +226,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say(f"wbc {args.command}: interrupted")
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``wbc`` console script and ``python -m wbc``."""
+    args = build_parser().parse_args(argv)
+    limit = getattr(args, "max_image_pixels", None)
+    if limit is None:
+        return _run(args)
+    # Through the environment, which decoding worker processes inherit; put back afterwards
+    # for a caller that runs commands in-process.
+    previous = os.environ.get(MAX_PIXELS_ENV)
+    os.environ[MAX_PIXELS_ENV] = str(limit)
+    try:
+        return _run(args)
+    finally:
+        if previous is None:
+            os.environ.pop(MAX_PIXELS_ENV, None)
+        else:
+            os.environ[MAX_PIXELS_ENV] = previous
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ Documented behaviour for awkward inputs:
 - A mask-augmenting strategy on a subset with no masks trains without pastes (noted); on a tree
   with no masks at all it is an error, since the strategy could never do what it says.
 - A strategy that needs CAM16 on a tree without it is an error naming the folder.
+- A training subset on disk with no images is an error of the tree (``scan_tree``), so such a
+  tree is not usable; ``fit`` refuses an empty training split too.
 """
 
 from __future__ import annotations

@@ -9,10 +9,20 @@ median colour of its border, so the whole field is kept and no cell is cut, then
 ``size x size`` with Pillow's antialiased bilinear filter. A mask gets the same padding (with
 background) and resize, then is thresholded at half its range, so it stays aligned with its
 image pixel for pixel.
+
+Pixel limit (``max_image_pixels``): a file whose header declares more than the limit is refused
+with an ``ImageError`` before any pixel is decoded, so a small file that expands to gigabytes (a
+decompression bomb) costs nothing. Raise the limit with ``$WBC_MAX_IMAGE_PIXELS`` (inherited by
+worker processes; the ``wbc`` commands' ``--max-image-pixels`` sets it).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +30,25 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "MAX_PIXELS_ENV",
     "ImageError",
     "ImageInfo",
     "inspect_image",
     "mask_to_working",
+    "max_image_pixels",
+    "parse_pixel_count",
     "read_mask",
     "read_rgb",
     "to_working",
 ]
 
-# A decompression-bomb guard still, but large enough for whole-slide tiles.
-Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
+# WBC crops are a few hundred pixels a side, CAM16 patches 96-512, pRCC fields about 2000x2000
+# and a whole microscope camera frame at most ~50 Mpx; whole-slide images are not an input here.
+# 8192x8192 refuses nothing real and bounds one decode at ~200 MB of RGB (about 0.7 GB peak in
+# Pillow's conversions) per worker, where a 20000x20000 PNG of 1.2 MB costs ~4 GB.
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
+MAX_PIXELS_ENV = "WBC_MAX_IMAGE_PIXELS"
 
 
 class ImageError(Exception):
@@ -49,27 +67,87 @@ class ImageInfo:
     width: int
     height: int
     mode: str
+    blank: bool = False  # every pixel zero (as ``read_mask`` sees it): a mask with no cell
 
 
-def _open(path: Path) -> Image.Image:
+def parse_pixel_count(text: str) -> int:
+    """A pixel count written ``67108864``, ``67_108_864`` or ``8192x8192``; ``ValueError``
+    unless it is positive."""
+    parts = text.strip().lower().split("x")
+    try:
+        value = int(parts[0]) * int(parts[1]) if len(parts) == 2 else int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{text!r}: give a positive pixel count (67108864) or a width x height "
+                         "(8192x8192)")
+    return value
+
+
+def max_image_pixels() -> int:
+    """The pixel limit: ``$WBC_MAX_IMAGE_PIXELS``, else the default. A malformed value raises
+    ``ValueError`` naming the variable."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        return parse_pixel_count(text)
+    except ValueError as err:
+        raise ValueError(f"{MAX_PIXELS_ENV}={err}") from None
+
+
+def _over_limit(path: Path, declared: str, limit: int) -> ImageError:
+    side = int(limit ** 0.5)
+    return ImageError(
+        path, f"{declared} pixels declared in its header, over the limit of {limit:,} (about "
+              f"{side}x{side}): a decompression bomb or a whole-slide image, not a cell crop or "
+              f"patch; if it is genuine, raise the limit with --max-image-pixels or "
+              f"{MAX_PIXELS_ENV}")
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[Image.Image]:
+    """The image with its header read and its size within the limit, pixels not yet decoded."""
     try:
         size = path.stat().st_size
     except OSError as err:
         raise ImageError(path, f"unreadable ({err.strerror or err})") from err
     if size == 0:
         raise ImageError(path, "zero-byte file")
+    limit = max_image_pixels()
+    previous = Image.MAX_IMAGE_PIXELS
+    # Pillow's own check would end a scan with a bare DecompressionBombError before the size is
+    # known; the check below refuses the same files, naming the size and the way to raise it.
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        return Image.open(path)
-    except UnidentifiedImageError as err:
-        raise ImageError(path, "not an image (no known image format in its contents)") from err
-    except OSError as err:
-        raise ImageError(path, f"unreadable ({err})") from err
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                image = Image.open(path)
+            except UnidentifiedImageError as err:
+                raise ImageError(path, "not an image (no known image format in its "
+                                       "contents)") from err
+            except OSError as err:
+                raise ImageError(path, f"unreadable ({err})") from err
+            with image:
+                if image.width * image.height > limit:
+                    raise _over_limit(path, f"{image.width}x{image.height} = "
+                                            f"{image.width * image.height:,}", limit)
+                # Frames and tiles met while decoding stay under Pillow's guard, at this limit.
+                Image.MAX_IMAGE_PIXELS = limit
+                yield image
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def _load(path: Path, image: Image.Image) -> None:
     """Decode all pixel data, turning Pillow's assorted failures into one ``ImageError``."""
     try:
         image.load()
+    except Image.DecompressionBombError as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        declared = f"a frame or tile of {int(found.group(1)):,}" if found else "more"
+        raise _over_limit(path, declared, max_image_pixels()) from err
     except (OSError, SyntaxError, ValueError) as err:
         text = str(err)
         if "truncated" in text or "broken data stream" in text or "EOF" in text:
@@ -77,11 +155,17 @@ def _load(path: Path, image: Image.Image) -> None:
         raise ImageError(path, f"corrupt image data ({text})") from err
 
 
+def _mask_view(image: Image.Image) -> Image.Image:
+    """The image as ``read_mask`` reads it: alpha dropped, any nonzero channel is the cell."""
+    return image.convert("RGB") if image.mode in ("RGBA", "LA", "PA") else image
+
+
 def inspect_image(path: Path) -> ImageInfo:
     """Decode ``path`` completely and return its size and mode, or raise ``ImageError``."""
     with _open(path) as image:
         _load(path, image)
-        return ImageInfo(width=image.width, height=image.height, mode=image.mode)
+        blank = _mask_view(image).getbbox(alpha_only=False) is None
+        return ImageInfo(width=image.width, height=image.height, mode=image.mode, blank=blank)
 
 
 def _high_depth_to_uint8(array: np.ndarray) -> np.ndarray:
@@ -135,9 +219,7 @@ def read_mask(path: Path) -> np.ndarray:
     """
     with _open(path) as image:
         _load(path, image)
-        if image.mode in ("RGBA", "LA", "PA"):
-            image = image.convert("RGB")
-        array = np.asarray(image)
+        array = np.asarray(_mask_view(image))
     if array.ndim == 3:
         return np.any(array != 0, axis=-1)
     return array != 0

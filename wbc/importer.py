@@ -20,6 +20,7 @@ from wbc.datasets import (
     DatasetError,
     Problem,
     Sample,
+    content_keys,
     exclude_problem_files,
     find_class_folders,
     find_images,
@@ -64,29 +65,61 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 def stratified_val_split(
-    labels: Sequence[int], fraction: float, *, seed: int
+    labels: Sequence[int], fraction: float, *, seed: int, groups: Sequence[int] | None = None
 ) -> np.ndarray:
     """Boolean array, True for validation: ``floor(n * fraction)`` of each class, seeded.
 
     The floor rule reproduces the report's validation counts from its class totals (e.g. 212
     Basophils -> 36). A class of two or more images keeps at least one image on each side; a
-    class of one image stays in train.
+    class of one image stays in train. ``groups`` (one id per image, equal for copies of one
+    image) keeps each group on one side, filling validation with whole groups up to the count.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
     labels_arr = np.asarray(labels, dtype=np.int64)
+    group_arr = np.arange(labels_arr.size) if groups is None else np.asarray(groups)
     is_val = np.zeros(labels_arr.size, dtype=bool)
     rng = np.random.default_rng(seed)
     for cls in np.unique(labels_arr):
-        members = np.flatnonzero(labels_arr == cls)
-        members = members[rng.permutation(members.size)]
-        n_val = int(np.floor(members.size * fraction + 1e-9))
-        if members.size >= 2:
-            n_val = min(max(n_val, 1), members.size - 1)
-        else:
-            n_val = 0
-        is_val[members[:n_val]] = True
+        units: dict[int, list[int]] = {}
+        for index in np.flatnonzero(labels_arr == cls):
+            units.setdefault(int(group_arr[index]), []).append(int(index))
+        members = list(units.values())
+        size = sum(len(m) for m in members)
+        n_val = int(np.floor(size * fraction + 1e-9))
+        n_val = min(max(n_val, 1), size - 1) if len(members) >= 2 else 0
+        taken = 0
+        for unit in rng.permutation(len(members)):
+            if taken + len(members[unit]) <= n_val:
+                is_val[members[unit]] = True
+                taken += len(members[unit])
+        if n_val and not taken:  # every group is larger than the count: the smallest one
+            is_val[min(members, key=len)] = True
     return is_val
+
+
+def _content_groups(samples: Sequence[Sample], keys: dict[Path, str]) -> list[int]:
+    """A group id per sample, equal for images with the same bytes."""
+    ids: dict[str, int] = {}
+    return [ids.setdefault(keys.get(s.path, str(s.path)), len(ids)) for s in samples]
+
+
+def _class_conflicts(samples: Sequence[Sample], keys: dict[Path, str]) -> list[Problem]:
+    """Errors for images whose bytes are under two classes of the source."""
+    by_key: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_key.setdefault(keys.get(sample.path, str(sample.path)), []).append(sample)
+    problems = []
+    for copies in by_key.values():
+        labels = sorted({s.label for s in copies})
+        if len(labels) > 1:
+            names = ", ".join(WBC_CLASSES[label] for label in labels)
+            others = ", ".join(str(s.path) for s in copies[1:])
+            problems.append(Problem(copies[0].path, f"the same image is under {names}: also "
+                                                    f"{others}; its class is ambiguous: keep "
+                                                    "one copy in the right class folder",
+                                    "error", excludes=tuple(s.path for s in copies)))
+    return problems
 
 
 def _relative_target(sample: Sample, used: set[Path], base: Path) -> Path:
@@ -163,14 +196,16 @@ def _source_samples(src: Path, mask_root: Path | None, problems: list[Problem]) 
 
 def _verified(src: Path, samples: list[Sample], problems: list[Problem], *, exclude_bad: bool,
               workers: int | None, progress: Callable[[str], None] | None
-              ) -> tuple[list[Sample], list[Problem], tuple[Path, ...]]:
-    """Decode every file; (kept samples, remaining problems, excluded files), or
-    ``DatasetError`` listing the errors when ``exclude_bad`` is off."""
+              ) -> tuple[list[Sample], list[Problem], tuple[Path, ...], dict[Path, str]]:
+    """Decode every file; (kept samples, remaining problems, excluded files, content keys),
+    or ``DatasetError`` listing the errors when ``exclude_bad`` is off."""
     if progress is not None:
         progress(f"verifying {len(samples)} images in {src}")
     files = [p for s in samples for p in (s.path, s.mask) if p is not None]
     groups = {"source": samples}
     problems_from_decoding(groups, verify_files(files, workers=workers), problems)
+    keys = content_keys([s.path for s in samples], workers=workers)
+    problems += _class_conflicts(samples, keys)
     errors = [p for p in problems if p.severity == "error"]
     if errors and not exclude_bad:
         lines = "\n".join(str(p) for p in errors)
@@ -178,7 +213,7 @@ def _verified(src: Path, samples: list[Sample], problems: list[Problem], *, excl
                            f"--exclude-bad to leave those files out:\n{lines}")
     problems, dropped = exclude_problem_files(groups, problems)
     excluded = tuple(dict.fromkeys(f for p in dropped for f in p.excludes))
-    return groups["source"], problems, excluded
+    return groups["source"], problems, excluded, keys
 
 
 def _copy_split(staging: Path, kept: list[Sample], is_val: np.ndarray) -> None:
@@ -209,7 +244,8 @@ def import_imagefolder(
 ) -> ImportResult:
     """Copy ``src/<Class>/*`` (and masks) into ``root`` in the report's layout.
 
-    Splits each class into train and val with ``stratified_val_split``, writes WBC_50/10/1 with
+    Splits each class into train and val with ``stratified_val_split``, copies of one image
+    (same bytes) kept on one side; the same bytes under two classes is an error. Writes WBC_50/10/1 with
     ``write_subsets`` and records what was done in ``root/import.json``. Raises
     ``DatasetError`` (nothing written) when the source has errors and ``exclude_bad`` is off, or
     when ``root`` exists and is not empty.
@@ -223,9 +259,12 @@ def import_imagefolder(
     mask_root = _find_mask_root(src, Path(masks) if masks is not None else None)
     problems: list[Problem] = []
     samples = _source_samples(src, mask_root, problems)
-    kept, problems, excluded = _verified(src, samples, problems, exclude_bad=exclude_bad,
-                                         workers=workers, progress=progress)
-    is_val = stratified_val_split([s.label for s in kept], val_fraction, seed=seed)
+    kept, problems, excluded, keys = _verified(src, samples, problems, exclude_bad=exclude_bad,
+                                               workers=workers, progress=progress)
+    # Copies of one image (the source may hold duplicate files) go to one side of the split:
+    # an image in both would be scored on what it was trained on.
+    is_val = stratified_val_split([s.label for s in kept], val_fraction, seed=seed,
+                                  groups=_content_groups(kept, keys))
     staging = root.with_name(f".{root.name}.importing-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:

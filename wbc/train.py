@@ -425,7 +425,12 @@ def fit(
     on ``reporting``. ``on_epoch(metrics, checkpoint)`` is called every ``report_every`` epochs
     and after the last, with a complete checkpoint every ``checkpoint_every`` epochs and at the
     end (else None). ``resume`` is such a checkpoint: training continues at the next epoch.
+    Raises ``ValueError`` when ``train`` holds no images.
     """
+    if train.labels.numel() == 0:
+        raise ValueError(f"the training split holds no images (data.subset="
+                         f"{config.data.subset!r}): a run would train on nothing and still "
+                         "report figures")
     started = time.perf_counter()
     device = train.images.device
     step_model = _setup(model, config, device)

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +19,9 @@ from tests.treegen import (
     make_wbc_tree,
     write_class_folder,
     write_image,
+    write_jpeg_declaring,
     write_mask,
+    write_png_bomb,
 )
 from wbc.check import format_tables, tree_summary
 from wbc.cli import main
@@ -144,6 +149,36 @@ def _empty_class(root: Path) -> Path:
     return folder
 
 
+def _png_bomb(root: Path) -> Path:
+    return write_png_bomb(root / "WBC_100/train/data/Monocyte/bomb.png")
+
+
+def _jpeg_bomb(root: Path) -> Path:
+    return write_jpeg_declaring(root / "WBC_100/val/data/Eosinophil/huge.jpg", 60_000, 60_000)
+
+
+def _blank_mask(root: Path) -> Path:
+    return write_mask(root / "WBC_100/train/mask/Neutrophil/tr0000.png",
+                      np.zeros((40, 40), np.uint8))
+
+
+def _empty_subset(root: Path) -> Path:
+    (root / "WBC_10/train/data").mkdir(parents=True)
+    return root / "WBC_10/train"
+
+
+def _val_image_in_train(root: Path) -> Path:
+    copy = root / "WBC_100/train/data/Lymphocyte/copy.png"
+    shutil.copyfile(root / "WBC_100/val/data/Lymphocyte/va0001.png", copy)
+    return copy
+
+
+def _same_bytes_two_classes(root: Path) -> Path:
+    original = root / "WBC_100/train/data/Basophil/tr0003.png"
+    shutil.copyfile(original, root / "WBC_100/train/data/Monocyte/tr9999.png")
+    return original
+
+
 def _missing_split(root: Path) -> Path:
     folder = root / "WBC_100/val"
     for path in sorted(folder.rglob("*"), reverse=True):
@@ -163,6 +198,13 @@ BAD_CASES: dict[str, tuple[Callable[[Path], Path], str, bool, bool]] = {
     "unknown-class": (_unknown_class, "unknown class folder 'Platelet'", True, True),
     "empty-class": (_empty_class, "empty class: no images of Basophil", True, False),
     "missing-split": (_missing_split, "missing split WBC_100/val", True, False),
+    "png-bomb": (_png_bomb, "30000x30000 = 900,000,000 pixels declared", True, True),
+    "jpeg-bomb": (_jpeg_bomb, "60000x60000 = 3,600,000,000 pixels declared", True, True),
+    "blank-mask": (_blank_mask, "blank mask: every pixel is background", True, True),
+    "empty-subset": (_empty_subset, "WBC_10/train holds no images", True, False),
+    "val-image-in-train": (_val_image_in_train, "the same image as", True, True),
+    "two-classes": (_same_bytes_two_classes, "the same image is under Basophil, Monocyte", True,
+                    True),
 }
 
 
@@ -234,3 +276,115 @@ def test_check_cli_in_a_real_process_prints_no_traceback(tmp_path: Path) -> None
                              capture_output=True, text=True)
     assert missing.returncode == 2
     assert "no such folder" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_an_empty_subset_of_empty_class_folders_is_an_error(tmp_path: Path) -> None:
+    root = make_wbc_tree(tmp_path)
+    for cls in WBC_CLASSES:
+        (root / "WBC_1/train/data" / cls).mkdir(parents=True)
+    tree = scan_tree(root, verify=False)
+    assert not tree.usable
+    assert [p.reason for p in tree.errors if p.path == root / "WBC_1/train"] == [
+        "WBC_1/train holds no images; a run on it would train on nothing: add its images, or "
+        "remove the folder to have it drawn from WBC_100/train"]
+
+
+def test_exclusions_that_empty_a_subset_are_an_error(tmp_path: Path) -> None:
+    root = make_wbc_tree(tmp_path)
+    (root / "WBC_1/train/data/Monocyte").mkdir(parents=True)
+    (root / "WBC_1/train/data/Monocyte/only.png").write_bytes(b"")
+    tree = scan_tree(root, exclude_bad=True)
+    assert not tree.usable and tree.wbc.subset(1) == ()
+    assert any("no usable images left in WBC_1/train" in p.reason for p in tree.errors)
+
+
+def test_a_leak_through_a_subset_and_every_copy_is_excluded(tmp_path: Path) -> None:
+    root = make_wbc_tree(tmp_path)
+    val = root / "WBC_100/val/data/Monocyte/va0000.png"
+    in_train = root / "WBC_100/train/data/Monocyte/leak.png"
+    in_subset = root / "WBC_10/train/data/Monocyte/leak.png"
+    in_subset.parent.mkdir(parents=True)
+    shutil.copy2(val, in_train)
+    os.link(in_train, in_subset)  # a subset file is a hard link: the same image, unread
+    (root / "WBC_10/train/data/Basophil").mkdir()
+    shutil.copy2(root / "WBC_100/train/data/Basophil/tr0000.png",
+                 root / "WBC_10/train/data/Basophil/tr0000.png")  # not a leak: train in train
+    tree = scan_tree(root)
+    leaks = [p for p in tree.errors if "the same image as" in p.reason]
+    assert len(leaks) == 1 and str(val) in leaks[0].reason
+    assert set(leaks[0].excludes) == {in_train, in_subset}
+    excluded = scan_tree(root, exclude_bad=True)
+    assert excluded.usable and set(excluded.excluded_files) == {in_train, in_subset}
+    assert val in {s.path for s in excluded.wbc.val}
+
+
+def test_subsets_on_disk_are_no_duplicates(tmp_path: Path) -> None:
+    root = _real_like_tree(tmp_path)
+    for cls in ("Monocyte", "Neutrophil"):
+        src = root / "WBC_100/train/data" / cls / "tr0001.bmp"
+        shutil.copy2(src, root / "WBC_10/train/data" / cls / "tr0001.bmp")  # a copy, not a link
+    tree = scan_tree(root)
+    assert tree.usable, tree.errors
+
+
+def _problems_as(root: Path, uid: int | None) -> list[tuple[str, str, str]]:
+    """``scan_tree(root)``'s problems, seen by ``uid`` (root reads any folder, so the scan of a
+    chmod 000 folder runs in a forked child that drops to that user first)."""
+    def scan() -> list[tuple[str, str, str]]:
+        return [(str(p.path), p.reason, p.severity) for p in scan_tree(root, verify=False).problems]
+
+    if uid is None:
+        return scan()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to ``uid``, scan, send the problems back
+        code = 1
+        try:
+            os.close(read)
+            with os.fdopen(write, "wb") as out:
+                try:
+                    os.setgid(uid)
+                    os.setuid(uid)
+                except OSError:
+                    pickle.dump(None, out)
+                else:
+                    pickle.dump(scan(), out)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as incoming:
+        data = incoming.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    problems = pickle.loads(data)
+    if problems is None:
+        pytest.skip("running as root, which reads a chmod 000 folder, and cannot become nobody")
+    return problems
+
+
+def test_an_unreadable_class_folder_is_an_error_not_an_empty_class() -> None:
+    # Under a world-readable temporary folder: as root the scan runs as nobody (65534).
+    base = Path(tempfile.mkdtemp(prefix="wbc-unreadable-"))
+    try:
+        base.chmod(0o755)
+        root = make_wbc_tree(base / "tree")
+        write_class_folder(root / "WBC_10/train/data/Monocyte", 1, label=3)
+        write_class_folder(root / "WBC_50/train/data/Monocyte", 1, label=3)
+        locked = [root / "WBC_100/val/data/Basophil", root / "WBC_10/train/data/Monocyte",
+                  root / "WBC_50/train/data"]
+        for folder in locked:
+            folder.chmod(0)
+        try:
+            problems = _problems_as(root, 65534 if os.geteuid() == 0 else None)
+        finally:
+            for folder in locked:
+                folder.chmod(0o755)
+        for folder in locked:
+            said = [(reason, severity) for path, reason, severity in problems
+                    if path == str(folder)]
+            assert said == [("unreadable folder (Permission denied); its images cannot be "
+                             "counted or used: fix its permissions", "error")], problems
+        assert not any("empty class" in reason for _, reason, _ in problems), problems
+    finally:
+        shutil.rmtree(base)

@@ -1,16 +1,25 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.treegen import cell_image, write_image, write_mask
+from tests.treegen import (
+    cell_image,
+    write_image,
+    write_jpeg_declaring,
+    write_mask,
+    write_png_bomb,
+)
 from wbc.imageio import (
+    MAX_PIXELS_ENV,
     ImageError,
     inspect_image,
     mask_to_working,
+    max_image_pixels,
     read_mask,
     read_rgb,
     to_working,
@@ -106,3 +115,48 @@ def test_draft_decoding_gives_at_least_the_requested_size(tmp_path: Path) -> Non
     path = write_image(tmp_path / "big.jpg", cell_image((400, 400), seed=3)[0])
     small = read_rgb(path, draft_size=64)
     assert 64 <= small.shape[0] < 400
+
+
+@pytest.mark.parametrize("kind", ["png-bomb", "jpeg-header"])
+def test_decompression_bombs_are_refused_from_the_header(tmp_path: Path, kind: str) -> None:
+    # A real 30000x30000 PNG (110 KB, 900 MB decoded), or a JPEG declaring 60000x60000: refused
+    # before any pixel is decoded, so the test costs no memory, with no Pillow warning.
+    path = (write_png_bomb(tmp_path / "bomb.png") if kind == "png-bomb"
+            else write_jpeg_declaring(tmp_path / "bomb.jpg", 60_000, 60_000))
+    side = "30000x30000" if kind == "png-bomb" else "60000x60000"
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for read in (inspect_image, read_rgb, read_mask):
+            with pytest.raises(ImageError) as info:
+                read(path)
+            assert info.value.path == path
+            assert side in info.value.reason and "declared in its header" in info.value.reason
+            assert "67,108,864" in info.value.reason and MAX_PIXELS_ENV in info.value.reason
+    assert pillow_limit == Image.MAX_IMAGE_PIXELS  # Pillow's own guard is left as it was
+
+
+def test_the_pixel_limit_is_raised_or_lowered_through_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_image(tmp_path / "cell.png", cell_image((40, 30), seed=0)[0])
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1000")
+    with pytest.raises(ImageError, match=r"40x30 = 1,200 pixels.*limit of 1,000"):
+        read_rgb(path)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "40x30")
+    assert max_image_pixels() == 1200 and read_rgb(path).shape == (30, 40, 3)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
+    with pytest.raises(ValueError, match=f"{MAX_PIXELS_ENV}='lots'"):
+        max_image_pixels()
+
+
+def test_a_blank_mask_is_known_as_blank(tmp_path: Path) -> None:
+    blank = write_mask(tmp_path / "blank.png", np.zeros((10, 10), np.uint8))
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[..., 3] = 255  # opaque black: still no cell, as read_mask sees it
+    opaque = tmp_path / "opaque.png"
+    Image.fromarray(rgba, "RGBA").save(opaque)
+    one = np.zeros((10, 10), np.uint8)
+    one[5, 5] = 1
+    cell = write_mask(tmp_path / "cell.png", one)
+    assert inspect_image(blank).blank and inspect_image(opaque).blank
+    assert not inspect_image(cell).blank and read_mask(cell).sum() == 1

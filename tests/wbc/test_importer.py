@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,42 @@ def test_import_cli_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["check", str(tmp_path / "root"), "--quiet"]) == 0
     assert main(["import", str(src), str(tmp_path / "root"), "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_copies_of_one_image_stay_on_one_side_of_the_split(tmp_path: Path) -> None:
+    src = _imagefolder(tmp_path / "src", {c: 12 for c in WBC_CLASSES})
+    for cls in WBC_CLASSES:  # six pairs of copies in each class, under other names
+        for i in range(6):
+            shutil.copyfile(src / cls / f"img{i:04d}.jpg", src / cls / f"copy{i:04d}.jpg")
+    for seed in range(4):
+        root = tmp_path / f"root{seed}"
+        result = import_imagefolder(src, root, seed=seed)
+        assert result.train + result.val == 90
+        sides: dict[str, set[str]] = {}
+        for split in ("train", "val"):
+            for path in (root / "WBC_100" / split / "data").rglob("*.jpg"):
+                sides.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), set()).add(split)
+        assert all(len(s) == 1 for s in sides.values()), seed
+        assert scan_tree(root).usable
+
+
+def test_val_split_keeps_groups_whole_and_each_side_filled() -> None:
+    labels = [0] * 10
+    groups = [0, 0, 0, 0, 0, 0, 1, 1, 2, 3]  # floor(10 * .17) = 1 image: one singleton
+    is_val = stratified_val_split(labels, 0.17, seed=0, groups=groups)
+    assert is_val.sum() == 1 and not is_val[:8].any()
+    bigger = stratified_val_split([0] * 8, 0.17, seed=0, groups=[0] * 4 + [1] * 4)
+    assert bigger.sum() == 4 and len(set(bigger[:4])) == len(set(bigger[4:])) == 1
+    plain = stratified_val_split([0] * 10 + [1] * 7, 0.3, seed=3)
+    assert (plain == stratified_val_split([0] * 10 + [1] * 7, 0.3, seed=3,
+                                          groups=list(range(17)))).all()
+
+
+def test_import_refuses_the_same_bytes_under_two_classes(tmp_path: Path) -> None:
+    src = _imagefolder(tmp_path / "src", {c: 4 for c in WBC_CLASSES})
+    copy = src / "Monocyte/from_basophil.jpg"
+    shutil.copyfile(src / "Basophil/img0002.jpg", copy)
+    with pytest.raises(DatasetError, match="the same image is under Basophil, Monocyte"):
+        import_imagefolder(src, tmp_path / "root")
+    result = import_imagefolder(src, tmp_path / "root", exclude_bad=True)
+    assert set(result.excluded) == {src / "Basophil/img0002.jpg", copy}

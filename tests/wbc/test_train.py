@@ -11,7 +11,14 @@ import torch
 from tests.treegen import make_cam16_prcc, make_wbc_tree
 from wbc.augment import device_constant, normalize
 from wbc.config import OptimConfig, TrainConfig
-from wbc.data import PreparedData, load_plan, plan_cam16, plan_wbc, selection_reporting_split
+from wbc.data import (
+    PreparedData,
+    TrainData,
+    load_plan,
+    plan_cam16,
+    plan_wbc,
+    selection_reporting_split,
+)
 from wbc.datasets import DatasetError, scan_tree
 from wbc.distributed import autocast
 from wbc.layout import WBC_CLASSES
@@ -222,3 +229,12 @@ def test_cam16_plan_reports_on_its_test_split(tiny_tree: Path, tmp_path: Path) -
     assert data.train.class_names == ("normal", "tumor")
     assert data.reporting.name == "CAM16/test" and data.selection.name == "CAM16/val"
     assert torch.equal(torch.unique(data.train.labels), torch.tensor([0, 1]))
+
+
+def test_training_refuses_an_empty_training_split(tiny_tree: Path, tmp_path: Path) -> None:
+    config = TrainConfig().replace(epochs=1, **FAST)
+    data = _prepared(tiny_tree, config, tmp_path / "cache")
+    empty = TrainData(data.train.images[:0], data.train.labels[:0], data.train.has_mask[:0],
+                      data.train.masks[:0], data.train.class_names)
+    with pytest.raises(ValueError, match=r"training split holds no images.*WBC_100"):
+        fit(build_resnet18(5), config, empty, data.selection, data.reporting)

@@ -8,15 +8,19 @@ file stem, decodes every distinct file once to prove it readable (``files``), an
 
 Policy for problems:
 
-- ``error`` problems would break training (an unreadable, truncated, zero-byte or non-image
-  file; a mask whose size differs from its image; an unknown class folder; a missing split; a
-  class with no images in WBC_100's train or val). They make the tree unusable.
+- ``error`` problems would break training or the figures (an unreadable, truncated, zero-byte or
+  non-image file, or one declaring more pixels than ``wbc.imageio.max_image_pixels``; a mask
+  whose size differs from its image, or a blank mask; an unknown class folder; a folder that
+  cannot be listed; a missing split; a class with no images in WBC_100's train or val; a
+  training subset with no images; the same image, by content, in training and validation or
+  test, or under two classes: ``duplicates``). They make the tree unusable.
 - ``warning`` problems are reported and otherwise harmless (a mask without an image, an empty
   class folder in a subset, a file that is not an image type).
 - With ``exclude_bad=True`` every error about particular files is resolved by leaving those
-  files out (an image with its mask; a bad mask alone, keeping its image). The excluded files
-  are listed in ``Tree.excluded`` and counted wherever the tree's data is used downstream.
-  Structural errors (a missing split) cannot be excluded.
+  files out (an image with its mask; a bad mask alone, keeping its image; the training-side
+  copies of a leaked image; every copy of an image under two classes). The excluded files are
+  listed in ``Tree.excluded`` and counted wherever the tree's data is used downstream.
+  Structural errors (a missing split, an unreadable folder, an empty subset) cannot be excluded.
 
 WBC subsets that are not on disk (for example WBC_50/10/1 beside a lone WBC_100) are derived by
 ``wbc.subsets.derive_subsets`` with ``subset_seed``; subsets that are on disk are used as they are.
@@ -28,6 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from wbc.datasets.cam16_scanner import cam16_splits, scan_cam16
+from wbc.datasets.duplicates import content_keys, duplicate_problems, file_digest
 from wbc.datasets.files import (
     Sample,
     exclude_problem_files,
@@ -43,6 +48,7 @@ from wbc.datasets.tree import Cam16Splits, Split, Tree, WbcSplits, class_counts
 from wbc.datasets.wbc_scanner import (
     check_required_classes,
     derive_missing,
+    labels_before_exclusion,
     scan_wbc,
     wbc_splits,
 )
@@ -58,7 +64,10 @@ __all__ = [
     "Tree",
     "WbcSplits",
     "class_counts",
+    "content_keys",
+    "duplicate_problems",
     "exclude_problem_files",
+    "file_digest",
     "find_class_folders",
     "find_images",
     "pair_masks",
@@ -104,11 +113,11 @@ def scan_tree(
     if verify:
         files = [p for g in samples.values() for s in g for p in (s.path, s.mask) if p is not None]
         problems_from_decoding(samples, verify_files(files, workers=workers), problems)
+        images = [s.path for k, g in samples.items() if k != "pRCC" for s in g]
+        problems += duplicate_problems(samples, content_keys(images, workers=workers))
     excluded: list[Problem] = []
     if exclude_bad:
-        before: dict[str, set[int]] = {k: {s.label for s in samples[k]}
-                                       for k in ("WBC_100/train", "WBC_100/val")
-                                       if k in samples}
+        before = labels_before_exclusion(samples)
         problems, excluded = exclude_problem_files(samples, problems)
         check_required_classes(before, samples, root, problems)
     wbc_samples = {k: v for k, v in samples.items() if k.startswith("WBC_")}

@@ -14,7 +14,7 @@ __all__ = ["cam16_splits", "scan_cam16"]
 
 def scan_cam16(root: Path, problems: list[Problem]) -> dict[str, list[Sample]]:
     """The CAM16 samples by ``"CAM16/<split>"``; none when the tree has no CAM16 folder."""
-    cam16_dir = find_dir(root, ["CAM16"])
+    cam16_dir = find_dir(root, ["CAM16"], problems)
     if cam16_dir is None:
         return {}
     samples: dict[str, list[Sample]] = {}

@@ -18,6 +18,7 @@ __all__ = [
     "DATA_DIRS",
     "MASK_DIRS",
     "SPLIT_ALIASES",
+    "UNREADABLE_FOLDER",
     "Sample",
     "children",
     "exclude_problem_files",
@@ -42,6 +43,7 @@ SPLIT_ALIASES: dict[str, str] = {
 }
 DATA_DIRS = ("data", "images", "image")
 MASK_DIRS = ("mask", "masks")
+UNREADABLE_FOLDER = "unreadable folder"
 
 
 @dataclass(frozen=True)
@@ -57,17 +59,32 @@ def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".") or path.name in ("Thumbs.db", "__MACOSX")
 
 
-def children(folder: Path) -> list[Path]:
+def _unreadable(err: OSError, folder: Path, problems: list[Problem] | None) -> None:
+    """A folder that cannot be listed is an error: its images would silently go missing."""
+    if problems is None:
+        return
+    problem = Problem(Path(err.filename or folder),
+                      f"{UNREADABLE_FOLDER} ({err.strerror or err}); its images cannot be "
+                      "counted or used: fix its permissions", "error")
+    if problem not in problems:  # a folder listed twice (images, then masks) is said once
+        problems.append(problem)
+
+
+def children(folder: Path, problems: list[Problem] | None = None) -> list[Path]:
+    """The entries of ``folder``, hidden ones left out; an unlisted folder becomes an error."""
     try:
         return sorted(p for p in folder.iterdir() if not _is_hidden(p))
-    except OSError:
+    except OSError as err:
+        _unreadable(err, folder, problems)
         return []
 
 
 def find_images(folder: Path, problems: list[Problem] | None = None) -> list[Path]:
-    """Image files below ``folder`` at any depth, sorted; other files become warnings."""
+    """Image files below ``folder`` at any depth, sorted; other files become warnings and
+    folders that cannot be listed errors."""
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(
+            folder, onerror=lambda err: _unreadable(err, folder, problems)):
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(Path(d)))
         for name in sorted(filenames):
             path = Path(dirpath) / name
@@ -90,7 +107,7 @@ def find_class_folders(
     Files lying directly in ``folder`` and folders naming no known class become problems.
     """
     by_class: dict[str, list[Path]] = defaultdict(list)
-    for child in children(folder):
+    for child in children(folder, problems):
         if child.is_dir():
             name = canonical_class(child.name, classes)
             if name is None:
@@ -143,9 +160,10 @@ def pair_masks(
     return paired
 
 
-def find_dir(parent: Path, names: Iterable[str]) -> Path | None:
+def find_dir(parent: Path, names: Iterable[str], problems: list[Problem] | None = None
+             ) -> Path | None:
     wanted = {n.lower() for n in names}
-    for child in children(parent):
+    for child in children(parent, problems):
         if child.is_dir() and child.name.lower() in wanted:
             return child
     return None
@@ -153,7 +171,7 @@ def find_dir(parent: Path, names: Iterable[str]) -> Path | None:
 
 def find_splits(dataset_dir: Path, problems: list[Problem]) -> dict[str, Path]:
     splits: dict[str, Path] = {}
-    for child in children(dataset_dir):
+    for child in children(dataset_dir, problems):
         if not child.is_dir():
             continue
         split = SPLIT_ALIASES.get(child.name.lower())
@@ -177,15 +195,22 @@ def scan_labelled_split(
     kind: str,
     required_classes: bool,
 ) -> list[Sample]:
-    data_dir = find_dir(split_dir, DATA_DIRS)
+    listed = len(problems)
+    data_dir = find_dir(split_dir, DATA_DIRS, problems)
     if data_dir is None:
+        if len(problems) > listed:  # the split folder itself could not be listed
+            return []
         problems.append(
             Problem(split_dir, f"missing split folder '{split_dir.name}/data' "
                                f"(expected {kind}/data/<Class>/<image>)", "error")
         )
         return []
+    listed = len(problems)
     image_folders = find_class_folders(data_dir, classes, problems, kind=kind)
-    mask_dir = find_dir(split_dir, MASK_DIRS)
+    if any(p.path == data_dir and p.reason.startswith(UNREADABLE_FOLDER)
+           for p in problems[listed:]):
+        return []  # said once for the folder, not once per class it hides
+    mask_dir = find_dir(split_dir, MASK_DIRS, problems)
     mask_folders = (
         find_class_folders(mask_dir, classes, problems, kind=f"{kind} masks")
         if mask_dir is not None
@@ -193,9 +218,11 @@ def scan_labelled_split(
     )
     samples: list[Sample] = []
     for label, cls in enumerate(classes):
+        listed = len(problems)
         images = [p for folder in image_folders.get(cls, []) for p in find_images(folder, problems)]
+        unlisted = any(p.reason.startswith(UNREADABLE_FOLDER) for p in problems[listed:])
         masks = [p for folder in mask_folders.get(cls, []) for p in find_images(folder, problems)]
-        if not images and (cls in image_folders or required_classes):
+        if not images and not unlisted and (cls in image_folders or required_classes):
             where = image_folders[cls][0] if cls in image_folders else data_dir / cls
             problems.append(
                 Problem(
@@ -264,19 +291,24 @@ def problems_from_decoding(
                 problems.append(
                     Problem(sample.mask, f"bad mask: {mask_info}", "error", excludes=(sample.mask,))
                 )
-            elif info is not None and mask_info is not None and (
-                (mask_info.width, mask_info.height) != (info.width, info.height)
-            ):
-                reported.add(sample.mask)
-                problems.append(
-                    Problem(
-                        sample.mask,
-                        f"mask is {mask_info.width}x{mask_info.height} but its image "
-                        f"{sample.path.name} is {info.width}x{info.height}",
-                        "error",
-                        excludes=(sample.mask,),
-                    )
-                )
+            elif info is not None and mask_info is not None:
+                reason = _mask_mismatch(info, mask_info, sample.path)
+                if reason is not None:
+                    reported.add(sample.mask)
+                    problems.append(Problem(sample.mask, reason, "error", excludes=(sample.mask,)))
+
+
+def _mask_mismatch(info: ImageInfo, mask: ImageInfo, image: Path) -> str | None:
+    """Why a decoded mask cannot go with its decoded image, or None."""
+    if (mask.width, mask.height) != (info.width, info.height):
+        return (f"mask is {mask.width}x{mask.height} but its image {image.name} is "
+                f"{info.width}x{info.height}")
+    if mask.blank:
+        # An error, not a dropped mask: blank masks come from an export gone wrong (a wrong
+        # level or channel) and usually many at once; --exclude-bad drops them, keeping images.
+        return ("blank mask: every pixel is background (0); a paste from it would be plain "
+                "background labelled as the class")
+    return None
 
 
 def exclude_problem_files(

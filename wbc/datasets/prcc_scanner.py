@@ -12,7 +12,7 @@ __all__ = ["scan_prcc"]
 
 def scan_prcc(root: Path, problems: list[Problem]) -> list[Sample] | None:
     """The pRCC samples (label -1); None when the tree has no pRCC folder."""
-    prcc_dir = find_dir(root, ["pRCC"])
+    prcc_dir = find_dir(root, ["pRCC"], problems)
     if prcc_dir is None:
         return None
     mask_dirs = {d.lower() for d in MASK_DIRS}

@@ -12,14 +12,20 @@ from wbc.datasets.tree import Split, WbcSplits
 from wbc.layout import WBC_CLASSES, subset_name, subset_percent
 from wbc.subsets import derive_subsets
 
-__all__ = ["check_required_classes", "derive_missing", "scan_wbc", "wbc_splits"]
+__all__ = [
+    "check_required_classes",
+    "derive_missing",
+    "labels_before_exclusion",
+    "scan_wbc",
+    "wbc_splits",
+]
 
 Groups = dict[str, list[Sample]]
 
 
 def _subset_dirs(root: Path, problems: list[Problem]) -> dict[int, Path]:
     subsets: dict[int, Path] = {}
-    for child in children(root):
+    for child in children(root, problems):
         percent = subset_percent(child.name) if child.is_dir() else None
         if percent is None:
             continue
@@ -60,23 +66,44 @@ def scan_wbc(root: Path, problems: list[Problem]) -> tuple[Groups, set[int]]:
                             "warning")
                 )
                 continue
-            samples[f"{name}/{split}"] = scan_labelled_split(
+            listed = len(problems)
+            samples[f"{name}/{split}"] = found = scan_labelled_split(
                 split_dir, WBC_CLASSES, problems, kind=f"{name}/{split}",
                 required_classes=percent == 100 and split in ("train", "val"),
             )
+            if not found and percent != 100 and not any(p.severity == "error"
+                                                        for p in problems[listed:]):
+                # Empty classes are warnings in a subset, but an empty subset is an error: a run
+                # on it would train on nothing and still report figures.
+                problems.append(Problem(split_dir, f"{name}/{split} holds no images; a run on "
+                                        "it would train on nothing: add its images, or remove "
+                                        "the folder to have it drawn from WBC_100/train",
+                                        "error"))
     return samples, set(subset_dirs)
+
+
+def labels_before_exclusion(samples: Groups) -> dict[str, set[int]]:
+    """The classes of each WBC split, taken before exclusions for ``check_required_classes``."""
+    return {k: {s.label for s in group} for k, group in samples.items() if k.startswith("WBC_")}
 
 
 def check_required_classes(before: dict[str, set[int]], samples: Groups, root: Path,
                            problems: list[Problem]) -> None:
-    """WBC_100's train and val must still hold every class that exclusions emptied."""
+    """WBC_100's train and val must still hold every class that exclusions emptied, and a
+    training subset that held images must still hold some."""
     for split, labels_before in before.items():
         present = {s.label for s in samples.get(split, [])}
-        for label in sorted(labels_before - present):
-            problems.append(
-                Problem(root / split, f"no usable images of {WBC_CLASSES[label]} left in {split} "
-                                      "after exclusions; training needs every class here", "error")
-            )
+        if split in ("WBC_100/train", "WBC_100/val"):
+            for label in sorted(labels_before - present):
+                problems.append(
+                    Problem(root / split, f"no usable images of {WBC_CLASSES[label]} left in "
+                                          f"{split} after exclusions; training needs every class "
+                                          "here", "error")
+                )
+        elif split.endswith("/train") and labels_before and not present:
+            problems.append(Problem(root / split, f"no usable images left in {split} after "
+                                                  "exclusions; a run on it would train on "
+                                                  "nothing", "error"))
 
 
 def derive_missing(samples: Groups, on_disk: set[int], derive: Sequence[int], seed: int
