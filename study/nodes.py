@@ -9,8 +9,9 @@ elsewhere. So before pretraining and before Tune, one small task on each alive n
 
 - reads the marker the driver wrote in the results folder (a folder of the same name on a
   node-local disk has no such marker) and writes one of its own that the driver must then see;
-- reads a data file and the stored pretrained weights, and stats every file of the WBC decode
-  set: its fingerprint must be the driver's (the same files, sizes and times);
+- reads a data file and the stored pretrained weights, and fingerprints the WBC decode set:
+  it must be the driver's (the same paths, sizes and contents; a node with its own copy of the
+  data reads each file once for its digest);
 - decodes the WBC cache there (once per node; a node that has it maps it), so that no trial
   decodes in its slot.
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +69,19 @@ def _folder_problem(results: Path, *, new: bool) -> str | None:
     return None
 
 
+def _cache_problem(cache_dir: str | None) -> str | None:
+    """Why the decode cache cannot be written, or None: checked before the study starts."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        return (f"the decode cache {root} cannot be written ({err.strerror or err}); give "
+                "--cache-dir a folder on a writable local disk (or set WBC_CACHE_DIR)")
+    return None
+
+
 def _claim(results: Path) -> None:
     try:
         results.mkdir(parents=True, exist_ok=True)
@@ -83,11 +97,15 @@ def _open_record(spec: StudySpec | None, store: ResultsStore, *, resume: bool,
     results = store.root
     if resume:
         try:
-            record = StudyRecord.from_dict(store.read_study())
-            spec = StudySpec.from_dict(record.spec)
+            values = store.read_study()
         except FileNotFoundError as err:
             raise StudyError(f"{err}; start a new study with `study run --results "
                              f"{results}`") from err
+        except ValueError as err:
+            raise StudyError(str(err)) from err
+        try:
+            record = StudyRecord.from_dict(values)
+            spec = StudySpec.from_dict(record.spec)
         except KeyError as err:
             raise StudyError(f"{store.study_path}: not a study record (no {err}); restore it "
                              "from a copy, or start a new study in another folder") from err
@@ -260,7 +278,7 @@ def run_study(spec: StudySpec | None, results: Path, *, resume: bool = False,
     the reason in ``study.json``; nothing computed before is lost."""
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     results = results.absolute()
-    problem = _folder_problem(results, new=not resume)
+    problem = _folder_problem(results, new=not resume) or _cache_problem(cache_dir)
     if problem is not None:
         raise StudyError(problem)
     store = ResultsStore(results)

@@ -272,6 +272,10 @@ def test_results_paths_that_cannot_hold_a_study_exit_2_with_a_message(
         assert result.returncode == 2, result.stderr
         assert expected in result.stderr and "Traceback" not in result.stderr
     assert a_file.read_text() == "x"
+    no_cache = _cli("run", *_sets(own_tree), "--results", str(tmp_path / "r"), "--cache-dir",
+                    str(a_file / "cache"))
+    assert no_cache.returncode == 2 and "the decode cache" in no_cache.stderr, no_cache.stderr
+    assert not (tmp_path / "r").exists()
     missing = _cli("run", "--resume", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
