@@ -23,6 +23,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Any
 
 __all__ = ["TOKEN_FILE", "start_ray", "untrusted"]
 
@@ -49,6 +50,10 @@ def _private_token() -> None:
         handle.write(secrets.token_hex(32))
 
 
+def _as_given(host: str) -> Any:
+    return host
+
+
 def start_ray(*, log_to_driver: bool = False) -> None:
     """Connect to ``RAY_ADDRESS``'s cluster, or start a private one on loopback."""
     import ray
@@ -56,20 +61,20 @@ def start_ray(*, log_to_driver: bool = False) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS", "local")
-    options = {"logging_level": logging.WARNING, "log_to_driver": log_to_driver,
-               "include_dashboard": None}
     if address != "local":
-        ray.init(address=address, **options)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver,
+                 include_dashboard=None)
         return
     _private_token()
     import ray._private.services as services
 
     # Ray swaps 127.0.0.1 for the machine's routable address unless told the IP is meant.
     resolve = services.resolve_ip_for_localhost
-    services.resolve_ip_for_localhost = lambda ip: ip
+    services.resolve_ip_for_localhost = _as_given
     try:
         ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-                 **options)
+                 logging_level=logging.WARNING, log_to_driver=log_to_driver,
+                 include_dashboard=None)
     finally:
         services.resolve_ip_for_localhost = resolve
 
