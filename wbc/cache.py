@@ -429,12 +429,13 @@ def _sweep_staging(root: Path, directory: Path) -> None:
 
 def _build_locked(root: Path, directory: Path, distinct: Sequence[Sample], fingerprint: str,
                   digests: dict[str, tuple[int, str]], image_size: int, workers: int,
-                  progress: Callable[[str], None] | None) -> DecodedSet:
-    """Build the cache in ``directory`` unless another process did while we waited."""
+                  progress: Callable[[str], None] | None, verify: Verify) -> DecodedSet:
+    """Build the cache in ``directory`` unless another process did while we waited (checked
+    as thoroughly as the caller asked: a sample could pass the damage a full check found)."""
     root.mkdir(parents=True, exist_ok=True)
     with (root / f"{directory.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process building it: wait, then reuse
-        done = _existing(directory, fingerprint, "sampled", lambda _: None)
+        done = _existing(directory, fingerprint, verify, lambda _: None)
         if done is not None:
             return done
         _sweep_staging(root, directory)
@@ -474,7 +475,13 @@ def decode_samples(
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    say = progress or (lambda _: None)
+    damaged: list[str] = []  # what a check found: the rebuild's own re-check must not miss it
+
+    def say(message: str) -> None:
+        damaged.append(message)
+        if progress is not None:
+            progress(message)
+
     distinct = _distinct_samples(samples)
     known = None
     if fingerprint is not None:
@@ -493,4 +500,4 @@ def decode_samples(
     if directory != known and (found := _existing(directory, fingerprint, verify, say)) is not None:
         return found
     return _build_locked(root, directory, distinct, fingerprint, digests, image_size, workers,
-                         progress)
+                         progress, "full" if damaged else verify)

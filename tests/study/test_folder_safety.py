@@ -22,8 +22,6 @@ import torch
 from study.results.owner import FolderBusy, own_folder, owner_of
 from study.runner import StudyError, run_study
 from study.spec import StudySpec
-from tests.treegen import make_cam16_prcc, make_wbc_tree
-from wbc.layout import WBC_CLASSES
 from wbc.pretrain import WeightsStore
 
 TINY: dict[str, Any] = {
@@ -63,20 +61,11 @@ def _holder(folder: Path) -> subprocess.Popen[str]:
 
 
 @pytest.fixture(scope="module")
-def own_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tree of this module's own: some tests change its files."""
-    root = tmp_path_factory.mktemp("own-tree")
-    make_wbc_tree(root, {c: (8, 2, 4) for c in WBC_CLASSES})
-    make_cam16_prcc(root, n=6)
-    return root
-
-
-@pytest.fixture(scope="module")
-def done_study(ray_local: None, own_tree: Path, tmp_path_factory: pytest.TempPathFactory
+def done_study(ray_local: None, tiny_root: Path, tmp_path_factory: pytest.TempPathFactory
                ) -> Path:
     """A finished tiny study; tests copy it before changing anything."""
     results = tmp_path_factory.mktemp("done") / "tiny"
-    record = run_study(_spec(own_tree), results, quiet=True)
+    record = run_study(_spec(tiny_root), results, quiet=True)
     assert record["status"] == "complete"
     return results
 
@@ -108,7 +97,7 @@ def test_a_folder_in_use_is_refused_naming_its_owner_and_a_dead_owner_is_taken_o
 
 
 def test_a_second_driver_and_a_second_resume_are_refused_and_lose_nothing(
-        done_study: Path, own_tree: Path, tmp_path: Path) -> None:
+        done_study: Path, tiny_root: Path, tmp_path: Path) -> None:
     results = _copy(done_study, tmp_path)
     before = {p.name: p.read_bytes() for p in results.iterdir() if p.is_file()}
     holder = _holder(results)
@@ -120,7 +109,7 @@ def test_a_second_driver_and_a_second_resume_are_refused_and_lose_nothing(
         busy = _holder(new)
         try:
             with pytest.raises(StudyError, match=rf"in use by .*pid {busy.pid}"):
-                run_study(_spec(own_tree), new, quiet=True)
+                run_study(_spec(tiny_root), new, quiet=True)
             assert not (new / "study.json").exists()
         finally:
             busy.kill()
@@ -134,7 +123,7 @@ def test_a_second_driver_and_a_second_resume_are_refused_and_lose_nothing(
 
 
 def test_two_drivers_started_together_one_runs_the_other_is_refused(
-        own_tree: Path, tmp_path: Path) -> None:
+        tiny_root: Path, tmp_path: Path) -> None:
     """Two `study run` on one --results at once: one study, every row of it; the other exits 2
     naming the first, and writes nothing."""
     results = tmp_path / "shared"
@@ -144,7 +133,7 @@ def test_two_drivers_started_together_one_runs_the_other_is_refused(
     for log, lr in zip(logs, ("0.001", "0.004"), strict=True):
         with log.open("w") as out:
             drivers.append(subprocess.Popen(
-                [sys.executable, "-m", "study", "run", *_sets(own_tree), "--results",
+                [sys.executable, "-m", "study", "run", *_sets(tiny_root), "--results",
                  str(results), "--quiet", "--no-report", f"--set=space.lr_min={lr}",
                  f"--set=space.lr_max={lr}"], stdout=out, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True))
@@ -170,16 +159,16 @@ def test_two_drivers_started_together_one_runs_the_other_is_refused(
 # -- failed work ------------------------------------------------------------------------------
 
 def test_a_study_whose_trials_all_fail_ends_failed_and_can_be_resumed_and_reported(
-        ray_local: None, own_tree: Path, tmp_path: Path) -> None:
+        ray_local: None, tiny_root: Path, tmp_path: Path) -> None:
     from study.report import write_report
     from wbc.cache import decode_samples
     from wbc.data import plan_cam16
     from wbc.datasets import scan_tree
     from wbc.pretrain import pretrain_config, pretrain_key
 
-    spec = _spec(own_tree, strategies=["pretrain"])
+    spec = _spec(tiny_root, strategies=["pretrain"])
     results = tmp_path / "all-fail"
-    plan = plan_cam16(scan_tree(own_tree), image_size=spec.image_size)
+    plan = plan_cam16(scan_tree(tiny_root), image_size=spec.image_size)
     fingerprint = decode_samples([*plan.train, *plan.val, *plan.test], plan.image_size,
                                  name="CAM16").fingerprint
     key = pretrain_key(fingerprint, pretrain_config(spec.base_config(),
@@ -218,7 +207,7 @@ def test_resume_refuses_changed_data_unless_allowed_and_then_keeps_the_rows_apar
     trials_before = (results / "trials.parquet").read_bytes()
 
     with pytest.raises(StudyError, match=r"data changed since this study started .*"
-                                         r"val Monocyte 4 -> 6"):
+                                         r"val Monocyte 6 -> 8"):
         run_study(None, results, resume=True, quiet=True)
     assert (results / "trials.parquet").read_bytes() == trials_before
     assert json.loads((results / "study.json").read_text())["status"] == "failed"
@@ -263,16 +252,16 @@ def test_corrupt_stored_weights_are_set_aside_and_made_again(tmp_path: Path) -> 
 # -- path and file problems: exit 2, a message, nothing written -------------------------------
 
 def test_results_paths_that_cannot_hold_a_study_exit_2_with_a_message(
-        own_tree: Path, tmp_path: Path) -> None:
+        tiny_root: Path, tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     for target, expected in ((a_file, "is a file; give a folder"),
                              (a_file / "sub", f"is under {a_file}, which is a file")):
-        result = _cli("run", *_sets(own_tree), "--results", str(target), "--quiet")
+        result = _cli("run", *_sets(tiny_root), "--results", str(target), "--quiet")
         assert result.returncode == 2, result.stderr
         assert expected in result.stderr and "Traceback" not in result.stderr
     assert a_file.read_text() == "x"
-    no_cache = _cli("run", *_sets(own_tree), "--results", str(tmp_path / "r"), "--cache-dir",
+    no_cache = _cli("run", *_sets(tiny_root), "--results", str(tmp_path / "r"), "--cache-dir",
                     str(a_file / "cache"))
     assert no_cache.returncode == 2 and "the decode cache" in no_cache.stderr, no_cache.stderr
     assert not (tmp_path / "r").exists()
@@ -281,21 +270,21 @@ def test_results_paths_that_cannot_hold_a_study_exit_2_with_a_message(
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
-def test_a_read_only_results_folder_exits_2(own_tree: Path, tmp_path: Path) -> None:
+def test_a_read_only_results_folder_exits_2(tiny_root: Path, tmp_path: Path) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o555)
     try:
-        result = _cli("run", *_sets(own_tree), "--results", str(folder / "study"), "--quiet")
+        result = _cli("run", *_sets(tiny_root), "--results", str(folder / "study"), "--quiet")
     finally:
         folder.chmod(0o755)
     assert result.returncode == 2 and "not writable" in result.stderr, result.stderr
 
 
 def test_a_failed_data_check_leaves_nothing_so_the_corrected_run_is_accepted(
-        own_tree: Path, tmp_path: Path) -> None:
+        tiny_root: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken-tree"
-    shutil.copytree(own_tree, broken)
+    shutil.copytree(tiny_root, broken)
     (broken / "WBC_100/val/data/Basophil" / "bad.png").write_bytes(b"\x89PNG not really")
     results = tmp_path / "results" / "study"
     with pytest.raises(StudyError, match="not usable"):
