@@ -82,6 +82,11 @@ def _cache_problem(cache_dir: str | None) -> str | None:
     return None
 
 
+def _occupied(results: Path) -> StudyError:
+    return StudyError(f"{results} already holds a study; continue it with `study run --resume "
+                      f"{results}` or give another --results folder")
+
+
 def _claim(results: Path) -> None:
     try:
         results.mkdir(parents=True, exist_ok=True)
@@ -124,8 +129,7 @@ def _open_record(spec: StudySpec | None, store: ResultsStore, *, resume: bool,
     try:
         store.create_study(record.to_dict())
     except FileExistsError:
-        raise StudyError(f"{results} already holds a study; continue it with `study run "
-                         f"--resume {results}` or give another --results folder") from None
+        raise _occupied(results) from None
     say(f"study {spec.name!r} ({spec.preset} preset): {len(spec.cells)} cells x "
         f"({spec.search_trials} search + {spec.final_seeds} final) trials -> {results}")
     return spec, record
@@ -285,8 +289,7 @@ def run_study(spec: StudySpec | None, results: Path, *, resume: bool = False,
     tree = data = None
     if not resume:
         if store.study_path.exists():
-            raise StudyError(f"{results} already holds a study; continue it with `study run "
-                             f"--resume {results}` or give another --results folder")
+            raise _occupied(results)
         if spec is None:
             raise ValueError("a new study needs a spec")
         tree, data = _load_tree(spec, results, cache_dir, say)
