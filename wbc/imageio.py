@@ -160,8 +160,9 @@ def _mask_view(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode in ("RGBA", "LA", "PA") else image
 
 
-def inspect_image(path: Path) -> ImageInfo:
+def inspect_image(path: Path | str) -> ImageInfo:
     """Decode ``path`` completely and return its size and mode, or raise ``ImageError``."""
+    path = Path(path)
     with _open(path) as image:
         _load(path, image)
         blank = _mask_view(image).getbbox(alpha_only=False) is None
@@ -198,12 +199,13 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def read_rgb(path: Path, *, draft_size: int | None = None) -> np.ndarray:
+def read_rgb(path: Path | str, *, draft_size: int | None = None) -> np.ndarray:
     """Decode ``path`` to an ``H x W x 3`` uint8 RGB array, whatever its format and mode.
 
     ``draft_size`` lets a JPEG decode at a reduced scale (libjpeg's DCT scaling) no smaller than
     that size: far cheaper when the working resolution is a fraction of the file's.
     """
+    path = Path(path)
     with _open(path) as image:
         if draft_size is not None and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
@@ -211,12 +213,13 @@ def read_rgb(path: Path, *, draft_size: int | None = None) -> np.ndarray:
         return _to_rgb_array(image)
 
 
-def read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path | str) -> np.ndarray:
     """Decode a mask to an ``H x W`` bool array: any nonzero pixel is the cell.
 
     Binary (0/1, 0/255) and multi-level (0 / 128 cytoplasm / 255 nucleus) masks all reduce to
     cell versus background. A colour mask counts a pixel as cell if any channel is nonzero.
     """
+    path = Path(path)
     with _open(path) as image:
         _load(path, image)
         array = np.asarray(_mask_view(image))

@@ -160,3 +160,15 @@ def test_a_blank_mask_is_known_as_blank(tmp_path: Path) -> None:
     cell = write_mask(tmp_path / "cell.png", one)
     assert inspect_image(blank).blank and inspect_image(opaque).blank
     assert not inspect_image(cell).blank and read_mask(cell).sum() == 1
+
+
+def test_paths_may_be_given_as_text(tmp_path: Path) -> None:
+    image, mask = cell_image((48, 40), seed=3)
+    path = write_image(tmp_path / "cell.png", image)
+    mask_path = write_mask(tmp_path / "cell-mask.png", mask)
+    np.testing.assert_array_equal(read_rgb(str(path)), read_rgb(path))
+    np.testing.assert_array_equal(read_mask(str(mask_path)), read_mask(mask_path))
+    assert (inspect_image(str(path)).width, inspect_image(str(path)).height) == (48, 40)
+    with pytest.raises(ImageError) as info:
+        read_rgb(str(tmp_path / "missing.png"))
+    assert info.value.path == tmp_path / "missing.png"  # a Path, whatever was given
