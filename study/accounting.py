@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from study.record import Session, StudyRecord
-from study.results import ResultsStore
+from study.results import ResultsStore, failed_trials
 from study.spec import StudySpec
 
 __all__ = ["COMPLETE", "COMPLETE_WITH_ERRORS", "FAILED", "INTERRUPTED", "account",
@@ -78,26 +78,13 @@ def study_status(spec: StudySpec, store: ResultsStore, interrupted: bool) -> str
     return COMPLETE
 
 
-def failure_summary(store: ResultsStore, *, per_cell: int = 1) -> str:
-    """The failed trials' errors, per cell: the first line of each distinct error."""
-    trials = store.trials()
-    if not len(trials) or "status" not in trials:
-        return ""
-    failed = trials[trials["status"] == "error"]
-    lines = []
-    for cell, rows in failed.groupby("cell"):
-        errors = rows["error"] if "error" in rows else pd.Series([], dtype=object)
-        seen = list(dict.fromkeys(str(e).strip().splitlines()[-1][:300]
-                                  for e in errors.dropna() if str(e).strip()))
-        shown = "; ".join(seen[:per_cell]) or "no error text recorded"
-        lines.append(f"{cell} ({len(rows)} trial(s)): {shown}")
-    return "every trial failed:\n  " + "\n  ".join(lines)
+def failure_summary(store: ResultsStore) -> str:
+    """The failed trials' errors, per cell: how many, and the last line of the first error."""
+    lines = [f"{cell} ({n} trial(s)): {(error or 'no error text recorded')[:300]}"
+             for cell, (n, error) in failed_trials(store.trials()).items()]
+    return "every trial failed:\n  " + "\n  ".join(lines) if lines else ""
 
 
 def failed_cells(store: ResultsStore) -> dict[str, int]:
     """Cells with failed trials: cell -> how many failed."""
-    trials = store.trials()
-    if not len(trials) or "status" not in trials:
-        return {}
-    failed = trials[trials["status"] == "error"]
-    return {str(c): int(n) for c, n in failed.groupby("cell").size().items()}
+    return {cell: n for cell, (n, _) in failed_trials(store.trials()).items()}

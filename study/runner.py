@@ -309,7 +309,7 @@ def run_study(spec: StudySpec | None, results: Path, *, resume: bool = False,
                 _run(spec, record, store, tree, data, resume=resume, quiet=quiet,
                      cache_dir=cache_dir, say=say, allow_data_change=allow_data_change)
             except StudyError as err:
-                record.status, record.error = "failed", str(err)
+                record.status, record.error = FAILED, str(err)
                 store.write_study(record.to_dict())
                 raise
     except FolderBusy as err:

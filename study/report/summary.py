@@ -20,6 +20,7 @@ import pandas as pd
 
 from study.report.load import Results
 from study.report.stats import Comparison, cell_estimate, compare, holm
+from study.results import failed_trials
 from study.space import SEARCHABLE, searched_names
 from study.spec import SearchSpace
 from wbc.layout import WBC_CLASSES, subset_percent
@@ -189,15 +190,8 @@ def _cell(trials: pd.DataFrame, spec: dict[str, Any], subset: str, strategy: str
 
 def _failures(trials: pd.DataFrame) -> list[str]:
     """One line per cell with failed trials: how many, and the last line of an error."""
-    if not len(trials) or "status" not in trials:
-        return []
-    lines = []
-    for cell, rows in trials[trials["status"] == "error"].groupby("cell"):
-        errors = [str(e).strip().splitlines()[-1] for e in rows.get("error", [])
-                  if _present(e) and str(e).strip()]
-        lines.append(f"{cell}: {len(rows)} trial(s) failed"
-                     + (f" ({errors[0][:200]})" if errors else ""))
-    return lines
+    return [f"{cell}: {n} trial(s) failed" + (f" ({error[:200]})" if error else "")
+            for cell, (n, error) in failed_trials(trials).items()]
 
 
 def summarise(results: Results) -> Report:

@@ -21,6 +21,7 @@ from study.results.store import (
     STUDY_FILE,
     TRIALS_FILE,
     ResultsStore,
+    failed_trials,
     read_table,
     table_from_rows,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "curve",
     "epoch_row",
     "epoch_rows",
+    "failed_trials",
     "read_table",
     "resolved_config",
     "table_from_rows",

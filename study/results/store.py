@@ -44,6 +44,7 @@ __all__ = [
     "STUDY_FILE",
     "TRIALS_FILE",
     "ResultsStore",
+    "failed_trials",
     "read_table",
     "table_from_rows",
 ]
@@ -121,6 +122,19 @@ def _write_table(path: Path, table: pa.Table) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def failed_trials(trials: pd.DataFrame) -> dict[str, tuple[int, str | None]]:
+    """Cells with failed trials: cell -> (how many failed, the last line of the first error
+    text recorded, the exception's own message; None when none was)."""
+    if not len(trials) or "status" not in trials:
+        return {}
+    found: dict[str, tuple[int, str | None]] = {}
+    for cell, rows in trials[trials["status"] == "error"].groupby("cell"):
+        texts = [str(e).strip() for e in rows.get("error", pd.Series([], dtype=object)).dropna()]
+        first = next((t.splitlines()[-1] for t in texts if t), None)
+        found[str(cell)] = (len(rows), first)
+    return found
 
 
 def _row_file_key(trial_id: str) -> str:
