@@ -65,7 +65,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from wbc.datasets import Sample, file_digest
-from wbc.imageio import mask_to_working, read_mask, read_rgb, to_working
+from wbc.imageio import decode_working, mask_to_working, read_mask
 
 __all__ = ["CACHE_VERSION", "DecodedSet", "Verify", "decode_samples", "default_cache_dir"]
 
@@ -256,11 +256,10 @@ def _decode_rows(args: tuple[str, int, int, int, list[tuple[str, str | None, int
     images = np.load(Path(directory) / "images.npy", mmap_mode="r+")
     masks = np.load(Path(directory) / "masks.npy", mmap_mode="r+")
     for row, (path, mask_path, mask_index) in zip(range(start, stop), jobs, strict=True):
-        rgb = read_rgb(Path(path), draft_size=size)
-        images[row] = to_working(rgb, size)
+        images[row], shape = decode_working(path, size)
         if mask_path is not None:
             masks[mask_index] = mask_to_working(read_mask(Path(mask_path)), size,
-                                                image_shape=rgb.shape[:2])
+                                                image_shape=shape)
     images.flush()
     masks.flush()
     return stop - start

@@ -34,6 +34,7 @@ __all__ = [
     "MAX_PIXELS_ENV",
     "ImageError",
     "ImageInfo",
+    "decode_working",
     "inspect_image",
     "mask_to_working",
     "max_image_pixels",
@@ -246,6 +247,14 @@ def to_working(rgb: np.ndarray, size: int) -> np.ndarray:
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
     return np.asarray(image, dtype=np.uint8)
+
+
+def decode_working(path: Path | str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """``path`` at the working resolution (``size x size x 3`` uint8), as the decode cache
+    makes its rows and ``wbc predict`` its inputs, and the decoded ``(height, width)`` (a JPEG
+    decodes in draft mode, smaller than the file: its mask is brought to that geometry)."""
+    rgb = read_rgb(path, draft_size=size)
+    return to_working(rgb, size), (int(rgb.shape[0]), int(rgb.shape[1]))
 
 
 def mask_to_working(mask: np.ndarray, size: int, *, image_shape: tuple[int, int]) -> np.ndarray:
