@@ -161,7 +161,8 @@ class Classifier:
         out = []
         for start in range(0, images_u8.shape[0], batch_size):
             x = prepare_batch(images_u8[start:start + batch_size].to(device),
-                              channels_last=self.card.channels_last)
+                              channels_last=self.card.channels_last, mean=self.card.mean,
+                              std=self.card.std)
             with autocast(device, self.card.precision):
                 out.append(self.model(x).float().cpu())
         if not out:

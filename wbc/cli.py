@@ -1,7 +1,9 @@
-"""``wbc``: make, import, check and decode datasets in the report's layout.
+"""``wbc``: make, import, check and decode datasets in the report's layout; predict with,
+evaluate and export a trained model (``wbc.inference``, ``wbc.export``).
 
-Exit status: 0 success; 1 the tree is not usable (``check``); 2 a usage or input error, said in
-one line that names the path or value and what to do.
+Exit status: 0 success; 1 the tree is not usable (``check``) or an exported file disagrees with
+its model (``export``); 2 a usage or input error, said in one line that names the path or value
+and what to do.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from wbc.imageio import MAX_PIXELS_ENV, ImageError, max_image_pixels, parse_pixel_count
 
@@ -57,12 +60,14 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     try:
         summary = synthesize(args.out, scale=args.scale, image_size=args.image_size,
                              seed=args.seed, val_scale=args.val_scale,
-                             tissue_scale=args.tissue_scale, workers=args.workers,
-                             overwrite=args.overwrite, progress=None if args.quiet else _say)
+                             tissue_scale=args.tissue_scale, stain_shift=args.stain_shift,
+                             workers=args.workers, overwrite=args.overwrite,
+                             progress=None if args.quiet else _say)
     except ValueError as err:
         raise UserError(str(err)) from err
+    shift = f", stain shift {args.stain_shift}" if args.stain_shift else ""
     print(f"wrote {summary.images} images to {summary.out} in {summary.seconds:.1f} s "
-          f"(scale {args.scale}, {args.image_size} px, seed {args.seed})")
+          f"(scale {args.scale}, {args.image_size} px, seed {args.seed}{shift})")
     return 0
 
 
@@ -140,10 +145,165 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _device(name: str, command: str) -> str:
+    from wbc.hardware import GPUUnavailableError, pick_device, require_cuda
+
+    if name != "cuda":
+        return pick_device(name)
+    try:
+        return require_cuda(f"wbc {command} --device cuda", instead="use --device cpu")
+    except GPUUnavailableError as err:
+        raise UserError(str(err)) from None
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from wbc.classifier import ClassifierError, load_classifier
+    from wbc.fileio import atomic_write_text
+    from wbc.inference import (
+        InferenceError,
+        collect_images,
+        predict_files,
+        predictions_csv,
+        predictions_json,
+    )
+
+    json_out = args.out is not None and args.out.suffix.lower() == ".json"
+    fmt = args.format or ("json" if json_out else "csv")
+    try:
+        classifier = load_classifier(args.model, device=_device(args.device, "predict"))
+        paths, ignored = collect_images(args.inputs)
+    except (ClassifierError, InferenceError) as err:
+        raise UserError(str(err)) from None
+    records, unreadable = predict_files(classifier, paths, batch_size=args.batch_size,
+                                        workers=args.workers,
+                                        progress=None if args.quiet else _say)
+    skipped = ignored + unreadable
+    for item in skipped:
+        _say(f"skipped {item.path}: {item.reason}")
+    if not records:
+        inputs = ", ".join(str(p) for p in args.inputs)
+        found = f"{len(skipped)} file(s) skipped, said above" if skipped else "no files"
+        raise UserError(f"no image could be read from {inputs} ({found}); give image files "
+                        "(.png .jpg .jpeg .bmp .tif .tiff) or folders holding them")
+    text = (predictions_json(records, skipped, classifier=classifier) if fmt == "json"
+            else predictions_csv(records, classifier.card.classes))
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(args.out, text)
+        print(f"wrote {len(records)} predictions to {args.out} ({fmt}; {len(skipped)} file(s) "
+              "skipped)")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from wbc.classifier import ClassifierError, load_classifier
+    from wbc.inference import InferenceError, evaluate_model, evaluation_json, format_evaluation
+
+    try:
+        classifier = load_classifier(args.model, device=_device(args.device, "evaluate"))
+        result = evaluate_model(classifier, args.data, split=args.split,
+                                cache_dir=args.cache_dir, exclude_bad=args.exclude_bad,
+                                workers=args.workers,
+                                progress=None if args.quiet or args.json else _say)
+    except (ClassifierError, InferenceError) as err:
+        raise UserError(str(err)) from None
+    if not args.quiet:
+        for warning in result["warnings"]:
+            _say(warning)
+    sys.stdout.write(evaluation_json(result) if args.json else format_evaluation(result) + "\n")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from wbc.classifier import ClassifierError, load_classifier
+    from wbc.export import ExportError, export_model, preprocessing_note
+
+    try:
+        classifier = load_classifier(args.model)
+        result = export_model(classifier, args.out, fmt=args.format)
+    except (ClassifierError, ExportError) as err:
+        raise UserError(str(err)) from None
+    card = classifier.card
+    size = card.image_size
+    print(f"exported {card.cell or classifier.path.name} ({len(card.classes)} classes, {size} px) "
+          f"as {args.format} to {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB, "
+          f"{result.seconds:.1f} s): input 'images' uint8 N x {size} x {size} x 3 (any N), "
+          "outputs 'logits' and 'probabilities'")
+    print(preprocessing_note(card))
+    if card.precision == "bf16":
+        print("note: the run evaluated in bf16; the exported graph computes in fp32")
+    if result.check is None:
+        print("not checked: onnxruntime is not installed (pip install onnxruntime)")
+        return 0
+    print(result.check)
+    if not result.check.ok:
+        _say(f"wbc export: {result.path} disagrees with {classifier.path}; do not use it")
+        return 1
+    return 0
+
+
+def _add_model_commands(sub: Any, common: argparse.ArgumentParser,
+                        limits: argparse.ArgumentParser) -> None:
+    """``predict``, ``evaluate`` and ``export``: the commands that use a trained model."""
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", type=Path, required=True, metavar="M",
+                       help="model file (.safetensors) or a folder holding model.safetensors")
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the model runs (default: cuda when a GPU is visible)")
+
+    p = sub.add_parser("predict", parents=[model, device, common, limits],
+                       help="classify image files with a trained model (CSV or JSON)")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="image files, and folders searched at any depth for images")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write here instead of to stdout (a .json name implies --format json)")
+    p.add_argument("--format", choices=("csv", "json"), default=None,
+                   help="csv: path, predicted, probability, p_<Class>...; json: the same records "
+                        "and the skipped files (default: csv)")
+    p.add_argument("--batch-size", type=_positive_int, default=256,
+                   help="images per forward pass")
+    p.set_defaults(run=_cmd_predict)
+
+    p = sub.add_parser("evaluate", parents=[model, device, common, limits],
+                       help="score a trained model on a labelled tree: accuracy with its 95%% "
+                            "interval, macro-F1, balanced accuracy, recalls, confusion matrix")
+    p.add_argument("--data", type=Path, required=True, metavar="TREE",
+                   help="a tree in the report's layout (holding WBC_100/), or an ImageFolder "
+                        "tree TREE/<Class>/<image> (scored whole)")
+    p.add_argument("--split", default="reporting",
+                   help="reporting (default: the split a training run reports on), selection, "
+                        "test, val, train, or a subset name such as WBC_10")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="decode cache folder (default: $WBC_CACHE_DIR or ~/.cache/wbc)")
+    p.add_argument("--exclude-bad", action="store_true",
+                   help="leave out the files named by errors instead of failing")
+    p.set_defaults(run=_cmd_evaluate)
+
+    p = sub.add_parser("export", parents=[model],
+                       help="write a trained model as ONNX (or a torch.export program) with its "
+                            "card, and check the file against the model")
+    p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx",
+                   help="onnx (default) or torch-export (.pt2)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="file to write (default: beside the model, <stem>.onnx or .pt2)")
+    p.set_defaults(run=_cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wbc", description="Make, import, check and decode white-blood-cell datasets in the "
-                                "report's layout (WBC_100/50/10/1, CAM16, pRCC).")
+                                "report's layout (WBC_100/50/10/1, CAM16, pRCC); predict with, "
+                                "evaluate and export trained models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workers", type=int, default=None,
@@ -166,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "more than the report's Table 2")
     p.add_argument("--image-size", type=_image_size, default=128, help="side in pixels")
     p.add_argument("--seed", type=int, default=0, help="same seed, same files")
+    p.add_argument("--stain-shift", type=float, default=0.0, metavar="S",
+                   help="draw every image as another lab's stain and microscope would show it, "
+                        "for cross-domain evaluation: the same cells and masks as S=0 (the "
+                        "default, the usual look), with stain hue, lamp colour, stain strength, "
+                        "blur and noise moved by S (1.0: warmer lamp, purple nuclei, redder red "
+                        "cells; -1.0: colder and bluer); recorded in synth.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing tree at OUT")
     p.set_defaults(run=_cmd_synth)
 
@@ -202,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache folder (default: $WBC_CACHE_DIR or ~/.cache/wbc)")
     p.add_argument("--exclude-bad", action="store_true", help="leave out bad files")
     p.set_defaults(run=_cmd_decode)
+    _add_model_commands(sub, common, limits)
 
     # Commands from other installed packages (the Ray layer adds ``train``): wbc itself never
     # imports them.

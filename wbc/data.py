@@ -5,7 +5,9 @@ Which split does what:
 - train: ``<subset>/train`` (a subset redrawn from WBC_100/train when ``subset_seed`` is set).
 - selection (chooses the best epoch) and reporting (the figures reported): the tree's test split
   when it has one (selection = val, reporting = test); otherwise a fixed stratified half of val
-  each (``selection_reporting_split``, seed 0 for every trial of every study).
+  each (``selection_reporting_split``, seed 0 for every trial of every study). One function,
+  ``evaluation_splits``, makes both for training and for ``wbc evaluate``, which scores a saved
+  model on exactly the images its run reported on.
 
 Documented behaviour for awkward inputs:
 
@@ -37,10 +39,14 @@ from wbc.strategies import get_strategy
 from wbc.subsets import derive_subsets, subset_count
 
 __all__ = [
+    "SELECTION_SEED",
     "EvalData",
+    "NamedSplit",
     "PreparedData",
     "SplitPlan",
     "TrainData",
+    "eval_data",
+    "evaluation_splits",
     "load_plan",
     "plan_cam16",
     "plan_wbc",
@@ -177,7 +183,9 @@ def _train_data(decoded: DecodedSet, samples: Sequence[Sample], classes: tuple[s
     )
 
 
-def _eval_data(decoded: DecodedSet, samples: Sequence[Sample], name: str) -> EvalData:
+def eval_data(decoded: DecodedSet, samples: Sequence[Sample], name: str) -> EvalData:
+    """The rows of ``samples`` in ``decoded`` as an evaluation split (CPU tensors, in the
+    samples' order, labels as the samples give them)."""
     rows = decoded.rows(samples)
     return EvalData(name, torch.from_numpy(np.ascontiguousarray(decoded.images[rows])),
                     torch.from_numpy(decoded.labels[rows].astype(np.int64)))
@@ -253,6 +261,28 @@ def scaled_selection(labels: Sequence[int] | np.ndarray, percent: int, *,
     return np.sort(np.concatenate(keep))
 
 
+@dataclass(frozen=True)
+class NamedSplit:
+    """The samples of an evaluation split and the name its record gives it."""
+
+    name: str  # "WBC_100/val half B (reporting)", "WBC_100/test", ...
+    samples: tuple[Sample, ...]
+
+
+def evaluation_splits(val: Sequence[Sample], test: Sequence[Sample], *, prefix: str = "WBC_100"
+                      ) -> tuple[NamedSplit, NamedSplit]:
+    """The (selection, reporting) splits of a tree's ``val`` and ``test`` samples: val and test
+    when there is a test split, else the fixed stratified halves A and B of val (seed
+    ``SELECTION_SEED``). The one definition that training (``load_plan``) and ``wbc evaluate``
+    share, so that a model is scored later on exactly the images its run reported on. The
+    selection split is whole here; ``load_plan`` scales it for a scaled-selection run."""
+    if test:
+        return NamedSplit(f"{prefix}/val", tuple(val)), NamedSplit(f"{prefix}/test", tuple(test))
+    sel, rep = selection_reporting_split([s.label for s in val], seed=SELECTION_SEED)
+    return (NamedSplit(f"{prefix}/val half A (selection)", tuple(val[i] for i in sel)),
+            NamedSplit(f"{prefix}/val half B (reporting)", tuple(val[i] for i in rep)))
+
+
 def _selection_name(name: str, plan: SplitPlan, n: int) -> str:
     if plan.selection_percent >= 100:
         return name
@@ -266,16 +296,11 @@ def load_plan(plan: SplitPlan, *, cache_dir: Path | str | None = None,
                              cache_dir=cache_dir, workers=workers,
                              fingerprint=plan.decode_fingerprint)
     prefix = "WBC_100" if plan.dataset == "WBC" else plan.dataset
-    if plan.test:
-        chosen, name = list(plan.val), f"{prefix}/val"
-        reporting = _eval_data(decoded, plan.test, f"{prefix}/test")
-    else:
-        sel, rep = selection_reporting_split([s.label for s in plan.val], seed=SELECTION_SEED)
-        chosen, name = [plan.val[i] for i in sel], f"{prefix}/val half A (selection)"
-        reporting = _eval_data(decoded, [plan.val[i] for i in rep],
-                               f"{prefix}/val half B (reporting)")
-    keep = scaled_selection([s.label for s in chosen], plan.selection_percent)
-    chosen = [chosen[i] for i in keep]
-    selection = _eval_data(decoded, chosen, _selection_name(name, plan, len(chosen)))
+    whole_selection, reporting_split = evaluation_splits(plan.val, plan.test, prefix=prefix)
+    reporting = eval_data(decoded, reporting_split.samples, reporting_split.name)
+    keep = scaled_selection([s.label for s in whole_selection.samples], plan.selection_percent)
+    chosen = [whole_selection.samples[i] for i in keep]
+    selection = eval_data(decoded, chosen,
+                          _selection_name(whole_selection.name, plan, len(chosen)))
     return PreparedData(_train_data(decoded, plan.train, plan.classes), selection, reporting,
                         decoded.fingerprint, plan)

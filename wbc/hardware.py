@@ -43,9 +43,11 @@ class GPUUnavailableError(RuntimeError):
     """A run was given a GPU and cannot use it."""
 
 
-def require_cuda(where: str) -> str:
+def require_cuda(where: str, *, instead: str = "run without GPUs (resources.gpus_per_trial=0)"
+                 ) -> str:
     """``cuda``, or a ``GPUUnavailableError`` that says why a run given a GPU cannot see one
-    (training on the CPU while holding a GPU would only be slow and wrong in the record)."""
+    (training on the CPU while holding a GPU would only be slow and wrong in the record).
+    ``instead``: the way to go without a GPU, as the caller spells it."""
     import torch
 
     if torch.cuda.is_available():
@@ -55,8 +57,7 @@ def require_cuda(where: str) -> str:
         f"{where} was given a GPU but torch cannot use CUDA (torch {torch.__version__}, built "
         f"for CUDA {built}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): "
         "check the node's NVIDIA driver (a CUDA 13 build of torch needs driver R580 or newer) "
-        "and that the container sees the GPU (`docker run --gpus all`), or run without GPUs "
-        "(resources.gpus_per_trial=0)")
+        f"and that the container sees the GPU (`docker run --gpus all`), or {instead}")
 
 
 def describe() -> str:

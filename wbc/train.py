@@ -87,10 +87,12 @@ class FitResult:
 
 
 def prepare_batch(images_u8: Tensor, *, generator: torch.Generator | None = None,
-                  flips: bool = False, jitter: float = 0.0, channels_last: bool = True
+                  flips: bool = False, jitter: float = 0.0, channels_last: bool = True,
+                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
                   ) -> Tensor:
     """uint8 NHWC -> normalised float NCHW, the model's input; with ``generator`` also the
-    online augmentation (flips and quarter turns, colour jitter of strength ``jitter``)."""
+    online augmentation (flips and quarter turns, colour jitter of strength ``jitter``).
+    ``mean``/``std``: the normalisation (a classifier's card carries the one it trained with)."""
     x = to_float_nchw(images_u8)
     if generator is not None:
         if flips:
@@ -98,7 +100,7 @@ def prepare_batch(images_u8: Tensor, *, generator: torch.Generator | None = None
         if jitter > 0:
             x = color_jitter(x, generator=generator, brightness=jitter, contrast=jitter,
                              saturation=jitter, hue=jitter / 5)
-    x = normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+    x = normalize(x, tuple(mean), tuple(std))
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -320,3 +321,100 @@ def test_cam16_colour_statistics_do_not_give_the_class_away() -> None:
         labelled = [ndimage.label(m == 255)[0] for m in train_masks[train_y == c]]
         sizes.append(np.median(np.concatenate([np.bincount(k.ravel())[1:] for k in labelled])))
     assert sizes[1] > 1.5 * sizes[0], f"median nuclear area normal {sizes[0]}, tumour {sizes[1]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# stain_shift: another lab's stain and microscope
+
+
+def test_stain_shift_zero_is_the_usual_tree(tmp_path: Path) -> None:
+    plain = synthesize(tmp_path / "plain", scale=0.002, image_size=32, seed=6, workers=1)
+    zero = synthesize(tmp_path / "zero", scale=0.002, image_size=32, seed=6, workers=1,
+                      stain_shift=0.0)
+    # Every file, synth.json included, byte for byte: committed results depend on it.
+    assert _files(plain.out) == _files(zero.out)
+    assert plain.stain_shift == zero.stain_shift == 0.0
+    assert "stain_shift" not in json.loads((plain.out / "synth.json").read_text())
+
+
+def test_stain_shift_changes_the_look_not_the_cells(tmp_path: Path) -> None:
+    plain = synthesize(tmp_path / "plain", scale=0.003, image_size=48, seed=2, workers=1)
+    # Through the worker pool: the shift must reach the worker processes.
+    shifted = synthesize(tmp_path / "shifted", scale=0.003, image_size=48, seed=2, workers=2,
+                         stain_shift=1.0)
+    again = synthesize(tmp_path / "again", scale=0.003, image_size=48, seed=2, workers=1,
+                       stain_shift=1.0)
+    a, b = _files(plain.out), _files(shifted.out)
+    assert _files(again.out) == b
+    assert a.keys() == b.keys()
+    masks = [k for k in a if k.endswith(".png")]
+    images = [k for k in a if k.endswith(".jpg")]
+    assert masks and images
+    # The same cells, tissue and masks (the same files carry them), in other colours.
+    assert all(a[k] == b[k] for k in masks)
+    assert all(a[k] != b[k] for k in images)
+    recorded = json.loads((shifted.out / "synth.json").read_text())
+    assert recorded["stain_shift"] == 1.0 and shifted.stain_shift == 1.0
+    assert list(recorded) == ["generator", "seed", "scale", "stain_shift", "image_size", "counts"]
+    assert recorded["counts"] == json.loads((plain.out / "synth.json").read_text())["counts"]
+
+
+def _renderer(name: str) -> Callable[[np.random.Generator, float], np.ndarray]:
+    """The image (mask dropped) of a WBC class, a CAM16 tumour tile or a pRCC tile, at 32 px."""
+    def render(rng: np.random.Generator, shift: float) -> np.ndarray:
+        if name == "CAM16":
+            return render_cam16("tumor", rng, 32, stain_shift=shift)[0]
+        if name == "pRCC":
+            return render_prcc(rng, 32, stain_shift=shift)
+        return render_wbc(name, rng, 32, stain_shift=shift)[0]
+    return render
+
+
+@pytest.mark.parametrize("name", [*WBC_CLASSES, "CAM16", "pRCC"])
+def test_stain_shift_moves_the_colour_one_way(name: str) -> None:
+    render = _renderer(name)
+    means, after = [], []
+    for shift in (-1.0, 0.0, 1.0):
+        per_image, next_draws = [], []
+        for i in range(6):
+            rng = np.random.default_rng([8, i])
+            per_image.append(render(rng, shift).reshape(-1, 3).mean(0))
+            next_draws.append(rng.random())
+        means.append(np.mean(per_image, axis=0))
+        after.append(next_draws)
+    # The shift draws nothing: the stream ends where the unshifted image leaves it.
+    assert after[0] == after[1] == after[2]
+    cold, usual, warm = means
+    # Positive: a warmer lamp and a stain that absorbs less red: redder, less blue; negative the
+    # other way. Clearly visible at 1, but the same kind of image.
+    warmth = [m[0] - m[2] for m in (cold, usual, warm)]
+    assert warmth[0] + 8 < warmth[1] < warmth[2] - 8, warmth
+    assert cold[2] > usual[2] > warm[2]
+    assert np.abs(warm - usual).max() < 45 and np.abs(cold - usual).max() < 45
+    if name in WBC_CLASSES:
+        # The same crop, the same mask.
+        masks = [render_wbc(name, np.random.default_rng(3), 32, stain_shift=s)[1]
+                 for s in (-1.0, 0.0, 1.0)]
+        assert all(np.array_equal(masks[1], m) for m in masks)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_stain_shift_is_refused(tmp_path: Path, value: float) -> None:
+    with pytest.raises(ValueError, match=f"stain_shift.*{value}"):
+        synthesize(tmp_path / "out", scale=0.001, image_size=32, workers=1, stain_shift=value)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="stain_shift"):
+        render_wbc("Monocyte", np.random.default_rng(0), 32, stain_shift=value)
+
+
+def test_cli_synth_takes_a_stain_shift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from wbc.cli import main
+
+    assert build_parser().parse_args(["synth", "out"]).stain_shift == 0.0
+    out = tmp_path / "other"
+    assert main(["synth", str(out), "--scale", "0.001", "--image-size", "32", "--workers", "1",
+                 "--quiet", "--stain-shift", "-0.5"]) == 0
+    assert "stain shift -0.5" in capsys.readouterr().out
+    assert json.loads((out / "synth.json").read_text())["stain_shift"] == -0.5
+    assert main(["synth", str(tmp_path / "bad"), "--scale", "0.001", "--stain-shift", "nan"]) == 2
+    assert "stain_shift" in capsys.readouterr().err

@@ -1,8 +1,10 @@
 """Procedural synthetic datasets in the report's layout: WBC smears, CAM16 and pRCC tiles.
 
 Every image is drawn from its own random stream, ``SeedSequence([seed, dataset, split, class,
-index])``, so an image's bytes depend only on the seed, the image size and its place in the tree:
-not on the number of workers, and not on the scale.
+index])``, so an image's bytes depend only on the seed, the image size, the stain shift and its
+place in the tree: not on the number of workers, and not on the scale. ``stain_shift`` (another
+lab's stain and microscope, for cross-domain evaluation) changes only how an image looks, never
+what is drawn: the masks stay the same.
 
 Modules: :mod:`~wbc.synth.counts` (planned counts), :mod:`~wbc.synth.primitives` (noise, signed
 distances, splats, blur), :mod:`~wbc.synth.stain` (stain vectors, the per-image look,

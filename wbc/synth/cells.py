@@ -367,12 +367,15 @@ _RECIPES: dict[str, _Recipe] = {
 
 
 def render_wbc(
-    cls: str, rng: np.random.Generator, size: int = 128
+    cls: str, rng: np.random.Generator, size: int = 128, *, stain_shift: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic smear crop centred on a leukocyte of class ``cls``.
 
     Returns ``(image, mask)``: ``image`` uint8 (size, size, 3); ``mask`` uint8 (size, size) with
     0 background, 128 cytoplasm, 255 nucleus, computed from the same shapes that were drawn.
+    ``stain_shift`` moves the acquisition look (:func:`wbc.synth.stain.shift_look`) and nothing
+    else: the same ``rng`` state draws the same cell and mask whatever it is, and 0 is the
+    unshifted image.
     """
     recipe = _RECIPES.get(cls)
     if recipe is None:
@@ -385,7 +388,7 @@ def render_wbc(
     off = rng.normal(0, 0.06 * size, 2).clip(-0.15 * size, 0.15 * size)
     cx, cy = size / 2 + off[0], size / 2 + off[1]
 
-    look = random_look(rng, size, blur=(0.003, 0.016))
+    look = random_look(rng, size, blur=(0.003, 0.016), stain_shift=stain_shift)
     # Plasma and red cells are smooth: drawn at the output size, antialiased by their ramps.
     plasma = (0.25 + 0.12 * noise(rng, size, size, 3, 3)).astype(F32)
     rbc = _rbc_layer(rng, size, px_um, (cx, cy, cell_um / 2 * px_um))

@@ -13,7 +13,7 @@ import numpy as np
 
 from wbc.synth.primitives import F32, blur_matrix
 
-__all__ = ["STAINS", "Look", "finish", "od", "random_look"]
+__all__ = ["STAINS", "Look", "check_stain_shift", "finish", "od", "random_look", "shift_look"]
 
 
 def od(rgb: tuple[float, float, float], white: float = 235.0) -> np.ndarray:
@@ -54,20 +54,69 @@ class Look:
     noise: float  # sensor noise sigma in 0..255
 
 
-def random_look(rng: np.random.Generator, size: int, *, blur: tuple[float, float]) -> Look:
-    """Draw one image's :class:`Look`.
+def random_look(
+    rng: np.random.Generator, size: int, *, blur: tuple[float, float], stain_shift: float = 0.0
+) -> Look:
+    """Draw one image's :class:`Look`, then move it ``stain_shift`` units (:func:`shift_look`).
 
     ``blur`` is a range of Gaussian sigmas as fractions of the image side, so a crop looks
-    equally sharp at every ``image_size``.
+    equally sharp at every ``image_size``. The shift draws nothing: ``rng`` ends in the same
+    state whatever ``stain_shift`` is.
     """
     base = rng.uniform(198, 238)
-    return Look(
+    look = Look(
         white=(base + rng.normal(0, 5, 3)).astype(F32),
         tint=np.exp(rng.normal(0, 0.11, 3)).astype(F32),
         strength=float(rng.uniform(0.8, 1.2)),
         saturation=float(rng.uniform(0.95, 1.15)),
         blur=float(rng.uniform(*blur)) * size,
         noise=float(rng.uniform(0.8, 4.0)),
+    )
+    return shift_look(look, stain_shift, size)
+
+
+# Another lab's stain and microscope, per unit of ``stain_shift`` (see :func:`shift_look`).
+# Stain hue: a log-multiplier of every stain's optical density per channel (R, G, B). Positive
+# absorbs less red and more green: blue-violet nuclei turn purple-magenta, lilac cytoplasm pink,
+# as in a Giemsa-heavier stain; negative turns everything bluer.
+SHIFT_TINT = np.array([-0.30, 0.10, 0.04], dtype=np.float64)
+# Illumination: a log-multiplier of the white point; positive is a warmer, yellower lamp.
+SHIFT_WHITE = np.array([0.02, 0.0, -0.07], dtype=np.float64)
+SHIFT_STRENGTH = 0.15  # log-multiplier of the stain density: positive stains darker
+SHIFT_BLUR = 0.003  # Gaussian sigma added, as a fraction of the image side: positive is softer
+SHIFT_NOISE = 0.3  # log-multiplier of the sensor noise
+
+
+def check_stain_shift(stain_shift: float) -> float:
+    """``stain_shift`` as a float; ValueError naming it unless it is finite."""
+    try:
+        value = float(stain_shift)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value):
+        raise ValueError(f"stain_shift must be a finite number, got {stain_shift!r}")
+    return value
+
+
+def shift_look(look: Look, stain_shift: float, size: int) -> Look:
+    """``look`` as another lab's stain and microscope would show it, ``stain_shift`` units away.
+
+    A fixed, deterministic change of every image's acquisition, the same direction for every
+    image (draws nothing, so the shapes drawn after it stay the same): stain hue ``tint *
+    exp(S * SHIFT_TINT)``, illumination ``white * exp(S * SHIFT_WHITE)`` (clipped to 255),
+    stain strength ``* exp(S * SHIFT_STRENGTH)``, blur ``+ S * SHIFT_BLUR * size`` (at least 0)
+    and sensor noise ``* exp(S * SHIFT_NOISE)``. ``stain_shift == 0`` returns ``look`` itself.
+    """
+    s = check_stain_shift(stain_shift)
+    if s == 0.0:
+        return look
+    return Look(
+        white=np.minimum(look.white * np.exp(s * SHIFT_WHITE), 255.0).astype(F32),
+        tint=(look.tint * np.exp(s * SHIFT_TINT)).astype(F32),
+        strength=look.strength * float(np.exp(s * SHIFT_STRENGTH)),
+        saturation=look.saturation,
+        blur=max(0.0, look.blur + s * SHIFT_BLUR * size),
+        noise=look.noise * float(np.exp(s * SHIFT_NOISE)),
     )
 
 

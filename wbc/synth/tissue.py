@@ -350,7 +350,7 @@ def _normalise_tone(
 
 
 def render_cam16(
-    cls: str, rng: np.random.Generator, size: int = 128
+    cls: str, rng: np.random.Generator, size: int = 128, *, stain_shift: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """One H&E lymph-node-like tile of class ``normal`` or ``tumor``.
 
@@ -359,13 +359,16 @@ def render_cam16(
     disordered sheet or cribriform nest of large, pleomorphic nuclei with irregular outlines and
     nucleoli. Nuclear coverage and darkness, eosin, white space and stain colours are drawn from
     the same distributions for both classes. Returns ``(image, mask)``: the mask is 255 on
-    nuclei, 0 elsewhere.
+    nuclei, 0 elsewhere. ``stain_shift`` moves the look as for the smears
+    (:func:`wbc.synth.stain.shift_look`: the same hue direction applied to the H and E stain
+    vectors, the same lamp, strength, blur and noise offsets); the tissue and mask drawn stay the
+    same.
     """
     if cls not in CAM16_CLASSES:
         raise ValueError(f"unknown CAM16 class {cls!r}; expected one of {', '.join(CAM16_CLASSES)}")
     n = size
     tile = _tile(rng, n)
-    look = random_look(rng, size, blur=(0.0015, 0.009))
+    look = random_look(rng, size, blur=(0.0015, 0.009), stain_shift=stain_shift)
     hema_stain, eosin_stain = _he_stains(rng)
     stroma = (0.8 + 0.3 * _fibres(rng, n) + 0.1 * noise(rng, n, n, 6, 6)).astype(F32)
     patterns, p = _CAM16_PATTERNS[cls]
@@ -385,11 +388,16 @@ def render_cam16(
     return image, mask
 
 
-def render_prcc(rng: np.random.Generator, size: int = 128) -> np.ndarray:
-    """One H&E tile of papillary renal-cell-like tissue: fronds lined by nuclei, foamy cells."""
+def render_prcc(
+    rng: np.random.Generator, size: int = 128, *, stain_shift: float = 0.0
+) -> np.ndarray:
+    """One H&E tile of papillary renal-cell-like tissue: fronds lined by nuclei, foamy cells.
+
+    ``stain_shift`` moves the look as in :func:`render_cam16`.
+    """
     n = size
     px_um = n / rng.uniform(80, 130)
-    look = random_look(rng, size, blur=(0.0015, 0.009))
+    look = random_look(rng, size, blur=(0.0015, 0.009), stain_shift=stain_shift)
     # Fronds: level set of an anisotropic smooth field, so the tissue comes as fingers.
     ax, ay = (3, int(rng.integers(5, 8))) if rng.random() < 0.5 else (int(rng.integers(5, 8)), 3)
     relief = noise(rng, n, n, ay, ax) + 0.6 * noise(rng, n, n, 6, 6)

@@ -2,9 +2,10 @@
 the subsets, record ``synth.json``.
 
 Every image is drawn from its own random stream, ``SeedSequence([seed, dataset, split, class,
-index])``, so an image's bytes depend only on the seed, the image size and its place in the tree:
-not on the number of workers, and not on the scale (a smaller scale's images are the first ones
-of a larger scale's; which of them carry masks is drawn per scale).
+index])``, so an image's bytes depend only on the seed, the image size, the stain shift and its
+place in the tree: not on the number of workers, and not on the scale (a smaller scale's images
+are the first ones of a larger scale's; which of them carry masks is drawn per scale). The stain
+shift changes only the look: masks, and which images carry them, do not depend on it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from wbc.layout import CAM16_CLASSES, WBC_CLASSES, subset_name
 from wbc.subsets import derive_subsets
 from wbc.synth.cells import render_wbc
 from wbc.synth.counts import SUBSETS, Counts, planned_counts
+from wbc.synth.stain import check_stain_shift
 from wbc.synth.tissue import render_cam16, render_prcc
 
 __all__ = ["SynthSummary", "synthesize"]
@@ -59,6 +61,7 @@ class SynthSummary:
     image_size: int
     val_scale: float  # WBC_100/val's scale, ``scale`` unless given
     tissue_scale: float  # CAM16's and pRCC's scale, ``scale`` unless given
+    stain_shift: float = 0.0  # another lab's stain and microscope; 0 is the usual look
 
     @property
     def images_per_second(self) -> float:
@@ -96,16 +99,16 @@ def _write(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data, fsync=False)
 
 
-def _render_job(seed: int, image_size: int, job: _Job) -> None:
+def _render_job(seed: int, image_size: int, stain_shift: float, job: _Job) -> None:
     draw, encode = _stream(seed, job).spawn(2)
     rng = np.random.default_rng(draw)
     mask: np.ndarray | None
     if job.dataset == "WBC_100":
-        image, mask = render_wbc(job.cls, rng, image_size)
+        image, mask = render_wbc(job.cls, rng, image_size, stain_shift=stain_shift)
     elif job.dataset == "CAM16":
-        image, mask = render_cam16(job.cls, rng, image_size)
+        image, mask = render_cam16(job.cls, rng, image_size, stain_shift=stain_shift)
     else:
-        image, mask = render_prcc(rng, image_size), None
+        image, mask = render_prcc(rng, image_size, stain_shift=stain_shift), None
     quality = int(np.random.default_rng(encode).integers(72, 96))
     _write(Path(job.data), _encode(image, "JPEG", quality=quality))
     if job.mask is not None:
@@ -127,10 +130,10 @@ def _init_worker() -> None:
     _one_blas_thread().__enter__()
 
 
-def _render_chunk(args: tuple[int, int, list[_Job]]) -> int:
-    seed, image_size, jobs = args
+def _render_chunk(args: tuple[int, int, float, list[_Job]]) -> int:
+    seed, image_size, stain_shift, jobs = args
     for job in jobs:
-        _render_job(seed, image_size, job)
+        _render_job(seed, image_size, stain_shift, job)
     return len(jobs)
 
 
@@ -218,11 +221,17 @@ def _report(say: Callable[[str], None], done: int, total: int, next_report: floa
 
 
 def _render_all(
-    jobs: list[_Job], seed: int, image_size: int, workers: int, say: Callable[[str], None]
+    jobs: list[_Job],
+    seed: int,
+    image_size: int,
+    stain_shift: float,
+    workers: int,
+    say: Callable[[str], None],
 ) -> None:
     """Render every job, in this process (``workers == 1``) or in a pool of ``workers``."""
-    # Small chunks keep every worker busy to the end; 32 images are ~0.5 s of work.
-    chunks = [(seed, image_size, chunk) for chunk in _chunks(jobs, 32)]
+    # Small chunks keep every worker busy to the end; 32 images are ~0.5 s of work. The chunk
+    # carries everything a worker draws with: it shares no state with this process.
+    chunks = [(seed, image_size, stain_shift, chunk) for chunk in _chunks(jobs, 32)]
     done, next_report = 0, 0.0
     if workers == 1:
         with _one_blas_thread():
@@ -247,6 +256,7 @@ def synthesize(
     seed: int = 0,
     val_scale: float | None = None,
     tissue_scale: float | None = None,
+    stain_shift: float = 0.0,
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
     overwrite: bool = False,
@@ -262,7 +272,18 @@ def synthesize(
     ``val_scale`` (WBC_100/val) and ``tissue_scale`` (CAM16, pRCC) default to ``scale``; they
     change how many images those splits hold, never the bytes of an image nor WBC_100/train and
     its subsets. ``synth.json`` records them when given.
+
+    ``stain_shift`` (S) draws the tree as another lab's stain and microscope would show it, for
+    cross-domain evaluation: every image, smears and tissue alike, gets the same fixed change of
+    acquisition (:func:`wbc.synth.stain.shift_look`, the ``SHIFT_*`` directions there): a
+    fixed hue change of every stain vector, another lamp's white point, and stain strength, blur
+    and sensor noise offsets, all proportional to S. S = 1 is a warmer, yellower lamp with
+    purple-magenta nuclei, pinker cytoplasm and redder red cells, a little darker and softer;
+    S = -1 a colder, bluer, paler and sharper one. The cells, the tissue, the masks and which
+    images carry masks stay those of ``stain_shift=0``, which is today's look byte for byte.
+    ``synth.json`` records it when not 0. Raises ValueError if it is not finite.
     """
+    stain_shift = check_stain_shift(stain_shift)
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
     if workers is not None and workers < 1:
@@ -278,7 +299,7 @@ def synthesize(
         Path(folder).mkdir(parents=True, exist_ok=True)
     workers = min(workers or os.cpu_count() or 1, max(1, len(jobs) // 16))
     say(f"rendering {len(jobs)} images with {workers} worker(s) into {out}")
-    _render_all(jobs, seed, image_size, workers, say)
+    _render_all(jobs, seed, image_size, stain_shift, workers, say)
 
     say("linking WBC_50/10/1")
     subset_counts, linked = _link_subsets(out, wbc_train, seed)
@@ -289,6 +310,8 @@ def synthesize(
     # absent means ``scale``.
     provenance.update({k: v for k, v in (("val_scale", val_scale),
                                          ("tissue_scale", tissue_scale)) if v is not None})
+    if stain_shift:
+        provenance["stain_shift"] = stain_shift
     provenance["image_size"] = image_size
     provenance["counts"] = {d: {s: {c: list(v) for c, v in pc.items()} for s, pc in sp.items()}
                             for d, sp in all_counts.items()}
@@ -300,6 +323,7 @@ def synthesize(
         seed=seed, scale=scale, image_size=image_size,
         val_scale=scale if val_scale is None else val_scale,
         tissue_scale=scale if tissue_scale is None else tissue_scale,
+        stain_shift=stain_shift,
     )
     say(f"wrote {summary.images} images and {summary.masks} masks in {seconds:.1f} s "
         f"({summary.images_per_second:.0f} images/s), linked {linked} subset files")
