@@ -33,6 +33,7 @@ class Session:
     pretrain_loop_slot_seconds: float | None = None
     pretrain_seconds: float | None = None
     tune_seconds: float | None = None
+    eval_seconds: float | None = None  # kept models scored on the eval_data trees
     wall_seconds: float | None = None
     finished_at: str | None = None
     trials_run: int | None = None

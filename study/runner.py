@@ -11,7 +11,9 @@ The order, and where the time goes (``study.json`` records each part, ``study.re
    cell that needs it;
 4. the Tune run (``study.tune``): per-cell Optuna searches with per-cell ASHA, and each cell's
    final seeds as soon as its search is over; rows land in Parquet as trials finish;
-5. the summary (``study.accounting``): which cells finished, the time split, the utilisation.
+5. the kept models (``study.results.models``) settled, and scored on the spec's ``eval_data``
+   trees (``study.evaluation``);
+6. the summary (``study.accounting``): which cells finished, the time split, the utilisation.
 
 ``run_study(..., resume=True)`` continues a study from its results folder after a crash, a
 SIGKILL or Ctrl-C: the Tune experiment is restored (searcher state included), finished trials
@@ -30,10 +32,12 @@ from typing import Any
 
 from study.accounting import FAILED, account, failed_cells, failure_summary, study_status
 from study.data import StudyError, check_tree, synthetic_tree, warm_caches, wbc100_counts
+from study.evaluation import eval_problem, score_kept_models
 from study.local_ray import start_ray, untrusted
 from study.provenance import provenance
 from study.record import Session, StudyRecord, now
 from study.results import ResultsStore
+from study.results.models import settle_models
 from study.results.owner import FolderBusy, own_folder
 from study.spec import StudySpec
 from wbc.cache import default_cache_dir
@@ -170,6 +174,9 @@ def _load_tree(spec: StudySpec, results: Path, cache_dir: str | None,
                              "layout (see `wbc check --help`) or leave data unset for a "
                              "synthetic one")
         data = {"source": "tree", "root": spec.data}
+    problem = eval_problem(spec)
+    if problem is not None:
+        raise StudyError(problem)
     tree = scan_tree(root, exclude_bad=spec.exclude_bad)
     check_tree(tree, spec.cells, spec.base_config())
     return tree, data
@@ -361,6 +368,13 @@ def _run(spec: StudySpec, record: StudyRecord, store: ResultsStore, tree: Tree |
     session.tune_seconds = clock.lap()
     reconcile(spec, grid, store)
     store.compact()
+    # keep_models applied to every cell (the callback does it as cells end; a crash between
+    # leaves it to here), then the kept models scored on the eval_data trees.
+    settle_models(results, list(store.trial_rows().values()), keep=spec.keep_models,
+                  final_seeds=spec.final_seeds)
+    if not interrupted:
+        score_kept_models(spec, results, cache_dir=cache_dir, say=say)
+    session.eval_seconds = clock.lap()
 
     session.wall_seconds = time.perf_counter() - session_started
     session.finished_at = now()

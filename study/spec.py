@@ -167,6 +167,12 @@ class StudySpec:
     space: SearchSpace = field(default_factory=SearchSpace)
     resources: Resources = field(default_factory=Resources)
     exclude_bad: bool = False  # leave out unreadable files instead of failing
+    # The classifiers a study keeps (study.results.models): "best", each cell's final seed with
+    # the best selection macro-F1; "all", every final seed; "none".
+    keep_models: Literal["best", "all", "none"] = "best"
+    # Other trees (the report's layout, or ImageFolder) every kept model is scored on after the
+    # study: another microscope, stain or lab (eval.parquet, the report's out-of-domain part).
+    eval_data: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for subset in self.subsets:
@@ -201,7 +207,8 @@ class StudySpec:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
         for name, valid in (("final_config", ("best", "resampled")),
-                            ("selection", ("full", "scaled"))):
+                            ("selection", ("full", "scaled")),
+                            ("keep_models", ("best", "all", "none"))):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of: "
                                  f"{', '.join(valid)}")
@@ -232,6 +239,12 @@ class StudySpec:
         if self.synthetic_scale > 1:
             raise ValueError(f"synthetic_scale={self.synthetic_scale!r} must be at most 1 (the "
                              "report's training counts)")
+        if self.eval_data and self.keep_models == "none":
+            raise ValueError("eval_data scores the kept models, but keep_models is \"none\"; "
+                             "set keep_models to \"best\" or \"all\"")
+        if len(set(self.eval_data)) != len(self.eval_data) or not all(self.eval_data):
+            raise ValueError(f"eval_data={list(self.eval_data)!r}: give each tree once, as a "
+                             "folder path")
         if self.ssl_min_epoch_images < 0:
             raise ValueError(f"ssl_min_epoch_images={self.ssl_min_epoch_images!r} must be at "
                              "least 0")

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "space.lr_max=0.3 --set resources.gpus_per_trial=0.25 (repeatable)")
     p.add_argument("--data", default=None,
                    help="dataset root in the report's layout (default: a synthetic tree)")
+    p.add_argument("--eval-data", action="append", default=[], metavar="TREE",
+                   help="another tree (the report's layout, or ImageFolder) every kept model "
+                        "is scored on after the study: out-of-domain figures in eval.parquet "
+                        "and the report (repeatable; adds to the spec's eval_data)")
     p.add_argument("--name", default=None, help="study name (default: the preset's)")
     p.add_argument("--results", type=Path, default=None,
                    help="results folder to create (default: results/<name>-<date-time>); must "
@@ -111,6 +115,9 @@ def _resolve_spec(args: argparse.Namespace) -> Any:
         spec = spec.with_overrides(list(args.overrides))
         if args.data is not None:
             spec = spec.replace(data=str(Path(args.data).absolute()))
+        eval_data = [*spec.eval_data, *(args.eval_data or [])]
+        if eval_data:  # absolute: under `ray job submit` the working folder is a copy
+            spec = spec.replace(eval_data=[str(Path(p).absolute()) for p in eval_data])
         if args.name is not None:
             spec = spec.replace(name=args.name)
     except ValueError as err:
@@ -137,6 +144,9 @@ def _pct(value: float) -> str:
 
 
 def _summary(record: dict[str, Any], results: Path) -> str:
+    from study.results import EVAL_FILE
+    from study.results.models import kept_models
+
     session = record["sessions"][-1]
     parts = [f"study {record['study']!r}: {record['status']} in {session['wall_seconds']:.0f} s "
              f"(Ray start-up {session.get('ray_startup_seconds', 0):.0f} s, data "
@@ -151,6 +161,14 @@ def _summary(record: dict[str, Any], results: Path) -> str:
                  f"{held}" + (f"; per-trial overhead {overhead:.1f} s" if overhead is not None
                               else ""))
     parts.append(f"results: {results}  (trials.parquet, epochs.parquet, study.json)")
+    models = kept_models(results)
+    if models:
+        first = models[-1].folder
+        parts.append(f"models: {len(models)} kept in {results / 'models'} (one folder per "
+                     f"cell and seed); use one with: wbc predict --model {first} IMAGES...")
+    if (results / EVAL_FILE).exists():
+        parts.append(f"out of domain: {results / EVAL_FILE} (the kept models on "
+                     f"{len(record['spec'].get('eval_data') or [])} other tree(s))")
     failed = record.get("failed_cells") or {}
     if record["status"] == "failed" and record.get("error"):
         parts.append(record["error"])
@@ -172,9 +190,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from study.runner import StudyError, run_study
 
     if args.resume is not None:
-        if args.config or args.overrides or args.data or args.name or args.results:
+        if args.config or args.overrides or args.data or args.name or args.results or \
+                args.eval_data:
             raise UserError("--resume continues a study with its own spec; drop --config, "
-                            "--set, --data, --name and --results")
+                            "--set, --data, --eval-data, --name and --results")
         spec, results = None, Path(args.resume)
     elif args.allow_data_change:
         raise UserError("--allow-data-change goes with --resume (a new study records the data "

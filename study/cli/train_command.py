@@ -158,12 +158,14 @@ def run(args: argparse.Namespace) -> int:
     pretrained, pretrain_metrics = _pretrained(args, tree, config, spec)
     outcome = run_training(plan, config, spec, pretrained=pretrained)
     metrics = dict(outcome.metrics)
+    model = _keep_model(outcome, config, plan.classes, name)
     if pretrain_metrics:
         metrics["pretrain_val_accuracy"] = pretrain_metrics.get("val_accuracy")
         metrics["pretrain_test_accuracy"] = pretrain_metrics.get("test_accuracy")
     if args.json:
-        print(json.dumps({k: v for k, v in metrics.items()
-                          if isinstance(v, int | float | str | list | None)}, indent=2))
+        print(json.dumps({**{k: v for k, v in metrics.items()
+                             if isinstance(v, int | float | str | list | None)},
+                          "model": str(model)}, indent=2))
         return 0
     print(f"wbc train: {strategy} on {config.data.subset} of {root} "
           f"({metrics.get('train_images')} training images incl. pastes), "
@@ -173,7 +175,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"CAM16 pretraining: val accuracy {_pct(pretrain_metrics.get('val_accuracy'))}, "
               f"test accuracy {_pct(pretrain_metrics.get('test_accuracy'))}")
     print(format_metrics(metrics, plan.classes))
+    print(f"model: {model} (wbc predict --model {model.parent} IMAGES...)")
     return 0
+
+
+def _keep_model(outcome: Any, config: Any, classes: tuple[str, ...], name: str) -> Path:
+    """The run's best-epoch weights in the model format (``wbc.classifier``), in the run's
+    folder (or ``./models/<name>`` when the storage is a URI)."""
+    from wbc.classifier import run_card, save_classifier
+    from wbc.train import best_weights
+
+    state = outcome.load_checkpoint()
+    folder = Path("models") / name if "://" in outcome.path else Path(outcome.path)
+    card = run_card(config, classes, outcome.metrics)
+    return save_classifier(best_weights(state), card, folder).resolve()
 
 
 def _user_error(message: str) -> Exception:

@@ -35,6 +35,26 @@ class Results:
     # Trials left out because they ran on other data than the study's current data (a resume
     # with --allow-data-change): data fingerprint -> trials.
     set_aside: dict[str, int] = field(default_factory=dict)
+    # The kept models (cell, seed, folder relative to the results, best_epoch, figures) and
+    # their scores on other trees (eval.parquet; None without).
+    models: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: pd.DataFrame | None = None
+
+
+def _models(path: Path) -> list[dict[str, Any]]:
+    from study.results.models import kept_models
+    from wbc.classifier import ClassifierError
+
+    found = []
+    for kept in kept_models(path):
+        try:
+            card = kept.card()
+        except ClassifierError:
+            continue  # a damaged file: not a model to offer
+        found.append({"cell": kept.cell, "seed": kept.seed,
+                      "folder": str(kept.folder.relative_to(path)),
+                      "best_epoch": card.best_epoch, "figures": card.figures})
+    return found
 
 
 def _with_columns(trials: pd.DataFrame) -> pd.DataFrame:
@@ -90,7 +110,9 @@ def load_results(path: Path) -> Results:
             store.compact()
         trials, epochs, set_aside = _current_data(_with_columns(store.trials()),
                                                   store.epochs(), study)
-        return Results(trials, _placed(epochs, trials), study, "results folder", set_aside)
+        evaluations = store.evaluations()
+        return Results(trials, _placed(epochs, trials), study, "results folder", set_aside,
+                       _models(path), evaluations if len(evaluations) else None)
     tune_dir = path / "tune" if (path / "tune").is_dir() else path
     if not any(tune_dir.glob("experiment_state-*.json")):
         raise FileNotFoundError(f"{path} holds neither trials.parquet nor a Ray Tune experiment "

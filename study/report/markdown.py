@@ -20,6 +20,7 @@ import pandas as pd
 from study.report.answers import answers
 from study.report.figures import draw_all
 from study.report.load import load_results
+from study.report.models import kept_models_section, out_of_domain_section
 from study.report.sections import (
     background_section,
     best_section,
@@ -233,8 +234,10 @@ def _markdown(report: Report, figures: list[str]) -> str:
     lines += _comparisons_section(report, table)
     lines += background_section(report)
     lines += recall_section(report)
+    lines += out_of_domain_section(report)
     lines += best_section(report)
     lines += importance_section(report)
+    lines += kept_models_section(report)
     lines += method_section(report)
     if figures:
         lines += ["## Figures", ""]

@@ -6,6 +6,7 @@ from study.results.rows import (
     CONFIG_KEY,
     EPOCH_COLUMNS,
     EPOCH_KEYS,
+    EVAL_COLUMNS,
     RECORD_FIELDS,
     TRIAL_COLUMNS,
     TRIAL_KEYS,
@@ -17,6 +18,7 @@ from study.results.rows import (
 )
 from study.results.store import (
     EPOCHS_FILE,
+    EVAL_FILE,
     ROWS_DIR,
     STUDY_FILE,
     TRIALS_FILE,
@@ -31,6 +33,8 @@ __all__ = [
     "EPOCHS_FILE",
     "EPOCH_COLUMNS",
     "EPOCH_KEYS",
+    "EVAL_COLUMNS",
+    "EVAL_FILE",
     "RECORD_FIELDS",
     "ROWS_DIR",
     "STUDY_FILE",

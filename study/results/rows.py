@@ -18,6 +18,7 @@ __all__ = [
     "CONFIG_KEY",
     "EPOCH_COLUMNS",
     "EPOCH_KEYS",
+    "EVAL_COLUMNS",
     "RECORD_FIELDS",
     "TRIAL_COLUMNS",
     "TRIAL_KEYS",
@@ -41,6 +42,10 @@ TRIAL_COLUMNS = ("study", "cell", "subset", "strategy", "phase", "trial_id", "se
 EPOCH_COLUMNS = ("study", "cell", "phase", "subset", "strategy", "seed", "trial_id", "epoch",
                  "train_loss", "train_accuracy", "scheduled_lr", "val_accuracy", "val_macro_f1",
                  "val_balanced_accuracy", "best_epoch", "epoch_seconds")
+EVAL_COLUMNS = ("study", "cell", "subset", "strategy", "seed", "trial_id", "eval_data",
+                "eval_split", "n", "accuracy", "accuracy_low", "accuracy_high", "macro_f1",
+                "balanced_accuracy", "in_domain_accuracy", "in_domain_macro_f1", "model",
+                "error")
 # What an epoch row repeats of its trial's row, so that a curve needs no join to be placed.
 EPOCH_KEYS = ("study", "cell", "phase", "subset", "strategy", "seed", "trial_id")
 

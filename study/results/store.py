@@ -35,11 +35,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from study.results.rows import EPOCH_COLUMNS, TRIAL_COLUMNS, epoch_rows
+from study.results.rows import EPOCH_COLUMNS, EVAL_COLUMNS, TRIAL_COLUMNS, epoch_rows
 from wbc.fileio import atomic_write_bytes, atomic_write_text, file_lock
 
 __all__ = [
     "EPOCHS_FILE",
+    "EVAL_FILE",
     "ROWS_DIR",
     "STUDY_FILE",
     "TRIALS_FILE",
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 TRIALS_FILE = "trials.parquet"
+EVAL_FILE = "eval.parquet"  # the kept models scored on other trees (study.evaluation)
 EPOCHS_FILE = "epochs.parquet"
 STUDY_FILE = "study.json"
 ROWS_DIR = "rows"  # row files not compacted yet
@@ -287,6 +289,19 @@ class ResultsStore:
                                ) from err
         found = table.to_pylist()
         return found[0] if found else None
+
+    def evaluations(self) -> pd.DataFrame:
+        """The ``eval.parquet`` rows: kept models scored on other trees (empty: none)."""
+        return self._frame(self.root / EVAL_FILE, EVAL_COLUMNS)
+
+    def write_evaluations(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace evaluation rows, keyed by (``trial_id``, ``eval_data``)."""
+        with self._locked():
+            new = {(r["trial_id"], r["eval_data"]): r for r in rows}
+            kept = [r for r in _read_rows(self.root / EVAL_FILE)
+                    if (r.get("trial_id"), r.get("eval_data")) not in new]
+            _write_table(self.root / EVAL_FILE, table_from_rows([*kept, *new.values()],
+                                                                EVAL_COLUMNS))
 
     def write_study(self, record: dict[str, Any]) -> None:
         with self._locked():

@@ -6,11 +6,12 @@ from __future__ import annotations
 from study.tune.callback import StudyCallback
 from study.tune.experiment import TUNE_DIR, ended, reconcile, run_experiment
 from study.tune.search import CellScheduler, CellSearcher, cell_name, final_seeds
-from study.tune.trial import METRIC, MODE, StudyContext, run_trial, trial_config
+from study.tune.trial import METRIC, MODE, MODEL_METRIC, StudyContext, run_trial, trial_config
 
 __all__ = [
     "METRIC",
     "MODE",
+    "MODEL_METRIC",
     "TUNE_DIR",
     "CellScheduler",
     "CellSearcher",

@@ -6,7 +6,8 @@ resolved configuration; when a trial ends (completed, stopped by ASHA, or failed
 retries) it writes the trial's row and its epoch rows at once (``ResultsStore.write_trial``,
 rows built by ``study.results.rows``), so results land as trials finish, then removes the
 checkpoints of a trial that completed or was stopped (an errored one keeps them, for
-``--resume``). The writes run on a thread of their own, so Tune's event loop never waits on
+``--resume``) but for a final trial's kept model, which it links into ``models/`` first
+(``study.results.models``; ``keep_models`` is applied to a cell when its last seed is in). The writes run on a thread of their own, so Tune's event loop never waits on
 the disk, and cost the same with 10 rows stored or 10,000 (``benchmarks/driver_scaling.py``);
 what the callback asks of its rows on every step is kept counted (``_RowIndex``), never
 recounted. ``Progress`` prints a status line and one line per cell when the cell's final seeds
@@ -15,6 +16,7 @@ are all in.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections import Counter, defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,11 +26,13 @@ from typing import Any
 from ray.tune import Callback
 
 from study.results import ResultsStore, epoch_row, resolved_config, trial_row
+from study.results.models import place_model, settle_models, tune_model_files
 from study.space import cell_space
 from study.spec import StudySpec
 from study.tune.progress import Progress, cell_summary, format_params
 from study.tune.search import cell_name
 from study.tune.trial import train_run_folder
+from wbc.classifier import CARD_FILE, MODEL_FILE
 
 __all__ = ["StudyCallback"]
 
@@ -103,14 +107,15 @@ def _drop_checkpoints(trial_path: str | None, train_folder: Path | None) -> None
     if trial_path and "://" not in trial_path:
         for folder in Path(trial_path).glob("checkpoint_*"):
             for item in folder.iterdir():
-                if item.name == DROPPED_NOTE:
+                if item.name in (DROPPED_NOTE, MODEL_FILE, CARD_FILE):  # a kept model stays
                     continue
                 if item.is_dir() and not item.is_symlink():
                     shutil.rmtree(item, ignore_errors=True)
                 else:
                     item.unlink(missing_ok=True)
-            (folder / DROPPED_NOTE).write_text("the trial ended and its row was written; its "
-                                               "state was removed to save space\n")
+            if not (folder / MODEL_FILE).exists():
+                (folder / DROPPED_NOTE).write_text("the trial ended and its row was written; "
+                                                   "its state was removed to save space\n")
     if train_folder is not None:
         shutil.rmtree(train_folder, ignore_errors=True)
 
@@ -197,7 +202,10 @@ class StudyCallback(Callback):
             getattr(trial, "path", None),
             train_run_folder(self.spec, self.results, trial.config["trial_key"])
             if self.spec.resources.mode == "train" else None)
-        self._writer.submit(_write_row, self.results, row, epochs, drop)
+        model = None
+        if status == "completed" and row["phase"] == "final" and self.spec.keep_models != "none":
+            model = (getattr(trial, "path", None), row["cell"], int(row["seed"]))
+        self._writer.submit(_write_row, self.results, row, epochs, drop, model)
         return row
 
     def _finish(self, trial: Any, row: dict[str, Any] | None) -> None:
@@ -213,6 +221,10 @@ class StudyCallback(Callback):
         if cell and cell not in self._announced and self._cell_done(cell):
             self._announced.add(cell)
             self._announce(cell)
+            # After the cell's rows (the writer keeps order): keep_models applied to it.
+            self._writer.submit(functools.partial(
+                settle_models, keep=self.spec.keep_models, final_seeds=self.spec.final_seeds),
+                self.results, self._cell_rows(cell, "final"))
         self._status(force=row is not None and row["phase"] == "final")
 
     def _cell_rows(self, cell: str, phase: str) -> list[dict[str, Any]]:
@@ -252,7 +264,13 @@ class StudyCallback(Callback):
 
 
 def _write_row(results: str, row: dict[str, Any], epochs: list[dict[str, Any]],
-               drop: tuple[str | None, Path | None] | None) -> None:
+               drop: tuple[str | None, Path | None] | None,
+               model: tuple[str | None, str, int] | None = None) -> None:
+    if model is not None:
+        # Before the row: a final row means its model is in place (a replay trains nothing).
+        source = tune_model_files(model[0])
+        if source is not None:
+            place_model(results, model[1], model[2], source)
     ResultsStore(Path(results)).write_trial(row, epochs)
     if drop is not None:
         _drop_checkpoints(*drop)

@@ -57,6 +57,10 @@ def run_experiment(context: StudyContext, slots: int, *, resume: bool, quiet: bo
     experiment = Path(context.results) / TUNE_DIR
     # Tune's own status tables and banners: this study prints its own progress.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # A trial that keeps its model checkpoints once, at its end, and Tune then snapshots the
+    # experiment (num_to_keep=1): right for a restore, and no bottleneck at a trial's end, but
+    # Tune warns of it when trials end close together.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if resume and tune.Tuner.can_restore(str(experiment)):
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)

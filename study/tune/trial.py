@@ -16,6 +16,10 @@ objective: macro-F1 of the best epoch so far on the selection split) and the res
 configuration (``resolved_config``, which the driver stores as the row's settings), and the last
 report carries the final record (``test_*`` on the reporting split).
 
+A final trial keeps its best epoch's weights unless the spec's ``keep_models`` is "none"
+(``study.results.models``): inline, as the Tune checkpoint of its last report (with
+``MODEL_METRIC``); under Ray Train, written to the study's ``models/`` folder by the trial.
+
 A trial whose row is already stored, complete and with the same hyperparameters (a restored
 study re-running work it had finished before the crash) replays the stored figures instead of
 training again.
@@ -34,24 +38,41 @@ from typing import Any
 from ray import tune
 
 from study.results import CONFIG_KEY, TRIAL_KEYS, ResultsStore
+from study.results.models import place_model
 from study.spec import StudySpec
 from study.train.trainer import CHECKPOINT_FILE, RunSpec, build_trainer
 from wbc.augment import pastes_enabled
+from wbc.classifier import run_card, save_classifier
 from wbc.config import TrainConfig
 from wbc.data import SplitPlan, plan_wbc
 from wbc.datasets import Tree
 from wbc.hardware import require_cuda
+from wbc.layout import WBC_CLASSES
 from wbc.metrics import scalars
 from wbc.run import train_run
 from wbc.strategies import get_strategy
-from wbc.train import load_checkpoint, save_checkpoint
+from wbc.train import best_weights, load_checkpoint, save_checkpoint
 
-__all__ = ["METRIC", "MODE", "StudyContext", "run_trial", "train_run_folder", "trial_config",
-           "with_resources"]
+__all__ = [
+    "METRIC",
+    "MODE",
+    "MODEL_METRIC",
+    "StudyContext",
+    "keeps_model",
+    "run_trial",
+    "save_model",
+    "train_run_folder",
+    "trial_config",
+    "with_resources",
+]
 
 HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource
 METRIC = "best_val_macro_f1"  # macro-F1: accuracy would favour always saying "Neutrophil"
 MODE = "max"
+# Reported (with the same value as METRIC) only by the trials whose model the study keeps, so
+# that ``ResultGrid.get_best_result(MODEL_METRIC, MODE).checkpoint`` is a model: the best trial
+# by METRIC is often a search trial, which keeps none.
+MODEL_METRIC = "kept_model_val_macro_f1"
 
 
 @dataclass(frozen=True)
@@ -144,11 +165,31 @@ def _trial(config: dict[str, Any], context: StudyContext, node_id: str) -> None:
     if context.spec.resources.mode == "train":
         _run_on_ray_train(context, config, train_config, plan, weights, extra)
     else:
-        _run_inline(context, train_config, plan, weights, extra)
+        _run_inline(context, train_config, plan, weights, extra, phase=config["phase"],
+                    trial_key=config["trial_key"])
+
+
+def keeps_model(context: StudyContext, phase: str) -> bool:
+    """Whether a trial of ``phase`` keeps its model (final trials, unless ``keep_models`` is
+    "none"; study.results.models)."""
+    return phase == "final" and context.spec.keep_models != "none"
+
+
+def save_model(context: StudyContext, trial_key: str, config: TrainConfig,
+               weights: dict[str, Any], metrics: dict[str, Any], folder: Path) -> Path:
+    """Write a trial's best-epoch weights with their card into ``folder``."""
+    card = run_card(config, WBC_CLASSES, metrics, cell=cell_of(config),
+                    study=context.spec.name, trial_key=trial_key)
+    return save_classifier(weights, card, folder)
+
+
+def cell_of(config: TrainConfig) -> str:
+    return f"{config.data.subset}-{config.model.strategy}"
 
 
 def _run_inline(context: StudyContext, config: TrainConfig, plan: SplitPlan,
-                weights: Path | None, extra: dict[str, Any]) -> None:
+                weights: Path | None, extra: dict[str, Any], *, phase: str,
+                trial_key: str) -> None:
     resources = context.spec.resources
     device = require_cuda("this trial") if resources.gpus_per_trial > 0 else "cpu"
     resume = None
@@ -161,8 +202,17 @@ def _run_inline(context: StudyContext, config: TrainConfig, plan: SplitPlan,
     epochs = config.optim.epochs
 
     def on_epoch(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        if metrics["epoch"] == epochs and state is not None and keeps_model(context, phase):
+            # The last report: the best epoch's weights as the trial's Tune checkpoint (the
+            # training state is not kept: the row has the figures).
+            with tempfile.TemporaryDirectory() as folder:
+                save_model(context, trial_key, config, best_weights(state), metrics,
+                           Path(folder))
+                tune.report({**metrics, MODEL_METRIC: metrics.get("val_macro_f1")},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
+            return
         if state is None or context.spec.checkpoint_every <= 0 or metrics["epoch"] == epochs:
-            tune.report(metrics)  # the last state is not kept: the row has the figures
+            tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
@@ -201,6 +251,16 @@ def _run_on_ray_train(context: StudyContext, config: dict[str, Any], train_confi
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+    if keeps_model(context, config["phase"]) and result.checkpoint is not None:
+        # Tune's report callback passes no checkpoint on: the model goes to the study's
+        # models/ folder from here (study.results.models).
+        with result.checkpoint.as_directory() as folder:
+            state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+        with tempfile.TemporaryDirectory() as staged:
+            save_model(context, config["trial_key"], train_config, best_weights(state),
+                       dict(result.metrics or {}), Path(staged))
+            place_model(context.results, cell_of(train_config), train_config.seed,
+                        Path(staged))
 
 
 def with_resources(context: StudyContext) -> Any:

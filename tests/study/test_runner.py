@@ -65,13 +65,98 @@ def _check_rows(results: Path, spec: StudySpec) -> pd.DataFrame:
     return trials
 
 
+def _shifted_copy(tiny_root: Path, out: Path) -> Path:
+    """An ImageFolder tree of the tiny tree's val images under another stain and light (a
+    colour cast and a dimmer lamp): the study's out-of-domain tree."""
+    from PIL import Image
+
+    gain = np.array([0.8, 1.05, 1.2])
+    for path in sorted((tiny_root / "WBC_100/val/data").glob("*/*.png")):
+        rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+        target = out / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(rgb * gain * 0.9, 0, 255).astype(np.uint8)).save(target)
+    return out
+
+
 @pytest.fixture(scope="module")
 def small_study(ray_local: None, tiny_root: Path, tmp_path_factory: pytest.TempPathFactory
                 ) -> tuple[Path, StudySpec, dict[str, Any]]:
     results = tmp_path_factory.mktemp("study") / "small"
-    spec = _spec(tiny_root)
+    shifted = _shifted_copy(tiny_root, tmp_path_factory.mktemp("shifted"))
+    spec = _spec(tiny_root, eval_data=[str(shifted)])
     record = run_study(spec, results, quiet=True)
     return results, spec, record
+
+
+def test_each_cell_keeps_the_model_of_its_best_final_seed(
+        small_study: tuple[Path, StudySpec, dict]) -> None:
+    from study.results.models import kept_models
+    from wbc.classifier import MODEL_FILE, load_classifier
+
+    results, spec, _ = small_study
+    trials = pd.read_parquet(results / "trials.parquet")
+    finals = trials[trials["phase"] == "final"]
+    kept = {m.cell: m for m in kept_models(results)}
+    assert set(kept) == {f"{s}-{t}" for s, t in spec.cells}  # one per cell, no more
+    assert len(list((results / "models").glob("*/seed-*"))) == len(spec.cells)
+    for cell, rows in finals.groupby("cell"):
+        best = rows.sort_values(["val_macro_f1", "seed"], ascending=[False, True]).iloc[0]
+        model = kept[cell]
+        assert model.seed == best["seed"]  # chosen on the selection split, never on test
+        classifier = load_classifier(model.folder)
+        card = classifier.card
+        assert (card.cell, card.seed, card.trial_key) == (cell, best["seed"], best["trial_id"])
+        assert card.classes == WBC_CLASSES and card.image_size == spec.image_size
+        assert card.data_fingerprint == best["data_fingerprint"]
+        assert card.figures["test_accuracy"] == best["test_accuracy"]
+        assert card.figures["val_macro_f1"] == best["val_macro_f1"]
+        for other in rows[rows["seed"] != best["seed"]].itertuples():
+            folder = results / "tune" / other.trial_id.replace("/", "-")
+            assert not list(folder.glob(f"checkpoint_*/{MODEL_FILE}")), other.trial_id
+    # Search trials keep nothing.
+    assert not list((results / "tune").glob(f"*search*/checkpoint_*/{MODEL_FILE}"))
+
+
+def test_wbc_evaluate_on_the_studys_tree_gives_each_kept_models_row_figures(
+        small_study: tuple[Path, StudySpec, dict], tiny_root: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from study.results.models import kept_models
+    from wbc.cli import main as wbc_main
+
+    results, _, _ = small_study
+    rows = pd.read_parquet(results / "trials.parquet").set_index("trial_id")
+    for kept in kept_models(results):
+        assert wbc_main(["evaluate", "--model", str(kept.folder), "--data", str(tiny_root),
+                         "--json", "--quiet"]) == 0
+        scores = json.loads(capsys.readouterr().out)
+        row = rows.loc[kept.card().trial_key]
+        assert scores["split"] == row["reporting_split"]
+        assert scores["same_data"] is True
+        for name in ("accuracy", "macro_f1", "balanced_accuracy", "n",
+                     *(f"recall_{c}" for c in WBC_CLASSES)):
+            assert scores[name] == row[f"test_{name}"], (kept.cell, name)  # exactly
+        assert scores["confusion_matrix"] == [list(r) for r in row["test_confusion_matrix"]]
+        assert scores["predictions"] == list(row["test_predictions"])
+
+
+def test_the_kept_models_are_scored_out_of_domain_and_reported(
+        small_study: tuple[Path, StudySpec, dict]) -> None:
+    results, spec, record = small_study
+    scores = pd.read_parquet(results / "eval.parquet")
+    assert len(scores) == len(spec.cells)  # every kept model on the one tree
+    assert scores["error"].isna().all()
+    assert set(scores["eval_data"]) == set(spec.eval_data)
+    assert (scores["n"] == 30).all()  # every image of the shifted tree (6 val x 5 classes)
+    assert scores["accuracy"].between(0, 1).all() and scores["in_domain_accuracy"].notna().all()
+    assert record["sessions"][-1]["eval_seconds"] >= 0
+    from study.report import write_report
+
+    text = write_report(results, results / "report-ood")[0].read_text()
+    assert "## Out of domain" in text and "## Kept models" in text
+    section = text[text.index("## Out of domain"):text.index("## Kept models")]
+    for cell in scores["cell"]:
+        assert f"| {cell} | 1 |" in section
 
 
 def test_small_study_writes_typed_parquet_rows(small_study: tuple[Path, StudySpec, dict]
@@ -166,6 +251,16 @@ def test_tune_experiment_folder_works_with_tune_analysis(
     assert grid.errors == []
     best = grid.get_best_result(metric="best_val_macro_f1", mode="max", filter_nan_and_inf=True)
     assert best.metrics["best_val_macro_f1"] >= 0.0
+    # Tune's own idiom gives a model: the best trial among those that kept one.
+    from study.tune.trial import MODEL_METRIC
+    from wbc.classifier import load_classifier
+
+    kept = grid.get_best_result(metric=MODEL_METRIC, mode="max")
+    assert kept.config["phase"] == "final" and kept.checkpoint is not None
+    with kept.checkpoint.as_directory() as folder:
+        classifier = load_classifier(folder)
+    assert classifier.card.trial_key == kept.config["trial_key"]
+    assert (results / "models" / kept.config["cell"] / f"seed-{kept.config['seed']}").is_dir()
 
 
 def test_a_new_study_refuses_a_folder_that_holds_one(small_study: tuple[Path, StudySpec, dict]
@@ -292,6 +387,11 @@ def test_trials_can_drive_ray_train_workers(ray_local: None, tiny_root: Path,
     assert set(trials["world_size"]) == {2}
     assert trials.loc["WBC_10-scratch/final-seed1", "test_n"] > 0
     assert (results / "train").is_dir()  # the Ray Train runs, named per trial
+    from wbc.classifier import load_classifier  # the trial kept its model itself
+
+    card = load_classifier(results / "models/WBC_10-scratch/seed-1").card
+    assert card.figures["test_accuracy"] == trials.loc["WBC_10-scratch/final-seed1",
+                                                       "test_accuracy"]
     assert record["sessions"][-1]["slots"] == 1  # one trial of 2 workers fills 2 CPUs
 
 

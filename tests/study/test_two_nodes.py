@@ -86,9 +86,21 @@ def _job_logs(head: HeadNode, job_id: str) -> str:
 
 
 def _checkpoints(results: Path) -> list[Path]:
-    """Checkpoint folders that still hold state (an ended trial's are emptied, kept for Tune)."""
+    """Checkpoint folders that still hold training state (an ended trial's are emptied, kept
+    for Tune; a final trial's kept model stays, study.results.models)."""
+    kept = {"dropped.txt", "model.safetensors", "model.json"}
     return [p for p in results.rglob("checkpoint_*")
-            if p.is_dir() and any(f.name != "dropped.txt" for f in p.iterdir())]
+            if p.is_dir() and any(f.name not in kept for f in p.iterdir())]
+
+
+def _check_models(results: Path, spec: dict[str, Any]) -> None:
+    """Each cell's final model is kept, whichever node trained it, and loads."""
+    from wbc.classifier import load_classifier
+
+    for subset in spec["subsets"]:
+        for strategy in spec["strategies"]:
+            card = load_classifier(results / "models" / f"{subset}-{strategy}" / "seed-1").card
+            assert (card.subset, card.strategy, card.seed) == (subset, strategy, 1)
 
 
 def test_a_study_runs_on_two_nodes(head: HeadNode, tree: Path, tmp_path: Path) -> None:
@@ -111,6 +123,7 @@ def test_a_study_runs_on_two_nodes(head: HeadNode, tree: Path, tmp_path: Path) -
     assert set(trials["node_id"]) == {n["node_id"] for n in record["nodes"]}
     # Checkpoints were written (every epoch) and are gone once each trial's row was.
     assert _checkpoints(results) == []
+    _check_models(results, SPEC)
 
 
 def test_a_node_that_cannot_see_the_results_folder_stops_the_study_before_any_trial(

@@ -23,3 +23,12 @@ def test_an_ended_trials_checkpoint_folders_stay_but_hold_no_state(tmp_path: Pat
         folder = trial / f"checkpoint_{index:06d}"
         assert [p.name for p in folder.iterdir()] == [DROPPED_NOTE]  # exists for Tune, empty
     assert not train.exists()
+
+
+def test_a_kept_model_stays_while_the_state_beside_it_goes(tmp_path: Path) -> None:
+    folder = tmp_path / "WBC_10-scratch-final-seed1" / "checkpoint_000003"
+    folder.mkdir(parents=True)
+    for name in ("model.safetensors", "model.json", "checkpoint.pt"):
+        (folder / name).write_bytes(b"w")
+    _drop_checkpoints(str(folder.parent), None)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
