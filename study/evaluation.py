@@ -130,11 +130,22 @@ def score_kept_models(spec: StudySpec, results: Path, *, cache_dir: str | None,
         rows = [_row(spec, kept, tree, outcome, results)
                 for kept, outcome in zip(by_tree[tree], ray.get(ready[0]), strict=True)]
         store.write_evaluations(rows)  # as each tree ends: a crash keeps what is done
-        for row in rows:
-            where = f"{row['cell']} seed {row['seed']} on {Path(tree).name}"
-            if row["error"]:
-                say(f"out of domain: {where}: {row['error']}")
-            else:
-                say(f"out of domain: {where}: accuracy {100 * row['accuracy']:.1f}% "
-                    f"(in domain {100 * (row['in_domain_accuracy'] or 0):.1f}%), n={row['n']}")
+        say(_tree_line(tree, rows))
     return len(todo)
+
+
+def _tree_line(tree: str, rows: list[dict[str, Any]]) -> str:
+    """One console line per tree: the spread of the models' figures there and in domain."""
+    failed = [r for r in rows if r["error"]]
+    good = [r for r in rows if not r["error"]]
+    parts = [f"out of domain: {Path(tree).name}"]
+    if good:
+        def spread(key: str) -> str:
+            values = [100 * float(r[key]) for r in good if r.get(key) is not None]
+            return f"{min(values):.1f}-{max(values):.1f}" if values else "n/a"
+
+        parts.append(f"{len(good)} model(s) on {good[0]['n']} images, macro-F1 "
+                     f"{spread('macro_f1')} (in domain {spread('in_domain_macro_f1')})")
+    if failed:
+        parts.append(f"{len(failed)} could not be scored: {failed[0]['error']}")
+    return ": ".join(parts[:2]) + ("; " + parts[2] if len(parts) > 2 else "")

@@ -166,7 +166,8 @@ def _load_tree(spec: StudySpec, results: Path, cache_dir: str | None,
                              f"({err}); give --cache-dir a writable folder") from err
         data = {"source": "synthetic", "scale": spec.synthetic_scale,
                 "val_scale": spec.synthetic_val_scale,
-                "tissue_scale": spec.synthetic_tissue_scale, "seed": spec.synthetic_seed}
+                "tissue_scale": spec.synthetic_tissue_scale, "seed": spec.synthetic_seed,
+                "root": str(root)}  # where it was made: `wbc evaluate --data` takes it
     else:
         root = Path(spec.data)
         if not root.is_dir():

@@ -163,9 +163,9 @@ def _summary(record: dict[str, Any], results: Path) -> str:
     parts.append(f"results: {results}  (trials.parquet, epochs.parquet, study.json)")
     models = kept_models(results)
     if models:
-        first = models[-1].folder
-        parts.append(f"models: {len(models)} kept in {results / 'models'} (one folder per "
-                     f"cell and seed); use one with: wbc predict --model {first} IMAGES...")
+        parts.append(f"models: {len(models)} kept in {results / 'models'}/<cell>/seed-<seed> "
+                     f"(e.g. {models[0].folder}); use one with: wbc predict --model FOLDER "
+                     "IMAGES...")
     if (results / EVAL_FILE).exists():
         parts.append(f"out of domain: {results / EVAL_FILE} (the kept models on "
                      f"{len(record['spec'].get('eval_data') or [])} other tree(s))")

@@ -34,7 +34,9 @@ def kept_models_section(report: Report) -> list[str]:
              "it elsewhere.", "",
              "| cell | seed | test accuracy | test macro-F1 | best epoch | folder |",
              "|---|---|---|---|---|---|"]
-    for model in models:
+    order = {s: i for i, s in enumerate(report.subsets)}
+    for model in sorted(models, key=lambda m: (order.get(str(m["cell"]).split("-")[0], 99),
+                                               str(m["cell"]), m["seed"])):
         figures = model.get("figures") or {}
         lines.append(f"| {model['cell']} | {model['seed']} | "
                      f"{_pct(figures.get('test_accuracy'))} | "
@@ -92,7 +94,8 @@ def out_of_domain_section(report: Report) -> list[str]:
     lines = ["## Out of domain", "",
              "Every kept model scored on other trees (`eval_data`; `eval.parquet`), on each "
              "tree's reporting split, through the training's decode and preprocessing. "
-             "In-domain figures are the same models' own test figures. A classifier can lose "
+             "In-domain figures are the same models' own test figures (a kept model's, not "
+             "Table 1's mean over seeds). A classifier can lose "
              "much of its accuracy on another microscope's images (Tsutsui et al., ICASSP 2023: "
              "98.5% in domain, 34.6% on another's), and whether pretraining helps more there is "
              "what this part asks.", ""]
@@ -111,8 +114,8 @@ def out_of_domain_section(report: Report) -> list[str]:
         lines += [f"### {Path(str(tree)).name}", "",
                   f"`{tree}`, {rows['eval_split'].iloc[0]} split, {int(rows['n'].iloc[0])} "
                   "images.", "",
-                  "| cell | models | in-domain macro-F1 | out-of-domain macro-F1 | drop | "
-                  "out-of-domain accuracy [95%] |", "|---|---|---|---|---|---|"]
+                  "| cell | models | in-domain macro-F1 | out-of-domain macro-F1 | drop "
+                  "(points) | out-of-domain accuracy [95%] |", "|---|---|---|---|---|---|"]
         for cell, group in rows.groupby("cell", sort=False):
             f = _cell_figures(group)
             lines.append(f"| {cell} | {f['models']} | {f['in_f1']} | {f['out_f1']} | "

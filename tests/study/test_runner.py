@@ -84,7 +84,9 @@ def small_study(ray_local: None, tiny_root: Path, tmp_path_factory: pytest.TempP
                 ) -> tuple[Path, StudySpec, dict[str, Any]]:
     results = tmp_path_factory.mktemp("study") / "small"
     shifted = _shifted_copy(tiny_root, tmp_path_factory.mktemp("shifted"))
-    spec = _spec(tiny_root, eval_data=[str(shifted)])
+    not_a_tree = tmp_path_factory.mktemp("not-a-tree")  # scored as an error, the study goes on
+    (not_a_tree / "notes.txt").write_text("no images here")
+    spec = _spec(tiny_root, eval_data=[str(shifted), str(not_a_tree)])
     record = run_study(spec, results, quiet=True)
     return results, spec, record
 
@@ -143,10 +145,14 @@ def test_wbc_evaluate_on_the_studys_tree_gives_each_kept_models_row_figures(
 def test_the_kept_models_are_scored_out_of_domain_and_reported(
         small_study: tuple[Path, StudySpec, dict]) -> None:
     results, spec, record = small_study
-    scores = pd.read_parquet(results / "eval.parquet")
-    assert len(scores) == len(spec.cells)  # every kept model on the one tree
+    everything = pd.read_parquet(results / "eval.parquet")
+    assert len(everything) == 2 * len(spec.cells)  # every kept model on each tree
+    shifted, not_a_tree = spec.eval_data
+    refused = everything[everything["eval_data"] == not_a_tree]
+    assert refused["error"].str.contains("neither a tree in the report's layout").all()
+    assert record["status"] == "complete"
+    scores = everything[everything["eval_data"] == shifted]
     assert scores["error"].isna().all()
-    assert set(scores["eval_data"]) == set(spec.eval_data)
     assert (scores["n"] == 30).all()  # every image of the shifted tree (6 val x 5 classes)
     assert scores["accuracy"].between(0, 1).all() and scores["in_domain_accuracy"].notna().all()
     assert record["sessions"][-1]["eval_seconds"] >= 0
@@ -157,6 +163,7 @@ def test_the_kept_models_are_scored_out_of_domain_and_reported(
     section = text[text.index("## Out of domain"):text.index("## Kept models")]
     for cell in scores["cell"]:
         assert f"| {cell} | 1 |" in section
+        assert f"- {cell} seed " in section  # and on the other tree, why it could not be
 
 
 def test_small_study_writes_typed_parquet_rows(small_study: tuple[Path, StudySpec, dict]

@@ -381,6 +381,8 @@ def test_label_smoothing_is_searched_only_where_its_bounds_allow() -> None:
     ("subsets=[WBC_10,WBC_010]", r"subsets: WBC_010, WBC_10 given more than once"),
     ("strategies=scratch,pretrain,scratch", r"strategies: scratch given more than once"),
     ("space.imbalance=[none,none]", r"space\.imbalance=\['none', 'none'\] names a choice twice"),
+    ("keep_models=some", r"keep_models='some' is not one of: best, all, none"),
+    ("eval_data=[/a,/a]", r"eval_data=\['/a', '/a'\]: give each tree once"),
 ])
 def test_settings_every_trial_would_refuse_are_refused_at_load(assignment: str, pattern: str
                                                                ) -> None:
@@ -393,3 +395,10 @@ def test_pretrain_lr_is_used_as_given() -> None:
 
     spec = preset("quick").with_overrides(["pretrain_lr=1e-5"])
     assert pretrain_config(spec.base_config(), epochs=1, lr=spec.pretrain_lr).optim.lr == 1e-5
+
+
+def test_eval_data_needs_kept_models_and_keep_models_defaults_to_best() -> None:
+    assert preset("quick").keep_models == "best" and preset("paper").keep_models == "best"
+    assert preset("quick").with_overrides(["eval_data=[/a,/b]"]).eval_data == ("/a", "/b")
+    with pytest.raises(ValueError, match='scores the kept models, but keep_models is "none"'):
+        preset("quick").with_overrides(["keep_models=none", "eval_data=/a"])

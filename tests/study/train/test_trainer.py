@@ -91,3 +91,10 @@ def test_wbc_train_command_end_to_end(tiny_root: Path, tmp_path: Path, strategy:
         assert text in run.stdout
     if strategy != "scratch":
         assert "CAM16 pretraining: val accuracy" in run.stdout
+    # The run's best-epoch model, in the format wbc predict reads, with the run's figures.
+    from wbc.classifier import load_classifier
+
+    line = next(x for x in run.stdout.splitlines() if x.startswith("model: "))
+    card = load_classifier(Path(line.split()[1])).card
+    assert (card.strategy, card.subset, card.image_size) == (strategy, "WBC_100", 32)
+    assert card.figures["test_accuracy"] is not None
