@@ -165,8 +165,7 @@ def _trial(config: dict[str, Any], context: StudyContext, node_id: str) -> None:
     if context.spec.resources.mode == "train":
         _run_on_ray_train(context, config, train_config, plan, weights, extra)
     else:
-        _run_inline(context, train_config, plan, weights, extra, phase=config["phase"],
-                    trial_key=config["trial_key"])
+        _run_inline(context, train_config, plan, weights, extra, trial=config)
 
 
 def keeps_model(context: StudyContext, phase: str) -> bool:
@@ -175,21 +174,18 @@ def keeps_model(context: StudyContext, phase: str) -> bool:
     return phase == "final" and context.spec.keep_models != "none"
 
 
-def save_model(context: StudyContext, trial_key: str, config: TrainConfig,
+def save_model(context: StudyContext, trial: dict[str, Any], config: TrainConfig,
                weights: dict[str, Any], metrics: dict[str, Any], folder: Path) -> Path:
-    """Write a trial's best-epoch weights with their card into ``folder``."""
-    card = run_card(config, WBC_CLASSES, metrics, cell=cell_of(config),
-                    study=context.spec.name, trial_key=trial_key)
+    """Write a trial's best-epoch weights with their card into ``folder`` (``trial``: its
+    Tune config, which names its cell and key)."""
+    card = run_card(config, WBC_CLASSES, metrics, cell=trial["cell"],
+                    study=context.spec.name, trial_key=trial["trial_key"])
     return save_classifier(weights, card, folder)
 
 
-def cell_of(config: TrainConfig) -> str:
-    return f"{config.data.subset}-{config.model.strategy}"
-
-
 def _run_inline(context: StudyContext, config: TrainConfig, plan: SplitPlan,
-                weights: Path | None, extra: dict[str, Any], *, phase: str,
-                trial_key: str) -> None:
+                weights: Path | None, extra: dict[str, Any], *, trial: dict[str, Any]
+                ) -> None:
     resources = context.spec.resources
     device = require_cuda("this trial") if resources.gpus_per_trial > 0 else "cpu"
     resume = None
@@ -199,14 +195,14 @@ def _run_inline(context: StudyContext, config: TrainConfig, plan: SplitPlan,
             # Emptied when the trial ended (study.tune.callback): nothing to resume from.
             if (Path(folder) / CHECKPOINT_FILE).exists():
                 resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
-    epochs = config.optim.epochs
+    epochs, keep = config.optim.epochs, keeps_model(context, trial["phase"])
 
     def on_epoch(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-        if metrics["epoch"] == epochs and state is not None and keeps_model(context, phase):
+        if metrics["epoch"] == epochs and state is not None and keep:
             # The last report: the best epoch's weights as the trial's Tune checkpoint (the
             # training state is not kept: the row has the figures).
             with tempfile.TemporaryDirectory() as folder:
-                save_model(context, trial_key, config, best_weights(state), metrics,
+                save_model(context, trial, config, best_weights(state), metrics,
                            Path(folder))
                 tune.report({**metrics, MODEL_METRIC: metrics.get("val_macro_f1")},
                             checkpoint=tune.Checkpoint.from_directory(folder))
@@ -257,10 +253,9 @@ def _run_on_ray_train(context: StudyContext, config: dict[str, Any], train_confi
         with result.checkpoint.as_directory() as folder:
             state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
         with tempfile.TemporaryDirectory() as staged:
-            save_model(context, config["trial_key"], train_config, best_weights(state),
+            save_model(context, config, train_config, best_weights(state),
                        dict(result.metrics or {}), Path(staged))
-            place_model(context.results, cell_of(train_config), train_config.seed,
-                        Path(staged))
+            place_model(context.results, config["cell"], train_config.seed, Path(staged))
 
 
 def with_resources(context: StudyContext) -> Any:
