@@ -227,6 +227,45 @@ def search_history(report: Report, folder: Path, formats: Sequence[str]) -> list
     return _save(fig, folder, "search_history", formats)
 
 
+def out_of_domain(report: Report, folder: Path, formats: Sequence[str]) -> list[Path]:
+    """Per ``eval_data`` tree, the kept models' macro-F1 by budget: in domain (their own test
+    figures, dashed) and on that tree (solid), one colour per strategy."""
+    frame = report.results.evaluations
+    if frame is None or not len(frame) or "macro_f1" not in frame:
+        return []
+    good = frame[frame["error"].isna()] if "error" in frame else frame
+    trees = sorted(good["eval_data"].unique())
+    if not trees:
+        return []
+    budgets = _budgets(report)
+    x = np.arange(len(budgets), dtype=float)
+    fig, axes = plt.subplots(1, len(trees), figsize=(4.6 * len(trees) + 1.6, 3.9),
+                             sharey=True, layout="constrained", squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, tree in zip(axes[0], trees, strict=True):
+        rows = good[good["eval_data"] == tree]
+        for k, strategy in enumerate(report.strategies):
+            mine = rows[rows["strategy"] == strategy].groupby("subset")
+            inside = [mine["in_domain_macro_f1"].mean().get(b, np.nan) for b in budgets]
+            outside = [mine["macro_f1"].mean().get(b, np.nan) for b in budgets]
+            colour = colours[k % len(colours)]
+            ax.plot(x, inside, linestyle="--", marker="o", color=colour, alpha=0.6,
+                    label=f"{strategy}, in domain")
+            ax.plot(x, outside, linestyle="-", marker="s", color=colour,
+                    label=f"{strategy}, on this tree")
+        ax.set_xticks(x, budgets)
+        ax.set_xlim(-0.3, len(budgets) - 0.7)
+        ax.set_title(f"{Path(str(tree)).name} ({int(rows['n'].iloc[0])} images)")
+        ax.set_xlabel("label budget")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("macro-F1 of the kept models")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("Out of domain: the kept models on other trees (solid) beside their own test "
+                 "split (dashed)")
+    return _save(fig, folder, "out_of_domain", formats)
+
+
 def draw_all(report: Report, folder: Path, *, formats: Sequence[str] = ("png",)) -> list[Path]:
     """Every figure in every format; ``ValueError`` naming an unknown format."""
     unknown = [f for f in formats if f not in FORMATS]
@@ -236,6 +275,6 @@ def draw_all(report: Report, folder: Path, *, formats: Sequence[str] = ("png",))
     folder.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     for figure in (by_budget, per_class_recall, confusion_matrices, learning_curves,
-                   search_history):
+                   search_history, out_of_domain):
         paths += figure(report, folder, formats)
     return paths

@@ -164,6 +164,11 @@ def test_the_kept_models_are_scored_out_of_domain_and_reported(
     for cell in scores["cell"]:
         assert f"| {cell} | 1 |" in section
         assert f"- {cell} seed " in section  # and on the other tree, why it could not be
+    from PIL import Image
+
+    figure = np.asarray(Image.open(results / "report-ood/figures/out_of_domain.png").convert("L"))
+    assert figure.shape[1] > 1000 and (figure < 128).mean() > 0.005  # drawn, not blank
+    assert "![out_of_domain.png](figures/out_of_domain.png)" in text
 
 
 def test_small_study_writes_typed_parquet_rows(small_study: tuple[Path, StudySpec, dict]
