@@ -20,7 +20,7 @@ from typing import Any
 
 from wbc.imageio import MAX_PIXELS_ENV, ImageError, max_image_pixels, parse_pixel_count
 
-__all__ = ["main"]
+__all__ = ["main", "package_version"]
 
 
 class UserError(Exception):
@@ -299,11 +299,22 @@ def _add_model_commands(sub: Any, common: argparse.ArgumentParser,
     p.set_defaults(run=_cmd_export)
 
 
+def package_version() -> str:
+    """The installed project's version, for ``--version`` of ``wbc`` and ``study``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wbc-study")
+    except PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wbc", description="Make, import, check and decode white-blood-cell datasets in the "
                                 "report's layout (WBC_100/50/10/1, CAM16, pRCC); predict with, "
                                 "evaluate and export trained models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workers", type=int, default=None,

@@ -129,7 +129,10 @@ def _from_tune(tune_dir: Path, root: Path) -> Results:
     trials, epochs = [], []
     found = [p / STUDY_FILE for p in (root, tune_dir.parent) if (p / STUDY_FILE).exists()]
     study = json.loads(found[0].read_text()) if found else {}
-    name = study.get("study", tune_dir.name)
+    # Without study.json: named after the results folder that holds tune/ (or the folder).
+    name = study.get("study") or (tune_dir.parent.name if tune_dir.name == "tune"
+                                  else tune_dir.name)
+    study.setdefault("study", name)
     for trial in analysis.trials:
         config = dict(trial.config)
         if "trial_key" not in config:

@@ -422,6 +422,13 @@ def test_report_from_the_tune_folder_alone_matches_the_parquet_one(
         return text[text.index("### accuracy"):text.index("## Paired comparisons")]
 
     assert table1(from_tune) == table1(from_parquet)
+    # A Tune folder copied away from its study.json is named after the folder holding it.
+    import shutil
+
+    alone = tmp_path / "my-study" / "tune"
+    shutil.copytree(results / "tune", alone, ignore=shutil.ignore_patterns("checkpoint_*"))
+    text = write_report(alone, tmp_path / "alone")[0].read_text()
+    assert text.startswith("# Study `my-study`")
 
 
 def test_ssl_strategies_run_through_the_study_and_reach_the_report(
