@@ -23,6 +23,7 @@ from typing import Any
 from study.results import ResultsStore
 from study.results.models import KeptModel, kept_models
 from study.spec import StudySpec
+from wbc.classifier import Card
 
 __all__ = ["EVAL_SPLIT", "eval_problem", "score_kept_models"]
 
@@ -48,7 +49,7 @@ def _score_tree(models: list[str], tree: str, cache_dir: str | None, device: str
     or its error (a tree that cannot be loaded gives every model that error)."""
     import torch
 
-    from wbc.classifier import load_classifier, read_card
+    from wbc.classifier import load_classifier
     from wbc.inference import load_split, score_split
 
     torch.set_num_threads(max(1, threads))
@@ -56,12 +57,13 @@ def _score_tree(models: list[str], tree: str, cache_dir: str | None, device: str
     loaded: dict[tuple[tuple[str, ...], int], Any] = {}
     for model in models:
         try:
-            card = read_card(model)
+            classifier = load_classifier(model, device=device)
+            card = classifier.card
             key = (card.classes, card.image_size)
             if key not in loaded:
                 loaded[key] = load_split(tree, card.classes, card.image_size, split=EVAL_SPLIT,
                                          cache_dir=cache_dir)
-            figures = score_split(load_classifier(model, device=device), loaded[key])
+            figures = score_split(classifier, loaded[key])
         except Exception as err:  # the row records it; the study goes on
             outcomes.append({"error": f"{type(err).__name__}: {err}"})
             continue
@@ -73,9 +75,8 @@ def _score_tree(models: list[str], tree: str, cache_dir: str | None, device: str
 _LISTS = ("confusion_matrix", "predictions", "targets")
 
 
-def _row(spec: StudySpec, kept: KeptModel, tree: str, outcome: dict[str, Any],
+def _row(spec: StudySpec, kept: KeptModel, card: Card, tree: str, outcome: dict[str, Any],
          results: Path) -> dict[str, Any]:
-    card = kept.card()
     figures = outcome.get("figures") or {}
     row: dict[str, Any] = {
         "study": spec.name, "cell": kept.cell, "subset": card.subset,
@@ -108,8 +109,9 @@ def score_kept_models(spec: StudySpec, results: Path, *, cache_dir: str | None,
     if len(done):
         ok = done[done["error"].isna()] if "error" in done else done
         have = set(zip(ok["trial_id"], ok["eval_data"], strict=True))
+    cards = {kept.file: kept.card() for kept in kept_models(results)}  # each header read once
     todo = [(kept, tree) for kept in kept_models(results) for tree in spec.eval_data
-            if (kept.card().trial_key, tree) not in have]
+            if (cards[kept.file].trial_key, tree) not in have]
     if not todo:
         return 0
     resources = spec.resources
@@ -127,7 +129,7 @@ def score_kept_models(spec: StudySpec, results: Path, *, cache_dir: str | None,
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         tree = pending.pop(ready[0])
-        rows = [_row(spec, kept, tree, outcome, results)
+        rows = [_row(spec, kept, cards[kept.file], tree, outcome, results)
                 for kept, outcome in zip(by_tree[tree], ray.get(ready[0]), strict=True)]
         store.write_evaluations(rows)  # as each tree ends: a crash keeps what is done
         say(_tree_line(tree, rows))

@@ -39,6 +39,7 @@ __all__ = [
     "model_folder",
     "place_model",
     "settle_models",
+    "trial_dir_name",
     "tune_model_files",
 ]
 
@@ -125,9 +126,13 @@ def best_seed(rows: Iterable[dict[str, Any]]) -> int | None:
     return max(scored)[2] if scored else None
 
 
+def trial_dir_name(trial_id: str) -> str:
+    """The folder Tune keeps a trial in (``study.tune.experiment`` names it so)."""
+    return trial_id.replace("/", "-")
+
+
 def _trial_folder(results: Path, trial_id: str) -> Path:
-    # study.tune.experiment names each trial's folder after its key.
-    return results / "tune" / trial_id.replace("/", "-")
+    return results / "tune" / trial_dir_name(trial_id)
 
 
 def _empty_tune_model(results: Path, row: dict[str, Any], kept_seed: int) -> None:

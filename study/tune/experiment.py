@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from study.results import ResultsStore, curve, resolved_config, trial_row
+from study.results.models import trial_dir_name
 from study.spec import StudySpec
 from study.tune.callback import StudyCallback
 from study.tune.search import CellScheduler, CellSearcher
@@ -36,7 +37,7 @@ def _new_tuner(context: StudyContext, trainable: Any, slots: int, quiet: bool) -
             # Inline trials reuse their process (torch imported, cache mapped once); a Ray
             # Train driver function cannot be reset, so it is not reused.
             reuse_actors=spec.resources.mode == "inline",
-            trial_dirname_creator=lambda trial: trial.config["trial_key"].replace("/", "-"),
+            trial_dirname_creator=lambda trial: trial_dir_name(trial.config["trial_key"]),
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=context.results, verbose=0,

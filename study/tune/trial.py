@@ -38,7 +38,7 @@ from typing import Any
 from ray import tune
 
 from study.results import CONFIG_KEY, TRIAL_KEYS, ResultsStore
-from study.results.models import place_model
+from study.results.models import place_model, trial_dir_name
 from study.spec import StudySpec
 from study.train.trainer import CHECKPOINT_FILE, RunSpec, build_trainer
 from wbc.augment import pastes_enabled
@@ -232,7 +232,7 @@ def run_spec(context: StudyContext, name: str) -> RunSpec:
 def train_run_folder(spec: StudySpec, results: str, trial_key: str) -> Path:
     """Where a train-mode trial's Ray Train run keeps its state: stable per trial, so a
     restored study resumes the run from its own checkpoints."""
-    return Path(results) / "train" / f"{spec.name}-{trial_key.replace('/', '-')}"
+    return Path(results) / "train" / f"{spec.name}-{trial_dir_name(trial_key)}"
 
 
 def _run_on_ray_train(context: StudyContext, config: dict[str, Any], train_config: TrainConfig,
