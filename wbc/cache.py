@@ -45,7 +45,6 @@ Images that are the same file (hard links, or copies with equal name, content an
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -65,6 +64,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from wbc.datasets import Sample, file_digest
+from wbc.fileio import file_lock
 from wbc.imageio import decode_working, mask_to_working, read_mask
 
 __all__ = ["CACHE_VERSION", "DecodedSet", "Verify", "decode_samples", "default_cache_dir"]
@@ -431,9 +431,8 @@ def _build_locked(root: Path, directory: Path, distinct: Sequence[Sample], finge
                   progress: Callable[[str], None] | None, verify: Verify) -> DecodedSet:
     """Build the cache in ``directory`` unless another process did while we waited (checked
     as thoroughly as the caller asked: a sample could pass the damage a full check found)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / f"{directory.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building it: wait, then reuse
+    # Another process building it: wait, then reuse.
+    with file_lock(root / f"{directory.name}.lock"):
         done = _existing(directory, fingerprint, verify, lambda _: None)
         if done is not None:
             return done

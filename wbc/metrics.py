@@ -9,12 +9,13 @@ little a one-run difference of half a point means on 1,728 images.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
-from statistics import NormalDist
-from typing import TypedDict
+from typing import SupportsIndex, TypedDict
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import stats
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 __all__ = ["ClassificationMetrics", "classification_metrics", "flatten_metrics", "mean_interval",
@@ -140,36 +141,39 @@ def scalars(metrics: Mapping[str, object]) -> dict[str, object]:
             if isinstance(v, bool | int | float | str) or v is None}
 
 
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def wilson_interval(successes: SupportsIndex, n: SupportsIndex, confidence: float = 0.95
+                    ) -> tuple[float, float]:
     """Wilson score interval for a proportion such as accuracy (``successes`` of ``n``).
 
     Preferred over the normal approximation because it stays inside [0, 1] and keeps its
-    coverage near 0% and 100%, where small WBC subsets and good models live.
+    coverage near 0% and 100%, where small WBC subsets and good models live. The bound is
+    exactly 0 at ``successes == 0`` and exactly 1 at ``successes == n``. Raises ``ValueError``
+    for ``n < 1``, ``successes`` outside ``0..n``, non-integer counts or a confidence outside
+    (0, 1).
     """
+    try:
+        k, n = operator.index(successes), operator.index(n)
+    except TypeError:
+        raise ValueError(f"successes and n must be integer counts, got {successes!r} of {n!r}"
+                         ) from None
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    if not 0 <= successes <= n:
-        raise ValueError(f"successes must be in 0..{n}, got {successes}")
+    if not 0 <= k <= n:
+        raise ValueError(f"successes must be in 0..{n}, got {k}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2.0 * n)) / denom
-    half = z / denom * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
-    # At 0 or n the exact bound is 0 or 1; the formula leaves rounding dust there.
-    lo = 0.0 if successes == 0 else max(0.0, centre - half)
-    hi = 1.0 if successes == n else min(1.0, centre + half)
-    return lo, hi
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    # scipy pins the 0 and n ends exactly; the clamp only guards rounding dust elsewhere.
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def mean_interval(values: ArrayLike, confidence: float = 0.95) -> tuple[float, float, float]:
     """Mean of repeated runs (seeds) with a Student-t interval: ``(mean, low, high)``.
 
-    One value gives an interval of NaN width (one run says nothing about run-to-run spread).
+    Non-finite values (a run that reported NaN) are left out. No values give all NaN; one
+    value gives the mean with a NaN interval (one run says nothing about run-to-run spread);
+    identical values give the zero-width interval ``(mean, mean, mean)``.
     """
-    from scipy import stats
-
     data = np.asarray(values, dtype=float)
     data = data[np.isfinite(data)]
     if data.size == 0:
@@ -177,6 +181,9 @@ def mean_interval(values: ArrayLike, confidence: float = 0.95) -> tuple[float, f
     mean = float(data.mean())
     if data.size < 2:
         return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, data.size - 1)
-                 * data.std(ddof=1) / math.sqrt(data.size))
-    return mean, mean - half, mean + half
+    sem = float(stats.sem(data))
+    if sem == 0.0:
+        # scipy answers NaN (and warns) for a zero scale; no spread is a zero-width interval.
+        return mean, mean, mean
+    low, high = stats.t.interval(confidence, data.size - 1, loc=mean, scale=sem)
+    return mean, float(low), float(high)

@@ -74,6 +74,14 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def _strip_wrapper_prefixes(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A copy of ``state`` without wrapper prefixes, stacked ones included (DDP of a compiled
+    model gives ``module._orig_mod.``).
+
+    Hand-written rather than ``torch.nn.modules.utils.consume_prefix_in_state_dict_if_present``:
+    that strips the prefix from whichever keys have it, so a model with a submodule that
+    happens to be named ``module`` would have only those keys renamed and load wrong (or
+    overwrite a same-named key), and it edits the caller's dict in place.
+    """
     out = dict(state)
     changed = True
     while changed and out:

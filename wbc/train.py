@@ -105,9 +105,15 @@ def prepare_batch(images_u8: Tensor, *, generator: torch.Generator | None = None
 
 
 def _class_weights(labels: Tensor, num_classes: int) -> Tensor:
-    """scikit-learn's "balanced" class weights, n / (classes * count), 0 for absent classes;
-    computed on the labels' device (scikit-learn would need a host copy and fails on absent
-    classes)."""
+    """scikit-learn's "balanced" class weights, ``n / (num_classes * count)``, over the fixed
+    label space: a class absent from ``labels`` (a tiny WBC subset) gets weight 0.
+
+    Hand-written rather than ``sklearn.utils.class_weight.compute_class_weight("balanced")``:
+    given all ``num_classes`` classes it raises for one absent from ``y`` ("classes should have
+    valid labels that are in y"), and given only the present ones it divides by their number,
+    not ``num_classes``, so it would need a scatter and a rescale around it, plus a host copy
+    of labels that live on the training device. With every class present the two agree
+    (``tests/wbc/test_train.py``)."""
     counts = torch.bincount(labels, minlength=num_classes).float()
     return torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)),
                        torch.zeros_like(counts))

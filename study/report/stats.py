@@ -252,6 +252,12 @@ def metric_values(y: ArrayLike, pred: ArrayLike, metric: str, num_classes: int,
 
 # --- bootstrap draws ----------------------------------------------------------------------
 
+# Hand-written rather than scipy.stats.bootstrap: that resamples the observations of each
+# sample independently, while here one stratified draw of images must weight every seed of
+# both cells alike (the pairing), metrics are scored for all replicates at once from weighted
+# counts, and hierarchical_bootstrap crosses a seed draw with an image draw. Only the
+# one-level seed bootstrap of _prob_improvement is scipy's.
+
 
 def _strata(y: IntArray, stratify: bool) -> list[IntArray]:
     if not stratify:
@@ -335,9 +341,9 @@ def _t_interval(centre: float, variance: float, df: float, confidence: float
         # No variability at all: the difference is exact (p = 1 for an exact zero).
         return centre, centre, 1.0 if centre == 0.0 else 0.0
     sd = math.sqrt(variance)
-    half = float(sps.t.ppf(0.5 + confidence / 2.0, df)) * sd
+    low, high = sps.t.interval(confidence, df, loc=centre, scale=sd)
     p = float(2.0 * sps.t.sf(abs(centre) / sd, df))
-    return centre - half, centre + half, p
+    return float(low), float(high), p
 
 
 def _seeds_needed(v_seed_run: float, v_img: float, confidence: float, power: float,
@@ -369,11 +375,11 @@ def _prob_improvement(rep_a: FloatArray, rep_b: FloatArray, rng: np.random.Gener
     seeds = per_seed.size
     if seeds < 2:
         return estimate, math.nan, math.nan
-    picks = rng.integers(0, seeds, size=(replicates, seeds))
-    boot = per_seed[picks].mean(axis=1)
-    alpha = 1.0 - confidence
-    low, high = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return estimate, float(low), float(high)
+    # ``random_state`` rather than ``rng``: the keyword every supported scipy (>= 1.11) takes.
+    boot = sps.bootstrap((per_seed,), np.mean, n_resamples=replicates, confidence_level=confidence,
+                         method="percentile", vectorized=True, random_state=rng)
+    interval = boot.confidence_interval
+    return estimate, float(interval.low), float(interval.high)
 
 
 _ONE_SEED = ("one seed: no estimate of seed variance, so no interval, test or power; "

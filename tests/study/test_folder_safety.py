@@ -96,6 +96,47 @@ def test_a_folder_in_use_is_refused_naming_its_owner_and_a_dead_owner_is_taken_o
     assert owner_of(folder) == {}  # let go: no holder named
 
 
+def test_a_refused_claim_leaves_the_holders_words_and_one_process_cannot_own_twice(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / ".owner").write_text('{"pid": 1}\n')  # a dead holder's words: replaced
+    with own_folder(folder, command="study run --resume") as me:
+        written = (folder / ".owner").read_text()
+        assert json.loads(written) == me and list(me) == ["command", "pid", "host", "since",
+                                                          "argv"]
+        with pytest.raises(FolderBusy, match=r"in use by study run --resume \(pid "), \
+                own_folder(folder):
+            pass
+        code = ("import sys\nfrom pathlib import Path\nfrom study.results.owner import "
+                "FolderBusy, own_folder\ntry:\n    with own_folder(Path(sys.argv[1])):\n"
+                "        sys.exit(1)\nexcept FolderBusy:\n    sys.exit(3)\n")
+        assert subprocess.run([sys.executable, "-c", code, str(folder)]).returncode == 3
+        assert (folder / ".owner").read_text() == written  # contenders did not truncate it
+    assert (folder / ".owner").read_text() == ""
+
+
+def test_a_killed_owners_forked_child_does_not_keep_the_folder(tmp_path: Path) -> None:
+    """A driver that forked (a decode pool) and was killed: its child must not hold the lock."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    code = ("import os, sys, time\nfrom pathlib import Path\nfrom study.results.owner import "
+            "own_folder\nwith own_folder(Path(sys.argv[1])):\n    child = os.fork()\n"
+            "    if child == 0:\n        time.sleep(600)\n        os._exit(0)\n"
+            "    print(child, flush=True)\n    time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout is not None
+    child = int(holder.stdout.readline())
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        with own_folder(folder) as me:
+            assert owner_of(folder)["pid"] == me["pid"]
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 def test_a_second_driver_and_a_second_resume_are_refused_and_lose_nothing(
         done_study: Path, tiny_root: Path, tmp_path: Path) -> None:
     results = _copy(done_study, tmp_path)

@@ -1,4 +1,4 @@
-"""Classification metrics against hand-computed examples, and the Wilson interval."""
+"""Classification metrics against hand-computed examples, and the Wilson and t intervals."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from wbc.layout import WBC_CLASSES
-from wbc.metrics import classification_metrics, flatten_metrics, wilson_interval
+from wbc.metrics import (
+    classification_metrics,
+    flatten_metrics,
+    mean_interval,
+    wilson_interval,
+)
 
 # Ten labels, three classes. Per class (TP, FN, FP): 0 -> (2, 1, 1), 1 -> (3, 1, 2), 2 -> (2, 1, 0).
 Y_TRUE = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
@@ -112,3 +117,48 @@ def test_wilson_interval_edges() -> None:
         wilson_interval(11, 10)
     with pytest.raises(ValueError, match="n must be positive"):
         wilson_interval(0, 0)
+
+
+@pytest.mark.parametrize(("successes", "n", "expected"), [
+    # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Table I,
+    # method 3 (score interval without continuity correction), to the 4 places printed there.
+    (81, 263, (0.2553, 0.3662)), (15, 148, (0.0624, 0.1605)), (0, 20, (0.0, 0.1611)),
+    (1, 29, (0.0061, 0.1718)),
+])
+def test_wilson_interval_published_values(successes: int, n: int,
+                                          expected: tuple[float, float]) -> None:
+    assert wilson_interval(successes, n) == pytest.approx(expected, abs=5e-5)
+
+
+def test_wilson_interval_matches_the_closed_form() -> None:
+    def closed_form(k: int, n: int, z: float) -> tuple[float, float]:
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        return 0.0 if k == 0 else centre - half, 1.0 if k == n else centre + half
+
+    for n in (1, 2, 7, 40, 1728):
+        for k in sorted({0, 1, n // 3, n - 1, n}):
+            for confidence, z in ((0.95, 1.959963984540054), (0.99, 2.5758293035489004)):
+                assert wilson_interval(k, n, confidence) == pytest.approx(
+                    closed_form(k, n, z), abs=1e-12)
+    assert wilson_interval(np.int64(3), np.int64(10)) == wilson_interval(3, 10)
+    with pytest.raises(ValueError, match="integer counts"):
+        wilson_interval(3.0, 10)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="confidence"):
+        wilson_interval(3, 10, confidence=1.0)
+
+
+def test_mean_interval() -> None:
+    mean, low, high = mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    # t_{0.975, 4} = 2.7764451051977987; sd = sqrt(2.5), so half = t * sqrt(2.5 / 5).
+    assert mean == 3.0
+    assert (low, high) == pytest.approx((3.0 - 1.9632432, 3.0 + 1.9632432), abs=1e-7)
+    assert mean_interval([1.0, 2.0, 3.0, 4.0, 5.0], confidence=0.99)[1] < low
+    # Non-finite runs are left out; one run has no spread to estimate; equal runs, none.
+    assert mean_interval([1.0, math.nan, 3.0, math.inf]) == pytest.approx(mean_interval([1.0, 3.0]))
+    assert all(math.isnan(v) for v in mean_interval([]))
+    assert all(math.isnan(v) for v in mean_interval([math.nan]))
+    one = mean_interval([0.7])
+    assert one[0] == 0.7 and math.isnan(one[1]) and math.isnan(one[2])
+    assert mean_interval([0.25, 0.25, 0.25]) == (0.25, 0.25, 0.25)

@@ -12,6 +12,7 @@ from torchvision.models import resnet18
 from wbc import strategies
 from wbc.model import (
     WeightsError,
+    _strip_wrapper_prefixes,
     backbone_state,
     build_resnet18,
     load_backbone,
@@ -87,6 +88,18 @@ def test_load_backbone_strips_ddp_prefix(cam16_state: dict[str, torch.Tensor]) -
     model = build_resnet18(5)
     load_backbone(model, {f"module.{k}": v for k, v in cam16_state.items()}, source="ddp")
     _assert_backbone_equal(model, cam16_state)
+
+
+def test_a_prefix_is_stripped_only_from_every_key() -> None:
+    one = torch.zeros(1)
+    stacked = {"module._orig_mod.conv1.weight": one, "module._orig_mod.fc.bias": one}
+    assert _strip_wrapper_prefixes(stacked).keys() == {"conv1.weight", "fc.bias"}
+    # A prefix on some keys is part of the model's own names (unlike torch's
+    # consume_prefix_in_state_dict_if_present, which would rename just those).
+    partial = {"module.weight": one, "fc.bias": one}
+    assert _strip_wrapper_prefixes(partial) == partial
+    assert list(partial) == ["module.weight", "fc.bias"]  # the caller's dict is untouched
+    assert _strip_wrapper_prefixes({}) == {}
 
 
 def test_backbone_state_is_a_snapshot_without_head(cam16_state: dict[str, torch.Tensor]) -> None:

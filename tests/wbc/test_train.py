@@ -25,7 +25,7 @@ from wbc.layout import WBC_CLASSES
 from wbc.model import build_resnet18
 from wbc.schedule import Schedule, build_optimizer
 from wbc.seeding import seed_everything
-from wbc.train import fit, load_checkpoint, save_checkpoint
+from wbc.train import _class_weights, fit, load_checkpoint, save_checkpoint
 
 FAST = {"image_size": 32, "batch_size": 16, "lr": 0.02, "color_jitter": 0.0,
         "warmup_epochs": 0.5}
@@ -53,6 +53,21 @@ def test_lr_schedules_are_pure_functions_of_the_step() -> None:
     step = OptimConfig(lr=1.0, schedule="step", step_every=2, step_gamma=0.5, warmup_epochs=0)
     schedule = Schedule.for_run(step, steps_per_epoch=10, epochs=6)
     assert [schedule.lr(s) for s in (0, 19, 20, 40)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_class_weights_are_sklearn_balanced_and_zero_for_an_absent_class() -> None:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = torch.tensor([0, 0, 0, 1, 2, 2, 4, 4, 4, 4, 4, 4])
+    with_all = torch.cat([labels, torch.tensor([3])])
+    assert _class_weights(with_all, 5).tolist() == pytest.approx(
+        compute_class_weight("balanced", classes=np.arange(5), y=with_all.numpy()).tolist())
+    # Class 3 absent (a tiny subset): weight 0, the others n / (num_classes * count), the
+    # denominator counting all 5 classes (sklearn raises here).
+    assert _class_weights(labels, 5).tolist() == pytest.approx(
+        [12 / (5 * 3), 12 / 5, 12 / (5 * 2), 0.0, 12 / (5 * 6)])
+    with pytest.raises(ValueError, match="classes should have valid labels"):
+        compute_class_weight("balanced", classes=np.arange(5), y=labels.numpy())
 
 
 def test_large_batch_rules_scale_the_peak_rate_by_the_global_batch() -> None:

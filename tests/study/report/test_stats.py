@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from threadpoolctl import threadpool_limits
 
@@ -277,6 +278,24 @@ def test_deterministic_given_seed() -> None:
             == cell_estimate(y, a, "accuracy", C, replicates=300, seed=3))
     assert (hierarchical_bootstrap(y, a, b, "accuracy", C, replicates=300, seed=3)
             == hierarchical_bootstrap(y, a, b, "accuracy", C, replicates=300, seed=3))
+
+
+def test_intervals_match_the_hand_formulas_they_replaced() -> None:
+    """The t interval is ``d ± t_df sqrt(v)`` and the probability-of-improvement interval is a
+    percentile bootstrap over seeds; the numbers are pinned from the hand-written versions
+    that scipy's ``t.interval`` and ``bootstrap`` replaced (same generator stream)."""
+    y = np.repeat(np.arange(C), 10)
+    rng = np.random.default_rng(9)
+    a = np.where(rng.random((5, 40)) < 0.8, y, (y + 1) % C)
+    b = np.where(rng.random((5, 40)) < 0.7, y, (y + 2) % C)
+    res = compare(y, a, b, "accuracy", C, replicates=400, seed=1)
+    half = sps.t.ppf(0.975, res.df) * math.hypot(res.seed_sd, res.image_sd)
+    assert res.low == pytest.approx(res.difference - half, rel=1e-12)
+    assert res.high == pytest.approx(res.difference + half, rel=1e-12)
+    assert (res.low, res.high, res.p) == pytest.approx(
+        (0.00775834808714379, 0.22224165191285614, 0.03740928416665705), rel=1e-12)
+    assert (res.prob_improvement, res.prob_improvement_low, res.prob_improvement_high) == \
+        pytest.approx((0.85075, 0.70475, 0.9618812499999997), rel=1e-12)
 
 
 def test_compare_rejects_unpaired_cells() -> None:
