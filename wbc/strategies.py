@@ -11,9 +11,12 @@ Others can be added with :func:`register_strategy`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Strategy", "get_strategy", "register_strategy", "strategy_names", "uses_pastes"]
+__all__ = ["Strategy", "get_strategy", "inapplicable_settings", "register_strategy",
+           "strategy_names", "uses_pastes"]
 
 # Names end up in cell ids, trial names, file paths and Parquet values: keep them to one
 # spelling that needs no quoting anywhere.
@@ -85,6 +88,32 @@ def uses_pastes(strategy: Strategy, mask_augment: bool | None) -> bool:
     if strategy.augment_switch and mask_augment is not None:
         return mask_augment
     return strategy.mask_augment
+
+
+# The settings that only some runs read (flat ``TrainConfig`` names).
+_PASTE_SETTINGS = ("aug_factor", "background", "max_shift", "paste_every_epoch")
+_PRETRAINED_SETTINGS = ("backbone_lr_scale", "transfer_stages")
+
+
+def inapplicable_settings(settings: Mapping[str, Any]) -> frozenset[str]:
+    """The settings a run with these flat ``TrainConfig`` settings never reads: the pastes'
+    for a run that makes none, ``mask_augment`` for a strategy without the switch, the
+    pretrained backbone's for a random start, SGD's momentum under AdamW, the step schedule's
+    under another. Results store them as nulls and progress lines leave them out, so a scratch
+    row does not claim an ``aug_factor`` of 0."""
+    strategy = get_strategy(str(settings.get("strategy", "scratch")))
+    off: set[str] = set()
+    if not strategy.augment_switch:
+        off.add("mask_augment")
+    if not uses_pastes(strategy, settings.get("mask_augment")):
+        off.update(_PASTE_SETTINGS)
+    if not strategy.starts_pretrained:
+        off.update(_PRETRAINED_SETTINGS)
+    if settings.get("optimizer", "sgd") != "sgd":
+        off.add("momentum")
+    if settings.get("schedule", "step") != "step":
+        off.update(("step_every", "step_gamma"))
+    return frozenset(off)
 
 
 def get_strategy(name: str) -> Strategy:

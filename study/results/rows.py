@@ -9,10 +9,19 @@ a Ray Tune experiment folder alone.
 
 from __future__ import annotations
 
-import time
+import dataclasses
+import functools
+import re
+import types
+import typing
+from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
+
+from wbc.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from wbc.metrics import scalars
+from wbc.strategies import inapplicable_settings
 
 __all__ = [
     "CONFIG_KEY",
@@ -22,6 +31,7 @@ __all__ = [
     "RECORD_FIELDS",
     "TRIAL_COLUMNS",
     "TRIAL_KEYS",
+    "column_type",
     "curve",
     "epoch_row",
     "epoch_rows",
@@ -32,7 +42,8 @@ __all__ = [
 # Where a trial's report carries its resolved configuration (flat TrainConfig names).
 CONFIG_KEY = "resolved_config"
 # What a trial's Tune config carries besides the searched settings.
-TRIAL_KEYS = ("cell", "subset", "strategy", "phase", "trial_key", "seed", "config_from")
+TRIAL_KEYS = ("cell", "subset", "strategy", "phase", "trial_key", "seed", "config_from",
+              "study")
 
 TRIAL_COLUMNS = ("study", "cell", "subset", "strategy", "phase", "trial_id", "seed", "status",
                  "lr", "weight_decay", "imbalance", "aug_factor", "background", "best_epoch",
@@ -48,6 +59,76 @@ EVAL_COLUMNS = ("study", "cell", "subset", "strategy", "seed", "trial_id", "eval
                 "error")
 # What an epoch row repeats of its trial's row, so that a curve needs no join to be placed.
 EPOCH_KEYS = ("study", "cell", "phase", "subset", "strategy", "seed", "trial_id")
+
+# The type of every column of the three files, so that a column's type never depends on the
+# values seen so far (an lr of 1 is still a float, a column of nulls still a bool): the fixed
+# columns here, each TrainConfig setting from its annotation, the figures by their names below.
+_STRING, _INT, _FLOAT = pa.string(), pa.int64(), pa.float64()
+_INTS = pa.list_(pa.int64())
+_FIXED: dict[str, pa.DataType] = {
+    **dict.fromkeys(("study", "cell", "subset", "strategy", "phase", "trial_id", "tune_trial_id",
+                     "status", "error", "config_from", "selection_split", "reporting_split",
+                     "notes", "data_fingerprint", "pretrain_key", "device", "hostname",
+                     "node_id", "eval_data", "eval_split", "model", "eval_fingerprint",
+                     "classes"), _STRING),
+    **dict.fromkeys(("seed", "epoch", "epochs_run", "best_epoch", "train_images",
+                     "excluded_files", "world_size", "resumed_from_epoch", "n"), _INT),
+    **dict.fromkeys(("wall_seconds", "fit_seconds", "train_loop_seconds", "setup_seconds",
+                     "accuracy", "accuracy_low", "accuracy_high", "macro_f1",
+                     "balanced_accuracy", "in_domain_accuracy", "in_domain_macro_f1",
+                     "train_loss", "train_accuracy", "scheduled_lr", "best_val_macro_f1",
+                     "images_per_second", "loss", "training_accuracy"), _FLOAT),
+    "same_data": pa.bool_(),  # an eval tree that is the model's own training data
+    "finished_at": pa.timestamp("us", tz="UTC"),
+    **dict.fromkeys(("test_predictions", "test_targets", "predictions", "targets"), _INTS),
+    **dict.fromkeys(("test_confusion_matrix", "val_confusion_matrix", "confusion_matrix"),
+                    pa.list_(_INTS)),
+}
+# Figures by name: counts are integers, everything else measured a float.
+_PATTERNS: tuple[tuple[re.Pattern[str], pa.DataType], ...] = (
+    (re.compile(r"(train_n|val_n|test_n|n)(_\w+)?"), _INT),
+    (re.compile(r"(val|test)_\w+|\w+_(seconds|recall_\w+|recall_(low|high)_\w+)"), _FLOAT),
+    (re.compile(r"recall_\w+"), _FLOAT),
+)
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    """A TrainConfig field's annotation as an Arrow type (``X | None`` is X, nullable)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return _arrow_type(args[0])
+    if typing.get_origin(annotation) is typing.Literal:
+        return _arrow_type(type(args[0]))
+    kinds = {bool: pa.bool_(), int: _INT, float: _FLOAT, str: _STRING}
+    if annotation not in kinds:
+        raise TypeError(f"no Parquet type for a setting annotated {annotation!r}")
+    return kinds[annotation]
+
+
+@functools.cache
+def _setting_types() -> dict[str, pa.DataType]:
+    found: dict[str, pa.DataType] = {}
+    for cls in (DataConfig, ModelConfig, OptimConfig, AugmentConfig, TrainConfig):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if not dataclasses.is_dataclass(hints[f.name]):
+                found[f.name] = _arrow_type(hints[f.name])
+    return found
+
+
+def column_type(name: str) -> pa.DataType | None:
+    """The declared type of a results column, or None for a column this schema does not know
+    (the store then infers it from the values)."""
+    if name in _FIXED:
+        return _FIXED[name]
+    settings = _setting_types()
+    if name in settings:
+        return settings[name]
+    for pattern, kind in _PATTERNS:
+        if pattern.fullmatch(name):
+            return kind
+    return None
+
 
 # Final-record fields copied into a trial's row (hyperparameters come from the resolved config
 # instead).
@@ -132,7 +213,7 @@ def trial_row(study: str, config: dict[str, Any], settings: dict[str, Any] | Non
         **{k: v for k, v in settings.items() if k not in ("subset", "strategy", "seed")},
         "epochs_run": max((e["epoch"] for e in epochs), default=0),
         "train_loop_seconds": float(sum(e.get("loop_seconds", 0.0) for e in epochs)),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished_at": datetime.now(UTC),
         "wall_seconds": None,
     }
     # A trial stopped early or failed: its record fields (node, data) from its last report.
@@ -152,4 +233,8 @@ def trial_row(study: str, config: dict[str, Any], settings: dict[str, Any] | Non
         row["wall_seconds"] = final.get("time_total_s", final.get("wall_seconds"))
     elif epochs:
         row["wall_seconds"] = epochs[-1].get("trial_seconds")
+    # What this run never read is null, not a placeholder (a scratch run has no aug_factor).
+    for name in inapplicable_settings({**settings, "strategy": config["strategy"]}):
+        if name in row:
+            row[name] = None
     return row

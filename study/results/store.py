@@ -12,9 +12,10 @@ trial wins) and removes exactly the files it merged, so a write landing meanwhil
 next one; a study compacts when its Tune run ends and ``study report`` before it reads.
 ``trials()``, ``epochs()`` and ``trial_rows()`` read both, so they are up to date at any moment.
 Every file is written beside its target and renamed into place: a reader (or a crash) sees the
-old file or the new one, never half of one. Columns are typed (floats, ints, strings, bools;
-confusion matrices as nested integer lists), with no JSON strings for numbers, so pandas, pyarrow
-and DuckDB read them as they are.
+old file or the new one, never half of one. Every column has a declared type
+(``study.results.rows.column_type``: floats, ints, strings, bools, a UTC timestamp for
+``finished_at``, confusion matrices as nested integer lists), whatever values it holds so far;
+a setting a run never read is null. So pandas, pyarrow and DuckDB read them as they are.
 
 No Ray here: the report reads these files with nothing but pandas.
 """
@@ -22,12 +23,14 @@ No Ray here: the report reads these files with nothing but pandas.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from study.results.rows import EPOCH_COLUMNS, EVAL_COLUMNS, TRIAL_COLUMNS, epoch_rows
+from study.results.rows import (
+    EPOCH_COLUMNS,
+    EVAL_COLUMNS,
+    TRIAL_COLUMNS,
+    column_type,
+    epoch_rows,
+)
 from wbc.fileio import atomic_write_bytes, atomic_write_text, file_lock
 
 __all__ = [
@@ -59,32 +68,60 @@ _TRIAL_SUFFIX = ".trial.parquet"
 _EPOCHS_SUFFIX = ".epochs.parquet"
 _ORPHAN_SECONDS = 3600.0  # an epochs file this old without its trial file: a write that died
 
-# Columns whose type must not depend on the values seen so far (an lr of 1 is still a float).
-_FLOAT_PREFIXES = ("val_", "test_", "lr", "weight_decay", "train_loss", "train_accuracy")
-_FLOAT_SUFFIXES = ("_seconds", "_per_second", "_accuracy", "_macro_f1", "_score")
-_INT_SUFFIXES = ("_n", "_epoch", "_images", "epoch", "seed", "aug_factor", "_files")
-
-
-def _column_type(name: str, values: Sequence[Any]) -> pa.DataType:
+def _inferred_type(name: str, values: Sequence[Any]) -> pa.DataType:
+    """The type of a column the schema does not declare (``rows.column_type``), from its
+    values."""
     present = [v for v in values if v is not None]
     if not present:
-        return pa.float64() if name.startswith(_FLOAT_PREFIXES) else pa.string()
+        return pa.string()
     if all(isinstance(v, bool) for v in present):
         return pa.bool_()
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
-        floaty = (any(isinstance(v, float) for v in present)
-                  or name.startswith(_FLOAT_PREFIXES) or name.endswith(_FLOAT_SUFFIXES))
-        if floaty and not name.endswith(_INT_SUFFIXES):
-            return pa.float64()
-        if any(isinstance(v, float) for v in present):
-            return pa.float64()
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
         return pa.int64()
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return pa.float64()
     if all(isinstance(v, str) for v in present):
         return pa.string()
     if all(isinstance(v, list | tuple) for v in present):
         return pa.array([list(v) for v in present]).type
     raise TypeError(f"column {name!r} mixes value types "
                     f"({', '.join(sorted({type(v).__name__ for v in present}))})")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _coerce(name: str, kind: pa.DataType, value: Any) -> Any:
+    """A value as its column's declared type: rows written by earlier versions (an ISO string
+    for ``finished_at``, a float count, a placeholder string), and Tune's CSV, which reads
+    booleans back as strings."""
+    if _missing(value):
+        return None
+    if pa.types.is_floating(kind):
+        return float(value)
+    if pa.types.is_integer(kind):
+        if isinstance(value, float) and not value.is_integer():
+            raise TypeError(f"column {name!r} holds integers; got {value!r}")
+        return int(value)
+    if pa.types.is_boolean(kind):
+        if isinstance(value, str):
+            if value not in ("True", "False", "true", "false"):
+                raise TypeError(f"column {name!r} holds booleans; got {value!r}")
+            return value in ("True", "true")
+        return bool(value)
+    if pa.types.is_timestamp(kind):
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if isinstance(value, pd.Timestamp):
+            value = value.to_pydatetime()
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if pa.types.is_string(kind):
+        if not isinstance(value, str):
+            raise TypeError(f"column {name!r} mixes value types ({type(value).__name__}, str): "
+                            f"its values are strings, not {value!r}")
+        return value
+    return list(value) if isinstance(value, tuple) else value
 
 
 def table_from_rows(rows: Sequence[dict[str, Any]], first: Sequence[str] = ()) -> pa.Table:
@@ -94,9 +131,11 @@ def table_from_rows(rows: Sequence[dict[str, Any]], first: Sequence[str] = ()) -
     arrays, fields = [], []
     for name in names:
         values = [row.get(name) for row in rows]
-        kind = _column_type(name, values)
-        if pa.types.is_floating(kind):
-            values = [None if v is None else float(v) for v in values]
+        kind = column_type(name)
+        if kind is None:
+            kind = _inferred_type(name, values)
+        else:
+            values = [_coerce(name, kind, v) for v in values]
         arrays.append(pa.array(values, type=kind))
         fields.append(pa.field(name, kind))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))

@@ -188,6 +188,29 @@ def test_table_from_rows_types() -> None:
     assert table.column("lr").to_pylist() == [1.0, 2.0]
 
 
+def test_declared_columns_keep_their_type_whatever_the_rows_hold() -> None:
+    """Rows from earlier versions and from Tune's CSV: an ISO string for finished_at, a float
+    count, booleans as strings, NaN for a null; a column of nulls keeps its declared type."""
+    from datetime import UTC, datetime
+
+    table = table_from_rows([
+        {"finished_at": "2026-12-01T14:10:12+0000", "test_n": 345.0, "mask_augment": "True",
+         "aug_factor": float("nan"), "val_n": None},
+        {"finished_at": datetime(2026, 12, 1, 15, 0, tzinfo=UTC), "test_n": 12,
+         "mask_augment": False, "aug_factor": 3, "val_n": None},
+    ])
+    schema = table.schema
+    assert schema.field("finished_at").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("test_n").type == schema.field("val_n").type == pa.int64()
+    assert schema.field("mask_augment").type == pa.bool_()
+    assert table.column("mask_augment").to_pylist() == [True, False]
+    assert table.column("aug_factor").to_pylist() == [None, 3]
+    assert table.column("finished_at").to_pylist()[0] == datetime(2026, 12, 1, 14, 10, 12,
+                                                                  tzinfo=UTC)
+    with pytest.raises(TypeError, match=r"'test_n' holds integers"):
+        table_from_rows([{"test_n": 2.5}])
+
+
 def test_table_from_rows_rejects_mixed_types() -> None:
     with pytest.raises(TypeError, match=r"'status'.*int.*str"):
         table_from_rows([{"status": "ok"}, {"status": 3}])
