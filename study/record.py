@@ -75,6 +75,8 @@ class StudyRecord:
     # The nodes of the last session: id, host, what the storage check and decode cost there.
     nodes: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None  # why the last session failed before its trials
+    # The Tune experiment: its folder, metric and mode (study.tune.analysis reads them).
+    tune: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -93,6 +95,8 @@ class StudyRecord:
             values["nodes"] = self.nodes
         if self.error is not None:
             values["error"] = self.error
+        if self.tune:
+            values["tune"] = self.tune
         return values
 
     @classmethod
@@ -105,4 +109,4 @@ class StudyRecord:
                    data=values.get("data", {}), pretrain=values.get("pretrain", {}),
                    wall_seconds=values.get("wall_seconds"),
                    failed_cells=values.get("failed_cells", {}), nodes=values.get("nodes", []),
-                   error=values.get("error"))
+                   error=values.get("error"), tune=values.get("tune", {}))

@@ -37,6 +37,7 @@ from study.local_ray import start_ray, untrusted
 from study.provenance import provenance
 from study.record import Session, StudyRecord, now
 from study.results import ResultsStore
+from study.results.journal import mend_journal
 from study.results.models import settle_models
 from study.results.owner import FolderBusy, own_folder
 from study.spec import StudySpec
@@ -128,8 +129,10 @@ def _open_record(spec: StudySpec | None, store: ResultsStore, *, resume: bool,
         return spec, record
     if spec is None:
         raise ValueError("a new study needs a spec")
+    from study.tune.analysis import tune_record
+
     record = StudyRecord(study=spec.name, preset=spec.preset, spec=spec.to_dict(),
-                         provenance=provenance())
+                         provenance=provenance(), tune=tune_record())
     try:
         store.create_study(record.to_dict())
     except FileExistsError:
@@ -310,6 +313,7 @@ def run_study(spec: StudySpec | None, results: Path, *, resume: bool = False,
         with own_folder(results, command="study run --resume" if resume else "study run"):
             spec, record = _open_record(spec, store, resume=resume, say=say)
             store.compact()  # row files a killed session left
+            mend_journal(results)  # and the Optuna journal's lock, or a line cut short
             record.status, record.error = "running", None
             record.sessions.append(Session(started_at=now(), resumed=resume))
             store.write_study(record.to_dict())

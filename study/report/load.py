@@ -39,6 +39,8 @@ class Results:
     # their scores on other trees (eval.parquet; None without).
     models: list[dict[str, Any]] = field(default_factory=list)
     evaluations: pd.DataFrame | None = None
+    # The results folder (its Optuna journal: study.results.journal), when there is one.
+    root: Path | None = None
 
 
 def _models(path: Path) -> list[dict[str, Any]]:
@@ -112,7 +114,7 @@ def load_results(path: Path) -> Results:
                                                   store.epochs(), study)
         evaluations = store.evaluations()
         return Results(trials, _placed(epochs, trials), study, "results folder", set_aside,
-                       _models(path), evaluations if len(evaluations) else None)
+                       _models(path), evaluations if len(evaluations) else None, root=path)
     tune_dir = path / "tune" if (path / "tune").is_dir() else path
     if not any(tune_dir.glob("experiment_state-*.json")):
         raise FileNotFoundError(f"{path} holds neither trials.parquet nor a Ray Tune experiment "
@@ -129,9 +131,11 @@ def _from_tune(tune_dir: Path, root: Path) -> Results:
     trials, epochs = [], []
     found = [p / STUDY_FILE for p in (root, tune_dir.parent) if (p / STUDY_FILE).exists()]
     study = json.loads(found[0].read_text()) if found else {}
-    # Without study.json: named after the results folder that holds tune/ (or the folder).
-    name = study.get("study") or (tune_dir.parent.name if tune_dir.name == "tune"
-                                  else tune_dir.name)
+    # Without study.json: the name each trial's config records (a study from before it did:
+    # the results folder that holds tune/, or the folder).
+    named = {str(t.config["study"]) for t in analysis.trials if "study" in (t.config or {})}
+    name = study.get("study") or (named.pop() if len(named) == 1 else None) or (
+        tune_dir.parent.name if tune_dir.name == "tune" else tune_dir.name)
     study.setdefault("study", name)
     for trial in analysis.trials:
         config = dict(trial.config)
@@ -149,4 +153,5 @@ def _from_tune(tune_dir: Path, root: Path) -> Results:
         trials.append(row)
         epochs += epoch_rows(row, epochs_of)
     return Results(pd.DataFrame(trials), pd.DataFrame(epochs), study,
-                   "Tune experiment folder")
+                   "Tune experiment folder",
+                   root=tune_dir.parent if tune_dir.name == "tune" else None)

@@ -334,40 +334,89 @@ def budget_effects(report: Report, metric: str = "test_macro_f1") -> pd.DataFram
     return _evidence(pd.DataFrame(rows))
 
 
+def _journal_search(report: Report, strategy: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A strategy's search trials from the results folder's Optuna journal: (one row per
+    trial: cell and params and objective, the search space's distributions); empty when the
+    folder has none. Only trials whose rows the report uses (the current data) count."""
+    from optuna.trial import TrialState
+
+    from study.results.journal import cell_studies
+
+    root = report.results.root
+    studies = cell_studies(root) if root is not None else {}
+    trials = report.results.trials
+    current = set(trials["trial_id"]) if "trial_id" in trials else set()
+    records, dists = [], {}
+    for subset in report.subsets:
+        study = studies.get(f"{subset}-{strategy}")
+        if study is None:
+            continue
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if trial.user_attrs.get("trial_key") not in current or trial.value is None:
+                continue
+            records.append({"subset": subset, "objective": float(trial.value), **trial.params})
+            dists.update(trial.distributions)
+    return pd.DataFrame(records), dists
+
+
+def _row_search(report: Report, strategy: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A strategy's search trials from the rows, for a folder without a journal: the
+    distributions spanned by the values tried."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    trials = report.results.trials
+    if not len(trials):
+        return pd.DataFrame(), {}
+    search = trials[(trials["phase"] == "search") & (trials["strategy"] == strategy)
+                    & trials["val_macro_f1"].notna()]
+    names = [n for n in report.searched if n in search]
+    frame = search[["subset", "val_macro_f1", *names]].rename(
+        columns={"val_macro_f1": "objective"})
+    dists: dict[str, Any] = {}
+    for n in names:
+        values = frame[n].dropna()
+        if not len(values):
+            continue
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            dists[n] = CategoricalDistribution(sorted(values.unique()))
+        else:
+            dists[n] = FloatDistribution(float(values.min()), float(values.max()),
+                                         log=n in ("lr", "weight_decay"))
+    return frame, dists
+
+
 def importances(report: Report) -> pd.DataFrame:
     """Which hyperparameters mattered, per strategy: fANOVA (Optuna's default evaluator, seeded)
     over the search trials of all subsets, each cell's objective turned into ranks within the
-    cell so that WBC_1's scale does not drown WBC_100's."""
+    cell so that WBC_1's scale does not drown WBC_100's. The trials come from the results
+    folder's Optuna journal (``study.results.journal``: the search space's own
+    distributions), else from the rows."""
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
     from optuna.trial import create_trial
 
-    trials = report.results.trials
     rows = []
     for strategy in report.strategies:
-        search = trials[(trials["phase"] == "search") & (trials["strategy"] == strategy)
-                        & trials["val_macro_f1"].notna()].copy() if len(trials) else trials
+        search, dists = _journal_search(report, strategy)
+        if not len(search):
+            search, dists = _row_search(report, strategy)
         if len(search) < 4:
             continue
-        search["rank"] = search.groupby("subset")["val_macro_f1"].rank(pct=True)
-        names = [n for n in report.searched if n in search and search[n].notna().all()
-                 and search[n].nunique() > 1]
+        search = search.copy()
+        search["rank"] = search.groupby("subset")["objective"].rank(pct=True)
+        # A parameter every trial set, to more than one value (a switch-gated one is not
+        # set by every trial: it has no importance to measure over all of them).
+        names = [n for n in report.searched if n in search and n in dists
+                 and search[n].notna().all() and search[n].nunique() > 1]
         if not names:
             continue
-        dists: dict[str, Any] = {}
-        for n in names:
-            if not pd.api.types.is_numeric_dtype(search[n]):
-                dists[n] = CategoricalDistribution(sorted(search[n].unique()))
-            else:
-                dists[n] = FloatDistribution(float(search[n].min()), float(search[n].max()),
-                                             log=n in ("lr", "weight_decay"))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(direction="maximize")
         for record in search.to_dict("records"):
-            params = {n: (record[n] if isinstance(dists[n], CategoricalDistribution)
-                          else float(record[n])) for n in names}
-            study.add_trial(create_trial(params=params, distributions=dists,
+            params = {n: (float(record[n]) if isinstance(record[n], float) else record[n])
+                      for n in names}
+            study.add_trial(create_trial(params=params,
+                                         distributions={n: dists[n] for n in names},
                                          value=float(record["rank"])))
         scores = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
         for n, score in scores.items():

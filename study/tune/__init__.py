@@ -3,6 +3,7 @@ and progress, and the experiment that ties them together."""
 
 from __future__ import annotations
 
+from study.tune.analysis import best_configs, experiment_analysis
 from study.tune.callback import StudyCallback
 from study.tune.experiment import TUNE_DIR, ended, reconcile, run_experiment
 from study.tune.search import CellScheduler, CellSearcher, cell_name, final_seeds
@@ -17,8 +18,10 @@ __all__ = [
     "CellSearcher",
     "StudyCallback",
     "StudyContext",
+    "best_configs",
     "cell_name",
     "ended",
+    "experiment_analysis",
     "final_seeds",
     "reconcile",
     "run_experiment",

@@ -32,7 +32,7 @@ def _new_tuner(context: StudyContext, trainable: Any, slots: int, quiet: bool) -
         trainable,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=-1, max_concurrent_trials=slots,
-            search_alg=CellSearcher(spec, metric=METRIC, mode=MODE),
+            search_alg=CellSearcher(spec, metric=METRIC, mode=MODE, results=context.results),
             scheduler=CellScheduler(spec, metric=METRIC, mode=MODE),
             # Inline trials reuse their process (torch imported, cache mapped once); a Ray
             # Train driver function cannot be reset, so it is not reused.

@@ -10,6 +10,11 @@ the cluster stays busy across cells and phases, with one Tuner and one experimen
 ``ExperimentAnalysis`` and ``Tuner.restore`` understand. ``CellScheduler`` gives each cell its own
 ASHA and leaves final trials alone.
 
+The cells' Optuna studies live in the results folder's journal (``study.results.journal``:
+one study per cell, named after it), which ``optuna.load_study`` and optuna-dashboard open; each
+Optuna trial carries its ``trial_key`` and seed, the objective per epoch and the selection
+figures of its last report as user attributes.
+
 Each suggestion carries a stable ``trial_key`` (``WBC_10-pretrain/search-02``,
 ``WBC_10-pretrain/final-seed3``): rows are written under it, so a trial that Tune re-runs after a
 restore replaces its row instead of adding one.
@@ -21,16 +26,19 @@ import contextlib
 import logging
 import math
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from optuna.samplers import TPESampler
+from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from study.results.journal import optuna_storage
 from study.space import cell_space
 from study.spec import StudySpec
 from wbc.seeding import derive_seed
@@ -49,12 +57,83 @@ def final_seeds(spec: StudySpec) -> tuple[int, ...]:
     return tuple(spec.seed + 1 + k for k in range(spec.final_seeds))
 
 
+# What a search trial's last report gives its Optuna trial as user attributes.
+_FIGURES = ("epoch", "best_epoch", "val_accuracy", "val_macro_f1", "val_balanced_accuracy",
+            "val_n")
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class _CellOptuna(OptunaSearch):
+    """Ray's ``OptunaSearch``, writing onto each Optuna trial what the study knows of it: its
+    trial key and seed when asked, the objective per epoch, the selection figures of its last
+    report before it is told. It reaches into ``_ot_trials``, the searcher's own map from Tune
+    trial ids to the Optuna trials it asked: Ray offers no public way to them."""
+
+    @property
+    def _study(self) -> Any:
+        return self._ot_study  # set up in __init__: never None here
+
+    def _trial(self, trial_id: str) -> Any:
+        return self._ot_trials.get(trial_id)
+
+    def _told(self, trial: Any) -> bool:
+        study = self._study
+        return any(t.number == trial.number
+                   for t in study.get_trials(deepcopy=False, states=_FINISHED))
+
+    def mark(self, trial_id: str, **attrs: Any) -> None:
+        trial = self._trial(trial_id)
+        if trial is not None:
+            for name, value in attrs.items():
+                trial.set_user_attr(name, value)
+
+    def report(self, trial_id: str, result: dict[str, Any]) -> None:
+        """The objective at this epoch, as an Optuna intermediate value."""
+        trial, value = self._trial(trial_id), result.get(self.metric)
+        if trial is None or not isinstance(value, int | float) or not math.isfinite(value):
+            return
+        with warnings.catch_warnings():  # an epoch reported again after a restore: kept once
+            warnings.simplefilter("ignore")
+            trial.report(float(value), step=int(result["epoch"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        trial = self._trial(trial_id)
+        if trial is not None and self._told(trial):  # told before a restore: once is enough
+            self._completed_trials.add(trial_id)
+            return
+        if trial is not None and result:
+            if "epoch" in result and not result.get("replayed"):
+                self.report(trial_id, result)  # Tune gives the last report here, not above
+            for name in _FIGURES:
+                value = result.get(name)
+                if isinstance(value, int | float) and math.isfinite(value):
+                    trial.set_user_attr(name, value)
+        super().on_trial_complete(trial_id, result, error=error)
+
+    def note_study(self, **attrs: Any) -> None:
+        for name, value in attrs.items():
+            self._study.set_user_attr(name, value)
+
+    def abandon_orphans(self) -> int:
+        """Fail the trials asked before a crash that this (restored) searcher does not hold:
+        Tune asks for them again under new ids. Returns how many."""
+        study = self._study
+        held = {t.number for t in self._ot_trials.values()}
+        orphans = [t.number for t in study.get_trials(deepcopy=False,
+                                                      states=(TrialState.RUNNING,))
+                   if t.number not in held]
+        for number in orphans:
+            study.tell(number, state=TrialState.FAIL)
+        return len(orphans)
+
+
 @dataclass
 class _Cell:
     name: str
     subset: str
     strategy: str
-    optuna: OptunaSearch
+    optuna: _CellOptuna
     suggested: int = 0  # search trials handed out
     finals: list[int] = field(default_factory=list)  # seeds still to hand out
     scores: dict[str, float] = field(default_factory=dict)  # finished search trial -> objective
@@ -71,10 +150,15 @@ class _Cell:
 class CellSearcher(Searcher):
     """Per-cell Optuna TPE searches, then per-cell final re-runs, behind one ``Searcher``."""
 
-    def __init__(self, spec: StudySpec, *, metric: str, mode: str = "max") -> None:
+    def __init__(self, spec: StudySpec, *, metric: str, mode: str = "max",
+                 results: Path | str | None = None) -> None:
+        """``results``: the folder whose Optuna journal holds the cells' studies (None: in
+        memory only)."""
         super().__init__(metric=metric, mode=mode)
+        storage = None if results is None else optuna_storage(Path(results))
         self._budget = spec.search_trials
         self._seed = spec.seed
+        self._study = spec.name
         self._final_config = spec.final_config
         self._cells: dict[str, _Cell] = {}
         for subset, strategy in spec.cells:
@@ -83,8 +167,8 @@ class CellSearcher(Searcher):
                                  n_startup_trials=spec.startup_trials)
             self._cells[name] = _Cell(
                 name, subset, strategy,
-                OptunaSearch(cell_space(spec.space, strategy), metric=metric, mode=mode,
-                             sampler=sampler),
+                _CellOptuna(cell_space(spec.space, strategy), metric=metric, mode=mode,
+                            sampler=sampler, study_name=name, storage=storage),
                 finals=list(final_seeds(spec)))
         self._owner: dict[str, tuple[str, str]] = {}  # Tune trial id -> (cell, phase)
 
@@ -100,7 +184,7 @@ class CellSearcher(Searcher):
                 self._owner[trial_id] = (cell.name, "final")
                 source, chosen = cell.final_params.get(seed, (cell.best_key, cell.best))
                 return {**self._config(cell, "final", f"final-seed{seed}", seed, chosen),
-                        "config_from": source}
+                        "config_from": source, "study": self._study}
         for cell in self._cells.values():
             if cell.suggested < self._budget:
                 params = cell.optuna.suggest(trial_id)
@@ -108,9 +192,10 @@ class CellSearcher(Searcher):
                 cell.suggested += 1
                 cell.params[trial_id] = dict(params or {})
                 cell.keys[trial_id] = f"{cell.name}/search-{index:02d}"
+                cell.optuna.mark(trial_id, trial_key=cell.keys[trial_id], seed=self._seed)
                 self._owner[trial_id] = (cell.name, "search")
-                return self._config(cell, "search", f"search-{index:02d}", self._seed,
-                                    params or {})
+                return {**self._config(cell, "search", f"search-{index:02d}", self._seed,
+                                       params or {}), "study": self._study}
             if len(cell.finished) < self._budget:
                 waiting = True
         return None if waiting else Searcher.FINISHED  # type: ignore[return-value]
@@ -120,6 +205,12 @@ class CellSearcher(Searcher):
                 ) -> dict[str, Any]:
         return {"cell": cell.name, "subset": cell.subset, "strategy": cell.strategy,
                 "phase": phase, "trial_key": f"{cell.name}/{key}", "seed": seed, **params}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        owner = self._owner.get(trial_id)
+        if owner is not None and owner[1] == "search" and "epoch" in result \
+                and not result.get("replayed"):
+            self._cells[owner[0]].optuna.report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -144,11 +235,14 @@ class CellSearcher(Searcher):
             logger.warning("cell %s: every search trial failed; no final phase", cell.name)
             return
         sign = 1.0 if self.mode == "max" else -1.0
-        best_id = max(cell.scores, key=lambda t: sign * cell.scores[t])  # first of equals
+        # In trial-key order, so that of equal scores the first asked wins whatever order the
+        # trials ended in (and Tune's analysis finds the same one: study.tune.analysis).
+        scored = sorted(cell.scores, key=lambda t: cell.keys.get(t, t))
+        best_id = max(scored, key=lambda t: sign * cell.scores[t])  # first of equals
         cell.best = dict(cell.params[best_id])
         cell.best_key = cell.keys.get(best_id, "")
+        cell.optuna.note_study(chosen_trial_key=cell.best_key, final_config=self._final_config)
         if self._final_config == "resampled":
-            scored = sorted(cell.scores, key=lambda t: cell.keys.get(t, t))
             for seed in cell.finals:
                 # The search as it might have gone: its trials resampled with replacement.
                 rng = np.random.default_rng(derive_seed(self._seed, "final-config", cell.name,
@@ -156,6 +250,8 @@ class CellSearcher(Searcher):
                 drawn = [scored[i] for i in rng.integers(0, len(scored), len(scored))]
                 pick = max(drawn, key=lambda t: sign * cell.scores[t])
                 cell.final_params[seed] = (cell.keys.get(pick, ""), dict(cell.params[pick]))
+            cell.optuna.note_study(final_seed_configs={
+                str(seed): key for seed, (key, _) in cell.final_params.items()})
 
     def best_configs(self) -> dict[str, dict[str, Any] | None]:
         """Each cell's chosen hyperparameters (None while searching, or when all failed)."""
@@ -168,6 +264,14 @@ class CellSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with Path(checkpoint_path).open("rb") as handle:
             self.__dict__.update(pickle.load(handle))
+        for cell in self._cells.values():
+            if not isinstance(cell.optuna, _CellOptuna):  # saved before the journal existed
+                cell.optuna.__class__ = _CellOptuna  # same state, the methods above added
+            abandoned = cell.optuna.abandon_orphans()
+            if abandoned:
+                    logger.info("cell %s: %d search trial(s) asked before the stop are "
+                                "marked failed in the Optuna journal; Tune asks again",
+                                cell.name, abandoned)
 
 
 class CellScheduler(FIFOScheduler):

@@ -50,7 +50,7 @@ from wbc.hardware import require_cuda
 from wbc.layout import WBC_CLASSES
 from wbc.metrics import scalars
 from wbc.run import train_run
-from wbc.strategies import get_strategy
+from wbc.strategies import get_strategy, inapplicable_settings
 from wbc.train import best_weights, load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -123,7 +123,10 @@ def _replay(context: StudyContext, config: dict[str, Any]) -> dict[str, Any] | N
     row = ResultsStore(Path(context.results)).trial_row(config["trial_key"])
     if row is None or row.get("status") != "completed":
         return None
+    unread = inapplicable_settings(config)  # stored as nulls (study.results.rows)
     for key, value in config.items():
+        if key in unread and row.get(key) is None:
+            continue
         stored = row.get(key)
         if isinstance(value, float) and isinstance(stored, float):
             if not math.isclose(value, stored, rel_tol=1e-9):

@@ -195,7 +195,11 @@ def test_small_study_writes_typed_parquet_rows(small_study: tuple[Path, StudySpe
     # The strategies that paste searched their own knobs; the others did not have them.
     augment = trials[trials["strategy"] == "pretrain_aug"]
     assert augment["aug_factor"].between(1, 8).all()
-    assert (trials[trials["strategy"] == "scratch"]["aug_factor"] == 0).all()
+    # A setting a run never read is null, not a placeholder: scratch pastes nothing.
+    scratch = trials[trials["strategy"] == "scratch"]
+    assert scratch["aug_factor"].isna().all() and scratch["background"].isna().all()
+    assert scratch["backbone_lr_scale"].isna().all() and scratch["mask_augment"].isna().all()
+    assert augment["background"].notna().all() and augment["transfer_stages"].notna().all()
     # Each final re-runs the configuration of a search trial of its own cell (the best of a
     # bootstrap resample of the search, final_config="resampled"), and says which.
     for cell, group in trials.groupby("cell"):
@@ -204,7 +208,8 @@ def test_small_study_writes_typed_parquet_rows(small_study: tuple[Path, StudySpe
             assert final.config_from in search.index, (cell, final.config_from)
             source = search.loc[final.config_from]
             assert final.lr == source["lr"] and final.imbalance == source["imbalance"], cell
-            assert final.aug_factor == source["aug_factor"], cell
+            assert final.aug_factor == source["aug_factor"] or (
+                pd.isna(final.aug_factor) and pd.isna(source["aug_factor"])), cell
             assert final.seed != source["seed"]
             assert np.isfinite(source["val_macro_f1"])
     # What the statistics and the report need: per-image predictions on the reporting split
@@ -273,6 +278,83 @@ def test_tune_experiment_folder_works_with_tune_analysis(
         classifier = load_classifier(folder)
     assert classifier.card.trial_key == kept.config["trial_key"]
     assert (results / "models" / kept.config["cell"] / f"seed-{kept.config['seed']}").is_dir()
+
+
+def test_every_column_of_the_three_files_has_its_declared_type(
+        small_study: tuple[Path, StudySpec, dict]) -> None:
+    """Read as pyarrow reads them: each column's type is the schema's (study.results.rows),
+    none undeclared; counts are integers, switches booleans, finished_at a UTC timestamp."""
+    from study.results.rows import column_type
+
+    results, _, _ = small_study
+    for name in ("trials.parquet", "epochs.parquet", "eval.parquet"):
+        schema = pq.read_schema(results / name)
+        undeclared = [f.name for f in schema if column_type(f.name) is None]
+        assert not undeclared, (name, undeclared)
+        wrong = {f.name: (str(f.type), str(column_type(f.name))) for f in schema
+                 if f.type != column_type(f.name)}
+        assert not wrong, (name, wrong)
+    trials = pq.read_schema(results / "trials.parquet")
+    assert trials.field("finished_at").type == pa.timestamp("us", tz="UTC")
+    assert trials.field("mask_augment").type == pa.bool_()
+    assert trials.field("test_n").type == trials.field("val_n").type == pa.int64()
+    assert trials.field("aug_factor").type == pa.int64()
+    epochs = pq.read_schema(results / "epochs.parquet")
+    assert {"cell", "phase", "subset", "strategy", "seed"} <= set(epochs.names)
+
+
+def test_optuna_opens_each_cells_search_from_the_results_folder(
+        small_study: tuple[Path, StudySpec, dict]) -> None:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    results, _, _ = small_study
+    storage = JournalStorage(JournalFileBackend(str(results / "optuna.journal")))  # no project
+    trials = pd.read_parquet(results / "trials.parquet")
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    assert names == set(trials["cell"])
+    for cell, group in trials[trials["phase"] == "search"].groupby("cell"):
+        study = optuna.load_study(study_name=str(cell), storage=storage)
+        done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        assert sorted(t.user_attrs["trial_key"] for t in done) == sorted(group["trial_id"])
+        rows = group.set_index("trial_id")
+        for trial in done:
+            row = rows.loc[trial.user_attrs["trial_key"]]
+            assert trial.value == pytest.approx(row["val_macro_f1"])
+            assert trial.params["lr"] == pytest.approx(row["lr"])
+            assert trial.user_attrs["best_epoch"] == row["best_epoch"]
+            assert max(trial.intermediate_values) == row["epochs_run"]
+        finals = trials[(trials["cell"] == cell) & (trials["phase"] == "final")]
+        assert study.user_attrs["chosen_trial_key"] in set(group["trial_id"])
+        assert set(finals["config_from"]) <= set(group["trial_id"])
+
+
+def test_tune_analysis_gives_the_best_configuration_of_each_cell(
+        small_study: tuple[Path, StudySpec, dict]) -> None:
+    import optuna
+    from ray.tune import ExperimentAnalysis
+
+    from study.results.journal import optuna_storage
+    from study.tune import METRIC, MODE, best_configs, experiment_analysis
+
+    results, spec, _ = small_study
+    analysis = experiment_analysis(results)
+    assert analysis.best_config["trial_key"]  # no metric to pass: the study recorded it
+    best = best_configs(results).set_index("cell")
+    assert set(best.index) == {f"{s}-{t}" for s, t in spec.cells}
+    # The documented recipe, with Ray alone, picks the same trials.
+    ea = ExperimentAnalysis(str(results / "tune"), default_metric=METRIC, default_mode=MODE)
+    assert ea.best_config == analysis.best_config
+    frame = ea.dataframe()
+    search = frame[frame["config/phase"] == "search"].sort_values("config/trial_key")
+    recipe = search.loc[search.groupby("config/cell")["best_val_macro_f1"].idxmax()]
+    assert dict(zip(recipe["config/cell"], recipe["config/trial_key"], strict=True)) == \
+        best["trial_key"].to_dict()
+    # ... and they are the study's own choices.
+    for cell, row in best.iterrows():
+        study = optuna.load_study(study_name=str(cell), storage=optuna_storage(results))
+        assert study.user_attrs["chosen_trial_key"] == row["trial_key"], cell
 
 
 def test_a_new_study_refuses_a_folder_that_holds_one(small_study: tuple[Path, StudySpec, dict]
@@ -378,7 +460,8 @@ def test_sigkill_of_the_driver_then_resume_keeps_every_trial_exactly_once(
     replayed = 0
     for row in before[before["status"] == "completed"].itertuples():
         now = after.loc[row.trial_id]
-        if [now[k] for k in settings] == [getattr(row, k) for k in settings]:
+        if all((pd.isna(now[k]) and pd.isna(getattr(row, k))) or now[k] == getattr(row, k)
+               for k in settings):
             assert now["finished_at"] == row.finished_at, row.trial_id
             replayed += 1
     assert replayed >= 1
@@ -411,7 +494,7 @@ def test_report_from_the_tune_folder_alone_matches_the_parquet_one(
         small_study: tuple[Path, StudySpec, dict], tmp_path: Path) -> None:
     from study.report import write_report
 
-    results, _, _ = small_study
+    results, spec, _ = small_study
     from_parquet, _ = write_report(results, tmp_path / "parquet")
     from_tune, report = write_report(results / "tune", tmp_path / "tune")
     assert report.results.source == "Tune experiment folder"
@@ -422,13 +505,13 @@ def test_report_from_the_tune_folder_alone_matches_the_parquet_one(
         return text[text.index("### accuracy"):text.index("## Paired comparisons")]
 
     assert table1(from_tune) == table1(from_parquet)
-    # A Tune folder copied away from its study.json is named after the folder holding it.
+    # A Tune folder copied away from its study.json: named by its trials' configs.
     import shutil
 
-    alone = tmp_path / "my-study" / "tune"
+    alone = tmp_path / "my-copy" / "tune"
     shutil.copytree(results / "tune", alone, ignore=shutil.ignore_patterns("checkpoint_*"))
     text = write_report(alone, tmp_path / "alone")[0].read_text()
-    assert text.startswith("# Study `my-study`")
+    assert text.startswith(f"# Study `{spec.name}`")
 
 
 def test_ssl_strategies_run_through_the_study_and_reach_the_report(

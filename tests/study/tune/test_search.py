@@ -187,3 +187,77 @@ def test_scheduler_respects_grace_period(rf: int) -> None:
     scheduler.on_trial_result(None, first, {"epoch": 1, "best_val_macro_f1": 0.9})
     result = scheduler.on_trial_result(None, second, {"epoch": 1, "best_val_macro_f1": 0.0})
     assert result == TrialScheduler.CONTINUE  # epoch 1 is inside the grace period
+
+
+def test_cells_studies_live_in_the_results_folders_optuna_journal(tmp_path: Path) -> None:
+    import optuna
+
+    from study.results.journal import OPTUNA_FILE, cell_studies, optuna_storage
+
+    searcher = CellSearcher(SPEC, metric="best_val_macro_f1", mode="max", results=tmp_path)
+    suggested = dict(_drain(searcher)[:-1])
+    # The journal changes nothing the searcher hands out (same seeds, same history).
+    assert list(suggested.values()) == [c for _, c in _drain(_searcher())[:-1]]
+    for epoch, value in ((1, 0.3), (2, 0.6)):
+        searcher.on_trial_result("t1", {"epoch": epoch, "best_val_macro_f1": value})
+    searcher.on_trial_result("t1", {"epoch": 2, "best_val_macro_f1": 0.6, "replayed": True})
+    scores = {"t0": 0.2, "t1": 0.6, "t2": 0.5}
+    for trial_id, score in scores.items():
+        searcher.on_trial_complete(trial_id, {"best_val_macro_f1": score, "epoch": 2,
+                                              "best_epoch": 2, "val_macro_f1": score,
+                                              "val_accuracy": 0.7, "val_n": 40})
+    assert (tmp_path / OPTUNA_FILE).is_file()
+    study = optuna.load_study(study_name="WBC_100-scratch", storage=optuna_storage(tmp_path))
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.user_attrs["trial_key"] for t in trials] == [
+        f"WBC_100-scratch/search-0{i}" for i in range(3)]
+    assert [t.value for t in trials] == [0.2, 0.6, 0.5]
+    assert trials[1].intermediate_values == {1: 0.3, 2: 0.6}
+    assert trials[1].user_attrs["val_n"] == 40 and trials[1].user_attrs["seed"] == SPEC.seed
+    assert {k: trials[1].params[k] for k in trials[1].params} == {
+        k: v for k, v in suggested["t1"].items() if k in trials[1].params}
+    assert study.best_trial.user_attrs["trial_key"] == study.user_attrs["chosen_trial_key"]
+    # One study per cell, named after it; the other cells' trials still running.
+    assert set(cell_studies(tmp_path)) == {cell_name(s, t) for s, t in SPEC.cells}
+
+
+def test_a_restored_searcher_continues_its_journal_without_doubling_trials(
+        tmp_path: Path) -> None:
+    import optuna
+
+    from study.results.journal import optuna_storage
+
+    searcher = CellSearcher(SPEC, metric="best_val_macro_f1", mode="max", results=tmp_path)
+    first = [searcher.suggest(t) for t in ("t0", "t1")]  # two of WBC_100-scratch's three
+    searcher.on_trial_complete("t0", {"best_val_macro_f1": 0.4})
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's checkpoint of the experiment
+    searcher.suggest("late")  # asked after the checkpoint: the driver then dies
+    restored = CellSearcher.__new__(CellSearcher)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    again = restored.suggest("t9")  # Tune asks for the lost one again
+    assert again["trial_key"] == "WBC_100-scratch/search-02"
+    restored.on_trial_complete("t1", {"best_val_macro_f1": 0.7})
+    restored.on_trial_complete("t9", {"best_val_macro_f1": 0.5})
+    restored.on_trial_complete("t0", {"best_val_macro_f1": 0.4})  # told twice: kept once
+    study = optuna.load_study(study_name="WBC_100-scratch", storage=optuna_storage(tmp_path))
+    by_state: dict[str, list[str]] = {}
+    for trial in study.trials:
+        by_state.setdefault(trial.state.name, []).append(trial.user_attrs["trial_key"])
+    assert by_state == {"COMPLETE": ["WBC_100-scratch/search-00", "WBC_100-scratch/search-01",
+                                     "WBC_100-scratch/search-02"],
+                        "FAIL": ["WBC_100-scratch/search-02"]}  # the one lost in the crash
+    assert [c["trial_key"] for c in first] == ["WBC_100-scratch/search-00",
+                                                  "WBC_100-scratch/search-01"]
+
+
+def test_mend_journal_clears_what_a_killed_driver_left(tmp_path: Path) -> None:
+    from study.results.journal import OPTUNA_FILE, mend_journal
+
+    journal = tmp_path / OPTUNA_FILE
+    journal.write_bytes(b'{"op_code":0}\n{"op_code":1}\n{"op_co')
+    (tmp_path / f"{OPTUNA_FILE}.lock").symlink_to(journal)
+    mend_journal(tmp_path)
+    assert journal.read_bytes() == b'{"op_code":0}\n{"op_code":1}\n'
+    assert not (tmp_path / f"{OPTUNA_FILE}.lock").is_symlink()
+    mend_journal(tmp_path)  # whole lines: left as they are
+    assert journal.read_bytes() == b'{"op_code":0}\n{"op_code":1}\n'
