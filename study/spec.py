@@ -406,12 +406,12 @@ def _typed(name: str, hint: Any, value: Any) -> Any:
 
 
 # The quick preset is sized to finish within 10 minutes on a 2-core CPU from a fresh cache, Ray
-# start-up included (README, "The quick preset"): 12 cells x (3 search + 3 final) trials of 3
-# epochs at 32 px; a synthetic training set at 15% of the report's counts (WBC_1: 13 images, every
-# class present), 691 WBC_100/val images (345 report), the full CAM16 to pretrain on. Its search
-# of three trials a cell chooses between no imbalance handling and a weighted loss: with three
-# trials, class-balanced sampling (which costs the majority class a third of its recall here)
-# was picked by chance often enough to decide a cell.
+# start-up included (docs/benchmarks.md, "The quick study"): 12 cells x (3 search + 3 final)
+# trials of 3 epochs at 32 px; a synthetic training set at 15% of the report's counts (WBC_1: 13
+# images, every class present), 691 WBC_100/val images (345 report), the full CAM16 to pretrain
+# on. Its search of three trials a cell chooses between no imbalance handling and a weighted
+# loss: with three trials, class-balanced sampling (which costs the majority class a third of
+# its recall here) was picked by chance often enough to decide a cell.
 _QUICK = StudySpec(space=SearchSpace(imbalance=("none", "weighted")))
 
 # The report at full scale on GPUs: 224 px (the report's resolution), its real tree, 20 trials a

@@ -95,8 +95,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     # AdamW by default: on the synthetic smears at 32 px it reaches WBC_100 macro-F1 0.97 in 5
-    # epochs where SGD at 0.05-0.1 stays below 0.78 after 10 (README, "The quick preset"); the
-    # paper preset keeps the report's SGD.
+    # epochs where SGD at 0.05-0.1 stays below 0.78 after 10 (docs/pretraining.md, "3. The
+    # optimiser"); the paper preset keeps the report's SGD.
     optimizer: Literal["sgd", "adamw"] = setting("adamw", "AdamW, or SGD with Nesterov momentum")
     lr: float = setting(2e-3, "peak learning rate, reached after warmup (SGD wants about 0.05)")
     weight_decay: float = setting(5e-4, "weight decay (not on biases and norms)")
@@ -172,7 +172,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = setting(0, "seed of the run (initialisation, order, augmentation)")
     deterministic: bool = setting(False, "deterministic kernels (bit-reproducible; slower)")
-    # auto: bf16 autocast on a GPU (measured not to cost accuracy, README performance section),
+    # auto: bf16 autocast on a GPU (measured not to cost accuracy, docs/benchmarks.md "On one GPU"),
     # fp32 on a CPU (AVX2 machines have no bf16 hardware; "bf16" asks for it on AVX-512/AMX).
     precision: Precision = setting("auto", "auto (bf16 autocast on a GPU, fp32 on a CPU), fp32 "
                                    "or bf16")

@@ -118,7 +118,7 @@ def test_job_submit_runs_the_quick_study_and_it_replicates(ray_head: HeadNode, t
     assert ray_head.get_json(f"/api/jobs/{job_id}")["status"] == "SUCCEEDED"
     record = json.loads((results / "study.json").read_text())
     assert record["status"] == "complete"
-    # The README measures 425 s on the development machine; 900 s catches a gross slowdown
+    # docs/benchmarks.md measures 425 s on the development machine; 900 s catches a gross slowdown
     # (a hang, a lost slot) without making a slower CI machine's CPU a test failure.
     assert record["sessions"][-1]["wall_seconds"] < 900
     import pandas as pd
