@@ -465,6 +465,19 @@ def test_sigkill_of_the_driver_then_resume_keeps_every_trial_exactly_once(
             assert now["finished_at"] == row.finished_at, row.trial_id
             replayed += 1
     assert replayed >= 1
+    # The Optuna journal continued across the kill: each search trial told once, nothing
+    # left running (a trial asked just before the kill and asked again after is a FAIL).
+    import optuna
+
+    from study.results.journal import optuna_storage
+
+    storage = optuna_storage(results)
+    for cell, group in after[after["phase"] == "search"].groupby("cell"):
+        study = optuna.load_study(study_name=str(cell), storage=storage)
+        told = [t.user_attrs["trial_key"] for t in study.trials
+                if t.state == optuna.trial.TrialState.COMPLETE]
+        assert sorted(told) == sorted(group.index), cell
+        assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,)), cell
 
 
 @pytest.mark.slow
