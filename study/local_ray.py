@@ -14,20 +14,76 @@ state, which includes the searchers as Python pickles (``searcher-state-*.pkl``,
 in ``experiment_state-*.json``): whoever can write those files can run code as whoever resumes
 the study. A results folder, or any file of its Tune state, that other users may write (or that
 another user owns) is refused, with the fix.
+
+``quiet_ray(verbose=...)``, called by the commands before Ray is imported, sets how much of
+Ray's own output a run shows. By default: none of its workers' output (their errors reach the
+driver as exceptions) and no warning a user cannot act on (Tune's "performance bottleneck" and
+TensorBoard-logger ones); verbose: all of it, Ray's loggers at INFO. Either way no colour
+codes when standard error is not a terminal.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TOKEN_FILE", "start_ray", "untrusted"]
+__all__ = ["TOKEN_FILE", "quiet_ray", "start_ray", "untrusted", "worker_setup"]
 
 TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+# Read by Ray when ray.tune is imported: Tune's warn_if_slow threshold, whose "may be a
+# performance bottleneck" warnings on a busy 2-core machine name nothing a user can change.
+_SLOW_WARNING_ENV = "TUNE_WARN_THRESHOLD_S"
+# Warns once that a list-valued result (confusion matrix, epoch history, excluded files) is no
+# TensorBoard histogram; the results folder keeps every value.
+_TBX_LOGGER = "ray.tune.logger.tensorboardx"
+_verbose = False
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def quiet_ray(*, verbose: bool = False) -> None:
+    """How much of Ray's own output this process shows (see the module docstring). Call it
+    before ``ray`` is imported: Ray reads some of these settings at import."""
+    global _verbose
+    _verbose = verbose
+    if os.environ.get("RAY_ADDRESS", "local") == "local":
+        # A private Ray (start_ray): its token auth said, not left to Ray's default, which is
+        # the same auth with a warning on every run that Ray turned it on. Ray reads the mode
+        # at import, hence here.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # "(pid=...)" prefixes uncoloured
+        if verbose:
+            # Ray marks a deduplicated line "[repeated Nx]" in colour, whatever the above.
+            os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if verbose:
+        logging.getLogger(_TBX_LOGGER).setLevel(logging.NOTSET)
+        return
+    os.environ.setdefault(_SLOW_WARNING_ENV, "1e9")
+    logging.getLogger(_TBX_LOGGER).setLevel(logging.ERROR)
+
+
+class _Plain(logging.Filter):
+    """Ray's own log lines without their colour codes (standard error is not a terminal)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _ANSI.sub("", record.getMessage()), ()
+        return True
+
+
+def worker_setup() -> None:
+    """Run by every worker process of a private Ray (``worker_process_setup_hook``): name this
+    cluster in ``RAY_ADDRESS``. Ray Train's placement-group cleaner looks its cluster up by
+    address, and without one finds every Ray on the machine; with another running (someone's
+    ``ray start``) it fails ("Found multiple active Ray instances") and cleans nothing up."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def _private_token() -> None:
@@ -54,15 +110,23 @@ def _as_given(host: str) -> Any:
     return host
 
 
-def start_ray(*, log_to_driver: bool = False) -> None:
-    """Connect to ``RAY_ADDRESS``'s cluster, or start a private one on loopback."""
+def start_ray(*, log_to_driver: bool | None = None) -> None:
+    """Connect to ``RAY_ADDRESS``'s cluster, or start a private one on loopback.
+    ``log_to_driver`` (default: as ``quiet_ray`` set, off unless verbose): print the workers'
+    output here."""
     import ray
 
     if ray.is_initialized():
         return
+    if log_to_driver is None:
+        log_to_driver = _verbose
+    if _verbose and not sys.stderr.isatty():
+        for handler in logging.getLogger("ray").handlers:
+            handler.addFilter(_Plain())
+    level = logging.INFO if _verbose else logging.WARNING
     address = os.environ.get("RAY_ADDRESS", "local")
     if address != "local":
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver,
+        ray.init(address=address, logging_level=level, log_to_driver=log_to_driver,
                  include_dashboard=None)
         return
     _private_token()
@@ -73,8 +137,8 @@ def start_ray(*, log_to_driver: bool = False) -> None:
     services.resolve_ip_for_localhost = _as_given
     try:
         ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-                 logging_level=logging.WARNING, log_to_driver=log_to_driver,
-                 include_dashboard=None)
+                 logging_level=level, log_to_driver=log_to_driver, include_dashboard=None,
+                 runtime_env={"worker_process_setup_hook": f"{__name__}.worker_setup"})
     finally:
         services.resolve_ip_for_localhost = resolve
 

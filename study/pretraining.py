@@ -16,20 +16,28 @@ shared storage on a cluster; the cache for ``wbc train``), which trains it only 
 not stored yet. Where the training runs is an executor's business: ``TaskExecutor`` (a Ray task
 on one node for the CAM16 runs, a one-worker Ray Train run for SimCLR; a study's inline trials)
 or ``TrainExecutor`` (Ray Train runs, DDP over several workers).
+
+A run's reports reach the driver as they are made (``progress_lines``: a Ray queue
+the task or the Ray Train controller writes to, drained here), so pretraining says a line per
+report instead of nothing for minutes; ``run_training_with_reports`` does the same for any
+Ray Train training run (``wbc train``'s own).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import ray
+from ray.train import UserCallback
 
-from study.train.trainer import RunSpec, run_ssl, run_training
+from study.train.trainer import RunSpec, TrainOutcome, run_ssl, run_training
 from wbc.cache import decode_samples
 from wbc.config import PretrainSettings, SSLConfig, TrainConfig
 from wbc.data import SplitPlan, plan_cam16
@@ -46,12 +54,17 @@ from wbc.train import best_weights
 
 __all__ = [
     "SOURCES",
+    "EpochReports",
     "Executor",
     "Pretrained",
     "TaskExecutor",
     "TrainExecutor",
+    "brief",
     "ensure_sources",
+    "epoch_line",
     "largest_node_cpus",
+    "progress_lines",
+    "run_training_with_reports",
     "sources_of",
 ]
 
@@ -61,6 +74,90 @@ SOURCES = ("prcc_ssl", "cam16", "prcc_ssl+cam16")
 LEARNED = 0.6
 
 State = dict[str, Any]
+Reports = Callable[[dict[str, Any]], None]  # called on the driver with each report's ``brief``
+# What a progress line shows of a report, in its order.
+_FIGURES = (("train_loss", "train loss"), ("ssl_loss", "loss"), ("val_accuracy", "val accuracy"),
+            ("val_macro_f1", "val macro-F1"))
+
+
+def brief(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The few figures of a report its progress line shows (the epoch's own on the last
+    report, whose val_* are the best epoch's)."""
+    row = metrics.get("epoch_metrics") or metrics
+    keys = ("epoch", "loop_seconds", "epoch_seconds", *(key for key, _ in _FIGURES))
+    return {k: row[k] for k in keys if isinstance(row.get(k), int | float)}
+
+
+def epoch_line(label: str, epochs: int, figures: dict[str, Any]) -> str:
+    """``CAM16 pretraining: epoch 2/8: train loss 0.612, val accuracy 0.750 (3 s)``."""
+    shown = [f"{name} {figures[key]:.3f}" for key, name in _FIGURES if key in figures]
+    seconds = figures.get("loop_seconds", figures.get("epoch_seconds"))
+    took = "" if seconds is None else f" ({seconds:.{1 if seconds < 10 else 0}f} s)"
+    return f"{label}: epoch {figures.get('epoch', '?')}/{epochs}: {', '.join(shown)}{took}"
+
+
+@contextlib.contextmanager
+def progress_lines(on_report: Reports | None) -> Iterator[Any]:
+    """A Ray queue for reports made anywhere in the cluster, handed to ``on_report`` here while
+    the block runs (by a thread: the block waits on its run); None, and nothing started, when
+    ``on_report`` is None."""
+    if on_report is None:
+        yield None
+        return
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    done = threading.Event()
+
+    def drain() -> None:
+        while True:
+            try:
+                on_report(queue.get(timeout=0.5))
+            except Empty:
+                if done.is_set():  # everything put before the block ended is out
+                    return
+            except Exception:  # the queue went with Ray (Ctrl-C): the lines are only progress
+                return
+
+    thread = threading.Thread(target=drain, name="study-progress", daemon=True)
+    thread.start()
+    try:
+        yield queue
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        with contextlib.suppress(Exception):  # drained: nothing left to wait for
+            queue.shutdown(force=True)
+
+
+def _put(queue: Any, metrics: dict[str, Any]) -> None:
+    with contextlib.suppress(Exception):  # a lost progress line never fails the run
+        queue.put_nowait(brief(metrics))
+
+
+class EpochReports(UserCallback):
+    """A Ray Train callback (it runs on the run's controller) that puts each report's
+    ``brief`` on a ``progress_lines`` queue."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: Any) -> None:
+        if metrics:
+            _put(self.queue, metrics[0])
+
+
+def run_training_with_reports(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
+                              pretrained: Path | None = None, on_report: Reports | None = None
+                              ) -> TrainOutcome:
+    """``study.train.trainer.run_training``, with ``on_report`` called on this driver for each
+    of the run's reports as it is made."""
+    if on_report is None:
+        return run_training(plan, config, spec, pretrained=pretrained)
+    with progress_lines(on_report) as queue:
+        return run_training(plan, config, spec, pretrained=pretrained,
+                            callbacks=[EpochReports(queue)])
 
 
 @dataclass(frozen=True)
@@ -80,15 +177,17 @@ class Executor(Protocol):
         """CPUs a run holds."""
         ...
 
-    def supervised(self, plan: SplitPlan, config: TrainConfig, init: Path | None, name: str
-                   ) -> tuple[State, dict[str, Any]]:
+    def supervised(self, plan: SplitPlan, config: TrainConfig, init: Path | None, name: str,
+                   *, on_report: Reports | None = None) -> tuple[State, dict[str, Any]]:
         """Train a classifier: (the best epoch's state dict, its final record with
-        ``loop_seconds``)."""
+        ``loop_seconds``); ``on_report`` gets each report's ``brief`` as it is made."""
         ...
 
     def ssl(self, samples: list[Sample], config: SSLConfig, probe_plan: SplitPlan | None,
-            min_epoch_images: int, name: str) -> tuple[State, dict[str, Any]]:
-        """SimCLR: (the backbone's state dict, its final record with ``loop_seconds``)."""
+            min_epoch_images: int, name: str, *, on_report: Reports | None = None
+            ) -> tuple[State, dict[str, Any]]:
+        """SimCLR: (the backbone's state dict, its final record with ``loop_seconds``);
+        ``on_report`` as for ``supervised``."""
         ...
 
 
@@ -102,15 +201,18 @@ def largest_node_cpus(cap: int = 8, *, gpu: bool = False) -> int:
 
 
 def _supervised_task(plan: SplitPlan, flat: dict[str, Any], init: str | None, threads: int,
-                     use_gpu: bool, cache_dir: str | None) -> tuple[State, dict[str, Any]]:
-    """A pretraining run in a Ray task: best weights and the final record."""
+                     use_gpu: bool, cache_dir: str | None, reports: Any = None
+                     ) -> tuple[State, dict[str, Any]]:
+    """A pretraining run in a Ray task: best weights and the final record; each report's
+    ``brief`` put on the ``reports`` queue, if any."""
     from wbc.hardware import require_cuda
     from wbc.run import train_run
 
     device = require_cuda("CAM16 pretraining") if use_gpu else "cpu"
     result = train_run(plan, TrainConfig.from_flat(flat), device=device,
                        weights=Path(init) if init else None, cache_dir=cache_dir,
-                       threads=threads)
+                       threads=threads,
+                       on_epoch=None if reports is None else lambda m, _: _put(reports, m))
     loop = float(sum(row.get("loop_seconds", 0.0) for row in result.fit.history))
     return result.fit.best_state, {**result.metrics, "loop_seconds": loop}
 
@@ -125,18 +227,21 @@ class TaskExecutor:
     storage: str
     cache_dir: str | None = None
 
-    def supervised(self, plan: SplitPlan, config: TrainConfig, init: Path | None, name: str
-                   ) -> tuple[State, dict[str, Any]]:
+    def supervised(self, plan: SplitPlan, config: TrainConfig, init: Path | None, name: str,
+                   *, on_report: Reports | None = None) -> tuple[State, dict[str, Any]]:
         task = ray.remote(_supervised_task).options(num_cpus=self.cpus,
                                                     num_gpus=1 if self.use_gpu else 0)
-        return ray.get(task.remote(plan, config.to_flat(), str(init) if init else None,
-                                   int(self.cpus), self.use_gpu, self.cache_dir))
+        with progress_lines(on_report) as queue:
+            return ray.get(task.remote(plan, config.to_flat(), str(init) if init else None,
+                                       int(self.cpus), self.use_gpu, self.cache_dir, queue))
 
     def ssl(self, samples: list[Sample], config: SSLConfig, probe_plan: SplitPlan | None,
-            min_epoch_images: int, name: str) -> tuple[State, dict[str, Any]]:
+            min_epoch_images: int, name: str, *, on_report: Reports | None = None
+            ) -> tuple[State, dict[str, Any]]:
         spec = RunSpec(storage_path=self.storage, name=name, workers=1, use_gpu=self.use_gpu,
                        cpus_per_worker=self.cpus, cache_dir=self.cache_dir)
-        return TrainExecutor(spec).ssl(samples, config, probe_plan, min_epoch_images, name)
+        return TrainExecutor(spec).ssl(samples, config, probe_plan, min_epoch_images, name,
+                                       on_report=on_report)
 
 
 @dataclass(frozen=True)
@@ -149,18 +254,22 @@ class TrainExecutor:
     def cpus(self) -> float:
         return self.spec.cpus_per_worker * self.spec.workers
 
-    def supervised(self, plan: SplitPlan, config: TrainConfig, init: Path | None, name: str
-                   ) -> tuple[State, dict[str, Any]]:
-        outcome = run_training(plan, config, self.spec.named(name), pretrained=init)
+    def supervised(self, plan: SplitPlan, config: TrainConfig, init: Path | None, name: str,
+                   *, on_report: Reports | None = None) -> tuple[State, dict[str, Any]]:
+        outcome = run_training_with_reports(plan, config, self.spec.named(name),
+                                            pretrained=init, on_report=on_report)
         state = outcome.load_checkpoint()
         loop = float(sum(row.get("loop_seconds", 0.0) for row in state["history"]))
         return best_weights(state), {**outcome.metrics, "loop_seconds": loop}
 
     def ssl(self, samples: list[Sample], config: SSLConfig, probe_plan: SplitPlan | None,
-            min_epoch_images: int, name: str) -> tuple[State, dict[str, Any]]:
-        state, metrics, history = run_ssl(samples, config, self.spec.named(name),
-                                          probe_plan=probe_plan,
-                                          min_epoch_images=min_epoch_images)
+            min_epoch_images: int, name: str, *, on_report: Reports | None = None
+            ) -> tuple[State, dict[str, Any]]:
+        with progress_lines(on_report) as queue:
+            state, metrics, history = run_ssl(
+                samples, config, self.spec.named(name), probe_plan=probe_plan,
+                min_epoch_images=min_epoch_images,
+                callbacks=None if queue is None else [EpochReports(queue)])
         loop = float(sum(row.get("epoch_seconds", 0.0) for row in history))
         first = history[0].get("ssl_loss", float("nan")) if history else float("nan")
         return state, {**metrics, "loop_seconds": loop, "first_ssl_loss": first}
@@ -179,7 +288,7 @@ def _fingerprint(samples: list[Sample], image_size: int, name: str,
 
 def _ensure_ssl(tree: Tree, settings: PretrainSettings, store: WeightsStore,
                 executor: Executor, *, cache_dir: str | None,
-                say: Callable[[str], None]) -> Pretrained:
+                say: Callable[[str], None], progress: bool = True) -> Pretrained:
     if not tree.prcc:
         raise ValueError(f"{tree.root / 'pRCC'} holds no images: self-supervised pretraining "
                          "needs them")
@@ -197,8 +306,11 @@ def _ensure_ssl(tree: Tree, settings: PretrainSettings, store: WeightsStore,
     def make() -> tuple[State, dict[str, Any]]:
         say(f"{label} {key}: {len(samples)} images, {config.epochs} epochs")
         started = time.perf_counter()
+        on_report = (lambda figures: say(epoch_line(label, config.epochs, figures))
+                     ) if progress else None
         state, metrics = executor.ssl(samples, config, probe_plan,
-                                      settings.ssl_min_epoch_images, f"pretrain-prcc-ssl-{key}")
+                                      settings.ssl_min_epoch_images, f"pretrain-prcc-ssl-{key}",
+                                      on_report=on_report)
         metrics = {**metrics, "prcc_images": len(tree.prcc), "ssl_images": len(samples),
                    "pretrain_seconds": time.perf_counter() - started}
         say(f"{label} {key}: loss {metrics.get('first_ssl_loss', float('nan')):.3f} -> "
@@ -216,7 +328,8 @@ def _ensure_ssl(tree: Tree, settings: PretrainSettings, store: WeightsStore,
 
 def _ensure_cam16(tree: Tree, base: TrainConfig, settings: PretrainSettings,
                   store: WeightsStore, executor: Executor, *, cache_dir: str | None,
-                  say: Callable[[str], None], init: Pretrained | None) -> Pretrained:
+                  say: Callable[[str], None], init: Pretrained | None,
+                  progress: bool = True) -> Pretrained:
     """Supervised CAM16 weights, from random init or from ``init`` (the SSL backbone)."""
     config = pretrain_config(base, epochs=settings.cam16_epochs, lr=settings.cam16_lr,
                              from_ssl=init is not None)
@@ -229,8 +342,10 @@ def _ensure_cam16(tree: Tree, base: TrainConfig, settings: PretrainSettings,
     def make() -> tuple[State, dict[str, Any]]:
         say(f"{label} {key}: {len(plan.train)} images, {settings.cam16_epochs} epochs")
         started = time.perf_counter()
+        on_report = (lambda figures: say(epoch_line(label, settings.cam16_epochs, figures))
+                     ) if progress else None
         state, metrics = executor.supervised(plan, config, init.weights if init else None,
-                                             f"pretrain-cam16-{key}")
+                                             f"pretrain-cam16-{key}", on_report=on_report)
         metrics = {**metrics, "pretrain_seconds": time.perf_counter() - started,
                    "epochs": settings.cam16_epochs, "train_images": len(plan.train),
                    "cpus": executor.cpus, "init_key": init.key if init else None}
@@ -267,11 +382,12 @@ def _ensured(store: WeightsStore, kind: str, key: str,
 
 def ensure_sources(sources: Iterable[str], tree: Tree, base: TrainConfig,
                    settings: PretrainSettings, store: WeightsStore, executor: Executor, *,
-                   cache_dir: str | None = None,
-                   say: Callable[[str], None] = print) -> dict[str, Pretrained]:
+                   cache_dir: str | None = None, say: Callable[[str], None] = print,
+                   progress: bool = True) -> dict[str, Pretrained]:
     """Every source in ``sources``: found in ``store`` or trained now by ``executor``, the
     self-supervised backbone before the CAM16 run that starts from it. ``base`` is the WBC
-    runs' configuration (resolution, precision, optimiser) that CAM16 runs follow."""
+    runs' configuration (resolution, precision, optimiser) that CAM16 runs follow. ``say``
+    gets what is made or reused and, with ``progress``, a line per report of each run."""
     wanted = set(sources)
     unknown = wanted - set(SOURCES)
     if unknown:
@@ -285,9 +401,10 @@ def ensure_sources(sources: Iterable[str], tree: Tree, base: TrainConfig,
     for source in (s for s in SOURCES if s in wanted):
         if source == "prcc_ssl":
             done[source] = _ensure_ssl(tree, settings, store, executor, cache_dir=cache_dir,
-                                       say=say)
+                                       say=say, progress=progress)
         else:
             init = done["prcc_ssl"] if source == "prcc_ssl+cam16" else None
             done[source] = _ensure_cam16(tree, base, settings, store, executor,
-                                         cache_dir=cache_dir, say=say, init=init)
+                                         cache_dir=cache_dir, say=say, init=init,
+                                         progress=progress)
     return done

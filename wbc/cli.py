@@ -20,7 +20,8 @@ from typing import Any
 
 from wbc.imageio import MAX_PIXELS_ENV, ImageError, max_image_pixels, parse_pixel_count
 
-__all__ = ["main", "package_version"]
+__all__ = ["CommandParser", "HelpFormatter", "UserError", "examples", "main",
+           "output_options", "package_version"]
 
 
 class UserError(Exception):
@@ -250,18 +251,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_model_commands(sub: Any, common: argparse.ArgumentParser,
-                        limits: argparse.ArgumentParser) -> None:
+def _add_model_commands(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """``predict``, ``evaluate`` and ``export``: the commands that use a trained model."""
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--model", type=Path, required=True, metavar="M",
                        help="model file (.safetensors) or a folder holding model.safetensors")
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where the model runs (default: cuda when a GPU is visible)")
+                        help="where the model runs; auto: cuda when a GPU is visible (default: "
+                             "%(default)s)")
 
-    p = sub.add_parser("predict", parents=[model, device, common, limits],
-                       help="classify image files with a trained model (CSV or JSON)")
+    p = sub.add_parser("predict", parents=[model, device, *parents],
+                       help="classify image files with a trained model (CSV or JSON)",
+                       epilog=examples("wbc predict --model runs/NAME cells/ > predictions.csv",
+                                       "wbc predict --model runs/NAME a.png b.png --out p.json"))
     p.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="image files, and folders searched at any depth for images")
     p.add_argument("--out", type=Path, default=None,
@@ -273,15 +276,17 @@ def _add_model_commands(sub: Any, common: argparse.ArgumentParser,
                    help="images per forward pass")
     p.set_defaults(run=_cmd_predict)
 
-    p = sub.add_parser("evaluate", parents=[model, device, common, limits],
+    p = sub.add_parser("evaluate", parents=[model, device, *parents],
                        help="score a trained model on a labelled tree: accuracy with its 95%% "
-                            "interval, macro-F1, balanced accuracy, recalls, confusion matrix")
+                            "interval, macro-F1, balanced accuracy, recalls, confusion matrix",
+                       epilog=examples("wbc evaluate --model runs/NAME --data data",
+                                       "wbc evaluate --model runs/NAME --data other-lab/ --json"))
     p.add_argument("--data", type=Path, required=True, metavar="TREE",
                    help="a tree in the report's layout (holding WBC_100/), or an ImageFolder "
                         "tree TREE/<Class>/<image> (scored whole)")
     p.add_argument("--split", default="reporting",
-                   help="reporting (default: the split a training run reports on), selection, "
-                        "test, val, train, or a subset name such as WBC_10")
+                   help="reporting (the split a training run reports on), selection, test, val, "
+                        "train, or a subset name such as WBC_10 (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="decode cache folder (default: $WBC_CACHE_DIR or ~/.cache/wbc)")
@@ -291,9 +296,12 @@ def _add_model_commands(sub: Any, common: argparse.ArgumentParser,
 
     p = sub.add_parser("export", parents=[model],
                        help="write a trained model as ONNX (or a torch.export program) with its "
-                            "card, and check the file against the model")
+                            "card, and check the file against the model",
+                       epilog=examples("wbc export --model runs/NAME",
+                                       "wbc export --model runs/NAME --format torch-export "
+                                       "--out model.pt2"))
     p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx",
-                   help="onnx (default) or torch-export (.pt2)")
+                   help="onnx or torch-export (.pt2)")
     p.add_argument("--out", type=Path, default=None,
                    help="file to write (default: beside the model, <stem>.onnx or .pt2)")
     p.set_defaults(run=_cmd_export)
@@ -309,23 +317,67 @@ def package_version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="wbc", description="Make, import, check and decode white-blood-cell datasets in the "
-                                "report's layout (WBC_100/50/10/1, CAM16, pRCC); predict with, "
-                                "evaluate and export trained models.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--workers", type=int, default=None,
-                        help="processes for decoding (default: all cores)")
-    common.add_argument("--quiet", action="store_true", help="no progress messages")
-    limits = argparse.ArgumentParser(add_help=False)
-    limits.add_argument("--max-image-pixels", type=_pixel_count, default=None, metavar="N",
-                        help="refuse images whose header declares more pixels (default: "
-                             f"${MAX_PIXELS_ENV} or 8192x8192); a count or WxH")
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` of ``wbc`` and ``study``: every option's default where it has one worth
+    saying (not None, False or an empty list, and not when its help already says it), and the
+    examples of a description or epilog (a paragraph with indented lines) kept as written."""
 
-    p = sub.add_parser("synth", parents=[common], help="generate a synthetic WBC + CAM16 + pRCC tree")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        switch = isinstance(action, argparse.BooleanOptionalAction)  # which side is on
+        if default is None or (default is False and not switch) or (
+                isinstance(default, list | tuple) and not default):
+            return text.replace(" (default: %(default)s)", "")
+        if "default" in text:
+            return text
+        return super()._get_help_string(action) or ""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            if "\n " in paragraph:
+                paragraphs.append("\n".join(indent + line for line in paragraph.splitlines()))
+            else:
+                paragraphs.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(paragraphs)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of ``wbc``, ``study`` and each of their commands: with ``HelpFormatter``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def examples(*commands: str) -> str:
+    """An epilog of example command lines."""
+    return "examples:\n" + "\n".join(f"  {command}" for command in commands)
+
+
+def output_options(*, verbose: bool) -> argparse.ArgumentParser:
+    """``-q/--quiet`` (and ``-v/--verbose`` where a command has more to show: Ray's logs), one
+    meaning everywhere: quiet leaves standard error to errors and warnings (no progress), the
+    result on standard output as ever; verbose adds what Ray, Ray Train and Ray Tune say,
+    worker processes included."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress messages: only errors and warnings besides the result")
+    if verbose:
+        group.add_argument("-v", "--verbose", action="store_true",
+                           help="also Ray's own logs: its workers' output (Ray Train, Tune), "
+                                "at INFO level")
+    return parent
+
+
+def _add_data_commands(sub: Any, common: argparse.ArgumentParser,
+                       limits: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("synth", parents=[common], help="generate a synthetic WBC + CAM16 + pRCC tree",
+                       epilog=examples("wbc synth data --scale 0.1",
+                                       "wbc synth tiny --scale 0.01 --val-scale 0.2 --image-size 64",
+                                       "wbc synth other-lab --scale 0.1 --stain-shift 1.0"))
     p.add_argument("out", type=Path, help="folder to create")
     p.add_argument("--scale", type=_positive_float, default=1.0,
                    help="fraction of the report's counts; 1.0 gives exactly its Table 1 and 2")
@@ -340,14 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stain-shift", type=float, default=0.0, metavar="S",
                    help="draw every image as another lab's stain and microscope would show it, "
                         "for cross-domain evaluation: the same cells and masks as S=0 (the "
-                        "default, the usual look), with stain hue, lamp colour, stain strength, "
-                        "blur and noise moved by S (1.0: warmer lamp, purple nuclei, redder red "
-                        "cells; -1.0: colder and bluer); recorded in synth.json")
+                        "usual look), with stain hue, lamp colour, stain strength, blur and "
+                        "noise moved by S (1.0: warmer lamp, purple nuclei, redder red cells; "
+                        "-1.0: colder and bluer); recorded in synth.json (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing tree at OUT")
     p.set_defaults(run=_cmd_synth)
 
     p = sub.add_parser("check", parents=[common, limits],
-                       help="validate a tree and print the report's Table 1 and 2 counts")
+                       help="validate a tree and print the report's Table 1 and 2 counts",
+                       epilog=examples("wbc check data", "wbc check data --exclude-bad --json"))
     p.add_argument("root", type=Path, help="dataset root (holds WBC_100/)")
     p.add_argument("--json", action="store_true", help="print the counts and problems as JSON")
     p.add_argument("--exclude-bad", action="store_true",
@@ -359,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_check)
 
     p = sub.add_parser("import", parents=[common, limits],
-                       help="turn an ImageFolder set (SRC/<Class>/*) into the report's layout")
+                       help="turn an ImageFolder set (SRC/<Class>/*) into the report's layout",
+                       epilog=examples("wbc import ~/Downloads/wbc-images data",
+                                       "wbc import SRC data --masks SRC-masks --val-fraction 0.2"))
     p.add_argument("src", type=Path, help="ImageFolder source; only read")
     p.add_argument("root", type=Path, help="new dataset root to create")
     p.add_argument("--masks", type=Path, default=None,
@@ -372,19 +427,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decode", parents=[common, limits],
                        help="decode a tree once into the memory-mapped cache (an existing one "
-                            "is checked in full and rebuilt if damaged)")
+                            "is checked in full and rebuilt if damaged)",
+                       epilog=examples("wbc decode data --image-size 64",
+                                       "wbc decode data --cache-dir /scratch/wbc-cache"))
     p.add_argument("root", type=Path, help="dataset root")
     p.add_argument("--image-size", type=_image_size, default=128, help="working resolution")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="cache folder (default: $WBC_CACHE_DIR or ~/.cache/wbc)")
     p.add_argument("--exclude-bad", action="store_true", help="leave out bad files")
     p.set_defaults(run=_cmd_decode)
-    _add_model_commands(sub, common, limits)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = CommandParser(
+        prog="wbc", description="Make, import, check and decode white-blood-cell datasets in the "
+                                "report's layout (WBC_100/50/10/1, CAM16, pRCC); train one cell "
+                                "(wbc train); predict with, evaluate and export trained models.",
+        epilog=examples("wbc synth data --scale 0.1", "wbc check data",
+                        "wbc train --data data --strategy pretrain_aug --epochs 10",
+                        "wbc predict --model runs/NAME cells/ > predictions.csv"))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=CommandParser)
+    quiet = output_options(verbose=False)
+    common = argparse.ArgumentParser(add_help=False, parents=[quiet])
+    common.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes that decode images (default: all cores)")
+    limits = argparse.ArgumentParser(add_help=False)
+    limits.add_argument("--max-image-pixels", type=_pixel_count, default=None, metavar="N",
+                        help="refuse images whose header declares more pixels (default: "
+                             f"${MAX_PIXELS_ENV} or 8192x8192); a count or WxH")
+    _add_data_commands(sub, common, limits)
+    _add_model_commands(sub, [common, limits])
 
     # Commands from other installed packages (the Ray layer adds ``train``): wbc itself never
-    # imports them.
+    # imports them. They get the output options (-q/-v) and choose their own others.
     for entry in sorted(entry_points(group="wbc.commands"), key=lambda e: e.name):
-        entry.load()(sub, common)
+        entry.load()(sub, output_options(verbose=True))
     return parser
 
 

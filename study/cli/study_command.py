@@ -33,17 +33,38 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+_RUN_EXAMPLES = (
+    "study run   (the quick preset on a synthetic tree made once)",
+    "study run --data data --preset paper --results /shared/results/paper",
+    "study run --set 'subsets=[\"WBC_10\"]' --set search_trials=2 --set final_seeds=2 -q",
+    "study run --resume results/quick-20250101-120000")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="study", description=__doc__.split("\n\n")[0])
+    from wbc.cli import CommandParser, examples, output_options
+
+    parser = CommandParser(
+        prog="study", description="The whole comparison (label budgets x training strategies) "
+                                  "as one Ray Tune study, and its report.",
+        epilog=examples("study run", "study run --preset quick-ssl --data data",
+                        "study report results/quick-20250101-120000"))
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="run (or --resume) a study; no arguments: the quick preset "
-                                   "on a synthetic tree")
+    sub: Any = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=CommandParser)
+    p = sub.add_parser("run", parents=[output_options(verbose=True)],
+                       help="run (or --resume) a study; no arguments: the quick preset on a "
+                            "synthetic tree",
+                       description="Run a study, or continue one (--resume): every cell's "
+                                   "search, then its final seeds, rows in Parquet as trials end, "
+                                   "and the report at the end. Exit status: 0 complete; 1 "
+                                   "stopped before its end (resume it); 2 a usage or input "
+                                   "error; 3 some or all trials failed; 130 Ctrl-C.",
+                       epilog=examples(*_RUN_EXAMPLES))
     p.add_argument("--preset", default="quick", choices=("quick", "quick-ssl", "paper"),
                    help="quick: the report's three strategies on a synthetic tree, about 10 "
                         "minutes on 2 CPU cores; quick-ssl: the same with the two "
                         "self-supervised strategies; paper: the report at full scale, for GPUs "
-                        "(default: quick)")
+                        "(default: %(default)s)")
     p.add_argument("--config", type=Path, default=None,
                    help="a study spec file (TOML or JSON); its keys override the preset's")
     p.add_argument("--set", dest="overrides", action="append", default=[],
@@ -70,19 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "~/.cache/wbc)")
     p.add_argument("--print-spec", action="store_true",
                    help="print the resolved spec as JSON and exit")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--no-report", action="store_true",
                    help="do not write report.md and figures/ at the end (`study report` can)")
     p.set_defaults(run=_cmd_run)
 
     p = sub.add_parser("report", help="tables and figures from a results folder (or a Ray Tune "
-                                      "experiment folder)")
+                                      "experiment folder)",
+                       epilog=examples("study report results/quick-20250101-120000",
+                                       "study report results/NAME --format png,svg,pdf",
+                                       "study report results/NAME/tune --out /tmp/report"))
     p.add_argument("results", type=Path, help="a study's results folder, or a Tune experiment")
     p.add_argument("--out", type=Path, default=None,
                    help="where report.md and figures/ go (default: the results folder)")
     p.add_argument("--format", default="png", metavar="FORMATS",
                    help="figure formats, comma-separated: png (200 dpi, always written), svg, "
-                        "pdf (default: png)")
+                        "pdf (default: %(default)s)")
     p.set_defaults(run=_cmd_report)
     return parser
 
@@ -189,7 +212,15 @@ def _summary(record: dict[str, Any], results: Path) -> str:
     return "\n".join(parts)
 
 
+def _warnings_only(message: str) -> None:
+    if message.startswith(("warning", "error")):
+        _say(message)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    from study.local_ray import quiet_ray
+
+    quiet_ray(verbose=args.verbose)  # before Ray is imported
     from study.runner import StudyError, run_study
 
     if args.resume is not None:
@@ -209,7 +240,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         results = _results_folder(args, spec.name)
     try:
         record = run_study(spec, results, resume=args.resume is not None, quiet=args.quiet,
-                           cache_dir=args.cache_dir, say=_say,
+                           cache_dir=args.cache_dir,
+                           say=_warnings_only if args.quiet else _say,
                            allow_data_change=args.allow_data_change)
     except StudyError as err:
         raise UserError(str(err)) from err

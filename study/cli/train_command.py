@@ -3,7 +3,11 @@
 Registered as a ``wbc`` subcommand through the ``wbc.commands`` entry point, so that the ``wbc``
 package itself never imports Ray. Its training options are made from ``wbc.config.TrainConfig``
 (``wbc.options``); pretraining goes through the same orchestration as a study's
-(``study.pretraining``), its weights kept in the cache.
+(``study.pretraining``), its weights kept in the cache. ``--train-workers`` are the run's Ray
+Train (DDP) workers, ``--decode-workers`` the processes that check the tree; the old
+``--workers`` still sets both, with a deprecation message. It prints a line per report of each
+run (from the Ray Train controller, ``study.pretraining.run_training_with_reports``) and none of
+Ray's own output unless ``--verbose``.
 """
 
 from __future__ import annotations
@@ -19,40 +23,83 @@ from typing import Any
 __all__ = ["add_parser", "format_metrics"]
 
 
-
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _warnings_only(message: str) -> None:
+    if message.startswith("warning"):
+        _say(message)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+class _OldWorkers(argparse.Action):
+    """``--workers N``, as before: N Ray Train workers and N decoding processes."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        _say("wbc train: --workers is deprecated; it set both --train-workers (Ray Train DDP "
+             "workers) and --decode-workers (decoding processes), as it still does: give those "
+             "instead")
+        namespace.train_workers = namespace.decode_workers = values
+
+
+_EXAMPLES = ("wbc train --data data --strategy pretrain_aug --subset WBC_10 --epochs 10",
+             "wbc train --epochs 2 --image-size 32 --quiet   (a synthetic tree, made once)",
+             "wbc train --data data --train-workers 2 --gpu --storage s3://bucket/runs",
+             "wbc train --data data --name my-run   (again: resumes my-run from its checkpoint)")
+
+
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``train`` to the ``wbc`` command line."""
+    """Add ``train`` to the ``wbc`` command line (``common``: its -q/-v output options)."""
+    from wbc.cli import examples
     from wbc.options import add_config_options
     from wbc.strategies import strategy_names
 
-    p = sub.add_parser("train", parents=[common],
-                       help="train one cell (subset x strategy) on Ray Train and print metrics")
+    p = sub.add_parser("train", parents=[common], epilog=examples(*_EXAMPLES),
+                       help="train one cell (subset x strategy) on Ray Train and print metrics",
+                       description="Train one cell (subset x strategy, fixed hyperparameters) "
+                                   "on Ray Train, pretraining first if its strategy needs it "
+                                   "(once: the weights are cached), and print its metrics.")
     p.add_argument("--data", type=Path, default=None,
-                   help="dataset root; default: a synthetic tree made (once) in the cache")
+                   help="dataset root (default: a synthetic tree made once in the cache)")
     p.add_argument("--synthetic-scale", type=float, default=None,
                    help="scale of the synthetic tree's training set, used without --data "
                         "(default: the quick preset's tree, shared with `study run`)")
     add_config_options(p, choices={"strategy": strategy_names()})
+    p.add_argument("--train-workers", type=_positive_int, default=1, metavar="N",
+                   help="Ray Train workers: DDP ranks, each with --cpus-per-worker CPUs (and a "
+                        "GPU with --gpu)")
+    p.add_argument("--decode-workers", type=_positive_int, default=None, metavar="N",
+                   help="processes that decode the tree's images to check them (default: all "
+                        "cores)")
+    p.add_argument("--workers", type=_positive_int, action=_OldWorkers, help=argparse.SUPPRESS)
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--cpus-per-worker", type=float, default=1.0,
+                   help="CPUs each Ray Train worker holds (also its torch threads)")
     p.add_argument("--pretrain-epochs", type=int, default=8, help="CAM16 pretraining epochs")
     p.add_argument("--pretrain-lr", type=float, default=None,
                    help="CAM16 learning rate (default: --lr)")
     p.add_argument("--ssl-epochs", type=int, default=20,
                    help="pRCC self-supervised (SimCLR) epochs, for ssl and ssl_pretrain")
-    p.add_argument("--ssl-batch-size", type=int, default=64)
+    p.add_argument("--ssl-batch-size", type=int, default=64,
+                   help="SimCLR batch size (images; each gives two views)")
     p.add_argument("--ssl-epoch-images", type=int, default=256,
                    help="images an SSL epoch sees at least (pRCC tiled)")
     p.add_argument("--storage", default="runs",
-                   help="Ray storage for runs and checkpoints: a folder (default ./runs) or a "
-                        "URI such as s3://bucket/path (shared storage on a cluster)")
+                   help="Ray storage for runs and checkpoints: a folder or a URI such as "
+                        "s3://bucket/path (shared storage on a cluster)")
     p.add_argument("--name", default=None,
-                   help="run name; reusing a name resumes that run from its checkpoint")
-    p.add_argument("--cache-dir", type=Path, default=None, help="decode and pretraining cache")
+                   help="run name; reusing a name resumes that run from its checkpoint "
+                        "(default: train-<strategy>-<subset>-<date-time>)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="decode and pretraining cache (default: $WBC_CACHE_DIR or ~/.cache/wbc)")
     p.add_argument("--json", action="store_true", help="print the final record as JSON")
     p.set_defaults(run=run)
 
@@ -111,7 +158,8 @@ def _pretrained(args: argparse.Namespace, tree: Any, config: Any, spec: Any
                                 ssl=ssl, ssl_min_epoch_images=args.ssl_epoch_images)
     cache = str(args.cache_dir) if args.cache_dir else None
     done = ensure_sources([source], tree, config, settings, WeightsStore(args.cache_dir),
-                          TrainExecutor(spec), cache_dir=cache, say=_say)
+                          TrainExecutor(spec), cache_dir=cache,
+                          say=_warnings_only if args.quiet else _say, progress=not args.quiet)
     metrics = done["cam16"].record if "cam16" in done else {}
     return done[source].weights, metrics
 
@@ -126,13 +174,30 @@ def _synthetic(args: argparse.Namespace, image_size: int) -> Path:
     return synthetic_tree(scale, image_size, seed=quick.synthetic_seed,
                           val_scale=quick.synthetic_val_scale,
                           tissue_scale=quick.synthetic_tissue_scale, cache_dir=args.cache_dir,
-                          say=_say)
+                          say=None if args.quiet else _say)
+
+
+def _train(args: argparse.Namespace, plan: Any, config: Any, spec: Any,
+           pretrained: Path | None) -> Any:
+    """The run itself, with a line per report unless quiet."""
+    from study.pretraining import epoch_line, run_training_with_reports
+
+    epochs = config.optim.epochs
+    if not args.quiet:
+        _say(f"wbc train: {config.model.strategy} on {config.data.subset}, {epochs} epochs on "
+             f"{spec.workers} Ray Train worker(s); run {spec.storage_path}/{spec.name}")
+    on_report = None if args.quiet else (
+        lambda figures: _say(epoch_line("wbc train", epochs, figures)))
+    return run_training_with_reports(plan, config, spec, pretrained=pretrained,
+                                     on_report=on_report)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run one cell: check the tree, pretrain if needed (cached), train, print."""
-    from study.local_ray import start_ray
-    from study.train.trainer import RunSpec, run_training, warm_cache
+    from study.local_ray import quiet_ray, start_ray
+
+    quiet_ray(verbose=args.verbose)  # before Ray is imported
+    from study.train.trainer import RunSpec, warm_cache
     from wbc.data import plan_wbc
     from wbc.datasets import scan_tree
     from wbc.options import config_from_options
@@ -142,21 +207,21 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise _user_error(str(err)) from err
     root = args.data if args.data is not None else _synthetic(args, config.data.image_size)
-    tree = scan_tree(root, exclude_bad=config.data.exclude_bad, workers=args.workers,
+    tree = scan_tree(root, exclude_bad=config.data.exclude_bad, workers=args.decode_workers,
                      progress=None if args.quiet else _say)
     plan = plan_wbc(tree, config)
-    for note in plan.notes:
+    for note in () if args.quiet else plan.notes:
         _say(f"note: {note}")
     cache_dir = str(args.cache_dir) if args.cache_dir else None
     warm_cache(plan, cache_dir)
     strategy = config.model.strategy
     name = args.name or f"train-{strategy}-{config.data.subset}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
-    spec = RunSpec(storage_path=storage, name=name, workers=args.workers or 1,
+    spec = RunSpec(storage_path=storage, name=name, workers=args.train_workers,
                    use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker, cache_dir=cache_dir)
-    start_ray(log_to_driver=not args.quiet)
+    start_ray()
     pretrained, pretrain_metrics = _pretrained(args, tree, config, spec)
-    outcome = run_training(plan, config, spec, pretrained=pretrained)
+    outcome = _train(args, plan, config, spec, pretrained)
     metrics = dict(outcome.metrics)
     model = _keep_model(outcome, config, plan.classes, name)
     if pretrain_metrics:

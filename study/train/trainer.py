@@ -219,22 +219,26 @@ def _fit(trainer: TorchTrainer) -> Any:
 
 
 def run_training(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
-                 pretrained: Path | None = None) -> TrainOutcome:
-    """Run one training to completion (or resume it) and return its final record."""
+                 pretrained: Path | None = None, callbacks: list[Any] | None = None
+                 ) -> TrainOutcome:
+    """Run one training to completion (or resume it) and return its final record;
+    ``callbacks``: Ray Train callbacks of the run (progress lines)."""
     _check_storage(spec)
-    result = _fit(build_trainer(plan, config, spec, pretrained=pretrained))
+    result = _fit(build_trainer(plan, config, spec, pretrained=pretrained,
+                                callbacks=callbacks))
     return TrainOutcome(dict(result.metrics or {}), result.checkpoint, str(result.path))
 
 
 def run_ssl(samples: list[Any], config: SSLConfig, spec: RunSpec, *,
-            probe_plan: SplitPlan | None, min_epoch_images: int
+            probe_plan: SplitPlan | None, min_epoch_images: int,
+            callbacks: list[Any] | None = None
             ) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[dict[str, Any]]]:
     """One SimCLR run on Ray Train: (backbone state dict, final record, history)."""
     _check_storage(spec)
     result = _fit(_trainer(ssl_loop_per_worker, {
         "ssl": config.to_flat(), "samples": samples, "probe_plan": probe_plan,
         "min_epoch_images": min_epoch_images,
-    }, spec))
+    }, spec, callbacks=callbacks))
     outcome = TrainOutcome(dict(result.metrics or {}), result.checkpoint, str(result.path))
     state = outcome.load_checkpoint(SSL_CHECKPOINT_FILE)
     return state["model"], outcome.metrics, list(state["history"])

@@ -33,6 +33,7 @@ from study.tune.progress import Progress, cell_summary, format_params
 from study.tune.search import cell_name
 from study.tune.trial import train_run_folder
 from wbc.classifier import CARD_FILE, MODEL_FILE
+from wbc.strategies import inapplicable_settings
 
 __all__ = ["StudyCallback"]
 
@@ -70,6 +71,9 @@ class _RowIndex:
 
     def cell(self, cell: str, phase: str) -> list[dict[str, Any]]:
         return list(self._by_cell.get((cell, phase), {}).values())
+
+    def count(self, cell: str, phase: str) -> int:
+        return len(self._by_cell.get((cell, phase), ()))
 
 
 class _Writer:
@@ -148,6 +152,9 @@ class StudyCallback(Callback):
         self._reset()
         self._rows = _RowIndex(ResultsStore(Path(self.results)).trial_rows())
         self._announced = {c for c in self.cells if self._cell_done(c)}
+        for row in self._rows.by_id.values():  # an earlier session's trials time the ETA too
+            if row["status"] != "error":
+                self.progress.trial_ended(row.get("wall_seconds"))
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._running = {t.trial_id for t in trials if t.status == "RUNNING"}
@@ -214,6 +221,8 @@ class StudyCallback(Callback):
         self._settings.pop(trial.trial_id, None)
         if row is not None:
             self._rows.add(row)
+            if row["status"] != "error":
+                self.progress.trial_ended(row.get("wall_seconds"))
             if row["status"] == "error":
                 self.progress.say(f"trial {row['trial_id']} failed: "
                                   f"{(row.get('error') or '').strip().splitlines()[-1:]}")
@@ -245,14 +254,25 @@ class StudyCallback(Callback):
             self.progress.say(f"{cell:<24} every search trial failed; see trials.parquet")
             return
         best = max(scored, key=lambda r: r.get("val_macro_f1") or -1.0)
-        self.progress.say(f"{cell:<24} best {format_params(best, self.searched.get(cell, ()))} "
+        # A setting the chosen run never read (a scratch run's aug_factor) is no part of it.
+        off = inapplicable_settings(best)
+        names = tuple(n for n in self.searched.get(cell, ()) if n not in off)
+        self.progress.say(f"{cell:<24} best {format_params(best, names)} "
                           f"-> {cell_summary(self._cell_rows(cell, 'final'))}")
+
+    def _remaining(self) -> int:
+        """Trials still to run (running ones included): the unfinished cells' searches and
+        final seeds."""
+        spec = self.spec
+        return sum(max(0, spec.search_trials - self._rows.count(cell, "search"))
+                   + max(0, spec.final_seeds - self._rows.count(cell, "final"))
+                   for cell in self.cells if cell not in self._announced)
 
     def _status(self, force: bool = False) -> None:
         self.progress.status(
             search=self._rows.phases["search"], final=self._rows.phases["final"],
             running=len(self._running), cells_done=len(self._announced),
-            failed=self._rows.failed, force=force)
+            failed=self._rows.failed, remaining=self._remaining(), force=force)
 
     def flush(self) -> None:
         """Wait until every row handed to the writer is on disk (raising a failed write)."""

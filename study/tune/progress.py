@@ -1,7 +1,9 @@
 """What a person sees while a study runs: a status line and one line per finished cell.
 
 The status line is redrawn in place on a terminal (at most once a second) and printed every
-30 s otherwise; a cell's line gives its chosen configuration and its final seeds' figures.
+30 s otherwise, with an ETA once trials have finished (their mean wall time, times the trials
+left, over the trials seen running at once); a cell's line gives its chosen configuration and
+its final seeds' figures. Escape codes only on a terminal.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from study.report.summary import REPLICATES
 from wbc.layout import WBC_CLASSES
 from wbc.metrics import mean_interval
 
-__all__ = ["Progress", "cell_summary", "format_params"]
+__all__ = ["Progress", "cell_summary", "format_eta", "format_params"]
 
 
 def cell_summary(rows: list[dict[str, Any]]) -> str:
@@ -69,6 +71,15 @@ def format_params(row: dict[str, Any], names: tuple[str, ...]) -> str:
     return " ".join(parts)
 
 
+def format_eta(seconds: float) -> str:
+    """``ETA ~40 s``, ``ETA ~3 min``, ``ETA ~1.5 h``: rounded, as the estimate deserves."""
+    if seconds < 90:
+        return f"ETA ~{max(10, round(seconds / 10) * 10)} s"
+    if seconds < 90 * 60:
+        return f"ETA ~{round(seconds / 60)} min"
+    return f"ETA ~{seconds / 3600:.1f} h"
+
+
 class Progress:
     """The status line and the messages of a running study, on standard error."""
 
@@ -78,10 +89,28 @@ class Progress:
         self.quiet = quiet
         self._started = time.monotonic()
         self._last_line = 0.0
+        self._trial_seconds = 0.0  # wall time of the finished trials counted, in sum
+        self._trials = 0
+        self._concurrency = 1  # the most trials seen running at once
+
+    def trial_ended(self, wall_seconds: Any) -> None:
+        """Count a finished trial's wall time into the ETA."""
+        if isinstance(wall_seconds, int | float) and math.isfinite(wall_seconds) \
+                and wall_seconds > 0:
+            self._trial_seconds += float(wall_seconds)
+            self._trials += 1
+
+    def eta(self, remaining: int) -> float | None:
+        """Seconds until ``remaining`` more trials are done, or None before any has ended."""
+        if not self._trials:
+            return None
+        return self._trial_seconds / self._trials * remaining / self._concurrency
 
     def status(self, *, search: int, final: int, running: int, cells_done: int, failed: int,
-               force: bool = False) -> None:
-        """Redraw the status line (throttled unless ``force``)."""
+               remaining: int | None = None, force: bool = False) -> None:
+        """Redraw the status line (throttled unless ``force``); ``remaining``: the trials left
+        to run (running ones included), for the ETA."""
+        self._concurrency = max(self._concurrency, running)
         if self.quiet:
             return
         now = time.monotonic()
@@ -90,9 +119,11 @@ class Progress:
             return
         self._last_line = now
         elapsed = int(now - self._started)
+        eta = self.eta(remaining) if remaining else None
         line = (f"[{elapsed // 60:02d}:{elapsed % 60:02d}] search {search}/{self.total_search}"
                 f"  final {final}/{self.total_final}  running {running}  cells done "
-                f"{cells_done}/{self.cells}" + (f"  failed {failed}" if failed else ""))
+                f"{cells_done}/{self.cells}" + (f"  failed {failed}" if failed else "")
+                + (f"  {format_eta(eta)}" if eta is not None else ""))
         sys.stderr.write("\r\033[K" + line if tty else line + "\n")
         sys.stderr.flush()
 

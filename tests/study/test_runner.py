@@ -550,10 +550,12 @@ def test_ssl_strategies_run_through_the_study_and_reach_the_report(
     assert chained["init_key"] == ssl["key"]
     by_strategy = trials.groupby("strategy")["pretrain_key"].agg(set).to_dict()
     assert by_strategy == {"ssl": {ssl["key"]}, "ssl_pretrain": {chained["key"]}}
-    # The switch is searched: a trial with it off made no pastes.
-    assert trials["mask_augment"].notna().all()
-    assert (trials.loc[~trials["mask_augment"].astype(bool), "aug_factor"] == 0).all()
-    assert (trials.loc[trials["mask_augment"].astype(bool), "aug_factor"] > 0).all()
+    # The switch is searched (a boolean column): a trial with it off made no pastes, and
+    # has no aug_factor or background.
+    assert trials["mask_augment"].notna().all() and trials["mask_augment"].dtype == bool
+    off = trials[~trials["mask_augment"]]
+    assert off["aug_factor"].isna().all() and off["background"].isna().all()
+    assert (trials.loc[trials["mask_augment"], "aug_factor"] > 0).all()
     report, _ = write_report(results, tmp_path / "report")
     text = report.read_text()
     table = text[text.index("### accuracy"):text.index("## Paired comparisons")]
