@@ -186,7 +186,8 @@ def _summary(record: dict[str, Any], results: Path) -> str:
                  f"{_pct(session.get('inside_training_loops_fraction', math.nan))} of the "
                  f"{held}" + (f"; per-trial overhead {overhead:.1f} s" if overhead is not None
                               else ""))
-    parts.append(f"results: {results}  (trials.parquet, epochs.parquet, study.json)")
+    parts.append(f"results: {results}  (trials.parquet, epochs.parquet, study.json; the "
+                 "searches in optuna.journal, Tune's experiment in tune/)")
     models = kept_models(results)
     if models:
         parts.append(f"models: {len(models)} kept in {results / 'models'}/<cell>/seed-<seed> "

@@ -126,9 +126,10 @@ def importance_section(report: Report) -> list[str]:
     lines = ["## Which hyperparameters mattered", ""]
     if not len(table):
         return [*lines, "Too few search trials to say (at least 4 per strategy).", ""]
+    sources = " and ".join(f"`{s}`" for s in dict.fromkeys(table["source"]))
     lines += ["fANOVA importance (Optuna) of each searched hyperparameter for the selection "
-              "macro-F1, ranked within each cell, per strategy over all subsets. With few "
-              "trials these are rough.", "", "| strategy | trials | " +
+              "macro-F1, ranked within each cell, per strategy over all subsets, from the "
+              f"search trials in {sources}. With few trials these are rough.", "", "| strategy | trials | " +
               " | ".join(report.searched) + " |", "|---|---|" + "---|" * len(report.searched)]
     for strategy, group in table.groupby("strategy", sort=False):
         scores = dict(zip(group["parameter"], group["importance"], strict=True))

@@ -398,8 +398,10 @@ def importances(report: Report) -> pd.DataFrame:
     rows = []
     for strategy in report.strategies:
         search, dists = _journal_search(report, strategy)
+        source = "optuna.journal"
         if not len(search):
             search, dists = _row_search(report, strategy)
+            source = "trials.parquet"
         if len(search) < 4:
             continue
         search = search.copy()
@@ -421,5 +423,5 @@ def importances(report: Report) -> pd.DataFrame:
         scores = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
         for n, score in scores.items():
             rows.append({"strategy": strategy, "parameter": n, "importance": float(score),
-                         "trials": len(search)})
+                         "trials": len(search), "source": source})
     return pd.DataFrame(rows)

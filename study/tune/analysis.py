@@ -11,7 +11,8 @@ trial the study re-ran over its seeds, by the same rule as ``CellSearcher`` (the
 objective, ties to the first trial asked). With Ray alone, no project code::
 
     from ray.tune import ExperimentAnalysis
-    ea = ExperimentAnalysis("R/tune", default_metric="best_val_macro_f1", default_mode="max")
+    ea = ExperimentAnalysis("/abs/R/tune", default_metric="best_val_macro_f1",
+                            default_mode="max")     # Ray wants an absolute path
     ea.best_config                                   # the best trial of any cell
     df = ea.dataframe()                              # each trial's last report
     search = df[df["config/phase"] == "search"].sort_values("config/trial_key")
@@ -41,7 +42,7 @@ def tune_record() -> dict[str, str]:
 def _experiment(results: Path) -> tuple[Path, dict[str, Any]]:
     """(the Tune experiment folder, the study's ``tune`` record) of a results folder, or of
     its ``tune/`` folder given directly."""
-    results = Path(results)
+    results = Path(results).absolute()  # Ray reads a relative path as a URI without a scheme
     root = results.parent if results.name == TUNE_DIR and not (results / TUNE_DIR).is_dir() \
         else results
     record: dict[str, Any] = {}

@@ -108,14 +108,15 @@ class Progress:
 
     def status(self, *, search: int, final: int, running: int, cells_done: int, failed: int,
                remaining: int | None = None, force: bool = False) -> None:
-        """Redraw the status line (throttled unless ``force``); ``remaining``: the trials left
-        to run (running ones included), for the ETA."""
+        """Redraw the status line (throttled unless ``force`` on a terminal); ``remaining``: the
+        trials left to run (running ones included), for the ETA."""
         self._concurrency = max(self._concurrency, running)
         if self.quiet:
             return
         now = time.monotonic()
         tty = sys.stderr.isatty()
-        if not force and now - self._last_line < (1.0 if tty else 30.0):
+        # In a file or a pipe a line every 30 s at most, forced or not: each one stays.
+        if not (force and tty) and now - self._last_line < (1.0 if tty else 30.0):
             return
         self._last_line = now
         elapsed = int(now - self._started)
