@@ -52,6 +52,7 @@ def _noise(text: str) -> list[str]:
             or (NOISE.search(line) and not line.startswith("warning: "))]
 
 
+@pytest.mark.slow  # about 50 s: two Rays, pretraining and a trial
 def test_default_runs_print_no_noise(tiny_root: Path, tmp_path: Path) -> None:
     sets = [f"--set={name}={json.dumps(value)}" for name, value in SMALL.items()]
     train_log, study_log = tmp_path / "train.txt", tmp_path / "study.txt"
