@@ -150,6 +150,8 @@ class _Cell:
 class CellSearcher(Searcher):
     """Per-cell Optuna TPE searches, then per-cell final re-runs, behind one ``Searcher``."""
 
+    _study: str | None = None  # the study's name; None in a searcher saved before it was kept
+
     def __init__(self, spec: StudySpec, *, metric: str, mode: str = "max",
                  results: Path | str | None = None) -> None:
         """``results``: the folder whose Optuna journal holds the cells' studies (None: in
@@ -184,7 +186,7 @@ class CellSearcher(Searcher):
                 self._owner[trial_id] = (cell.name, "final")
                 source, chosen = cell.final_params.get(seed, (cell.best_key, cell.best))
                 return {**self._config(cell, "final", f"final-seed{seed}", seed, chosen),
-                        "config_from": source, "study": self._study}
+                        "config_from": source, **self._named()}
         for cell in self._cells.values():
             if cell.suggested < self._budget:
                 params = cell.optuna.suggest(trial_id)
@@ -195,10 +197,15 @@ class CellSearcher(Searcher):
                 cell.optuna.mark(trial_id, trial_key=cell.keys[trial_id], seed=self._seed)
                 self._owner[trial_id] = (cell.name, "search")
                 return {**self._config(cell, "search", f"search-{index:02d}", self._seed,
-                                       params or {}), "study": self._study}
+                                       params or {}), **self._named()}
             if len(cell.finished) < self._budget:
                 waiting = True
         return None if waiting else Searcher.FINISHED  # type: ignore[return-value]
+
+    def _named(self) -> dict[str, str]:
+        """The study's name for a trial's config (a report from the Tune folder alone reads
+        it)."""
+        return {} if self._study is None else {"study": self._study}
 
     @staticmethod
     def _config(cell: _Cell, phase: str, key: str, seed: int, params: dict[str, Any]

@@ -261,3 +261,22 @@ def test_mend_journal_clears_what_a_killed_driver_left(tmp_path: Path) -> None:
     assert not (tmp_path / f"{OPTUNA_FILE}.lock").is_symlink()
     mend_journal(tmp_path)  # whole lines: left as they are
     assert journal.read_bytes() == b'{"op_code":0}\n{"op_code":1}\n'
+
+
+def test_a_searcher_saved_before_the_journal_restores_and_goes_on(tmp_path: Path) -> None:
+    """A study started by an earlier version: its pickled searcher has plain OptunaSearch
+    cells in memory and no study name; resumed, it hands out the rest as before."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = _searcher()
+    searcher.suggest("t0")
+    del searcher.__dict__["_study"]
+    for cell in searcher._cells.values():
+        cell.optuna.__class__ = OptunaSearch
+    searcher.save(str(tmp_path / "old.pkl"))
+    restored = CellSearcher.__new__(CellSearcher)
+    restored.restore(str(tmp_path / "old.pkl"))
+    config = restored.suggest("t1")
+    assert config["trial_key"] == "WBC_100-scratch/search-01" and "study" not in config
+    restored.on_trial_result("t1", {"epoch": 1, "best_val_macro_f1": 0.5})
+    restored.on_trial_complete("t1", {"best_val_macro_f1": 0.5, "epoch": 1})
