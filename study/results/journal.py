@@ -33,13 +33,17 @@ _LOCK_SUFFIX = ".lock"  # optuna.storages.journal: the lock beside the journal
 
 def optuna_storage(results: Path | str) -> Any:
     """The results folder's Optuna storage (``JournalStorage``); ``results`` may also be the
-    journal file itself. Opening it creates an empty journal where there is none."""
+    journal file itself. Opening a folder without one creates an empty journal in it."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     path = Path(results)
     if path.is_dir():
         path = path / OPTUNA_FILE
+    elif not path.is_file():
+        raise FileNotFoundError(f"{path}: neither a study's results folder nor an Optuna "
+                                f"journal; give the folder `study run` wrote ({OPTUNA_FILE} "
+                                "is in it)")
     return JournalStorage(JournalFileBackend(str(path)))
 
 

@@ -263,6 +263,14 @@ def test_mend_journal_clears_what_a_killed_driver_left(tmp_path: Path) -> None:
     assert journal.read_bytes() == b'{"op_code":0}\n{"op_code":1}\n'
 
 
+def test_optuna_storage_refuses_a_path_that_is_no_results_folder(tmp_path: Path) -> None:
+    from study.results.journal import optuna_storage
+
+    with pytest.raises(FileNotFoundError, match=r"nope: neither a study's results folder"):
+        optuna_storage(tmp_path / "nope")
+    assert not (tmp_path / "nope").exists()  # nothing made where nothing was meant
+
+
 def test_a_searcher_saved_before_the_journal_restores_and_goes_on(tmp_path: Path) -> None:
     """A study started by an earlier version: its pickled searcher has plain OptunaSearch
     cells in memory and no study name; resumed, it hands out the rest as before."""
