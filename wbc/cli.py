@@ -63,7 +63,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                              seed=args.seed, val_scale=args.val_scale,
                              tissue_scale=args.tissue_scale, stain_shift=args.stain_shift,
                              workers=args.workers, overwrite=args.overwrite,
-                             progress=None if args.quiet else _say)
+                             truth=not args.no_truth, progress=None if args.quiet else _say)
     except ValueError as err:
         raise UserError(str(err)) from err
     shift = f", stain shift {args.stain_shift}" if args.stain_shift else ""
@@ -79,7 +79,7 @@ def _print_problems(tree_problems: Sequence[object]) -> None:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from wbc.check import format_tables, tree_summary
-    from wbc.datasets import scan_tree
+    from wbc.datasets import TRUTH_DIR, scan_tree
 
     tree = scan_tree(args.root, verify=not args.no_verify, exclude_bad=args.exclude_bad,
                      subset_seed=args.subset_seed, workers=args.workers,
@@ -98,6 +98,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"{verdict}: {n_wbc} WBC_100, {n_cam} CAM16 and {len(tree.prcc)} pRCC images"
               f"{' decoded' if tree.verified else ' (not decoded: --no-verify)'}; "
               f"{len(tree.warnings)} warning(s); {excluded} file(s) excluded")
+        if (tree.root / TRUTH_DIR).is_dir():
+            print(f"{TRUTH_DIR}/: true masks of the synthetic images, not data: not scanned "
+                  "(wbc.datasets.true_mask finds an image's)")
         if not tree.usable and not args.exclude_bad and any(p.excludes for p in tree.errors):
             print("rerun with --exclude-bad to leave the named files out")
     return 0 if tree.usable else 1
@@ -396,6 +399,9 @@ def _add_data_commands(sub: Any, common: argparse.ArgumentParser,
                         "noise moved by S (1.0: warmer lamp, purple nuclei, redder red cells; "
                         "-1.0: colder and bluer); recorded in synth.json (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing tree at OUT")
+    p.add_argument("--no-truth", action="store_true",
+                   help="skip OUT/truth/, the true mask of every WBC_100 and CAM16 image (for "
+                        "scoring segmentation; the scanners ignore it): one small PNG per image")
     p.set_defaults(run=_cmd_synth)
 
     p = sub.add_parser("check", parents=[common, limits],

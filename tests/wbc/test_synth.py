@@ -10,6 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 from wbc.cli import build_parser
+from wbc.datasets import TRUTH_DIR, scan_tree, true_mask
 from wbc.layout import CAM16_CLASSES, REPORT_TABLE1, WBC_CLASSES
 from wbc.subsets import floor_count, subset_count
 from wbc.synth import (
@@ -265,7 +266,7 @@ def test_tree_with_val_and_tissue_scales(tmp_path: Path) -> None:
     assert cam16 == list(expected["CAM16"]["train"]["tumor"])
     # Left at their defaults they are not recorded: synth.json keeps its old keys.
     assert list(json.loads((plain.out / "synth.json").read_text())) == [
-        "generator", "seed", "scale", "image_size", "counts"]
+        "generator", "seed", "scale", "image_size", "truth", "counts"]
     # An image's bytes depend on its place in the tree, not on the scales: the training set and
     # its subsets are the same files, and the larger splits begin with the smaller ones' images.
     a, b = _files(plain.out), _files(mixed.out)
@@ -350,12 +351,15 @@ def test_stain_shift_changes_the_look_not_the_cells(tmp_path: Path) -> None:
     masks = [k for k in a if k.endswith(".png")]
     images = [k for k in a if k.endswith(".jpg")]
     assert masks and images
-    # The same cells, tissue and masks (the same files carry them), in other colours.
+    # The same cells, tissue and masks (the same files carry them), true masks included, in
+    # other colours.
+    assert any(k.startswith(f"{TRUTH_DIR}/") for k in masks)
     assert all(a[k] == b[k] for k in masks)
     assert all(a[k] != b[k] for k in images)
     recorded = json.loads((shifted.out / "synth.json").read_text())
     assert recorded["stain_shift"] == 1.0 and shifted.stain_shift == 1.0
-    assert list(recorded) == ["generator", "seed", "scale", "stain_shift", "image_size", "counts"]
+    assert list(recorded) == ["generator", "seed", "scale", "stain_shift", "image_size", "truth",
+                              "counts"]
     assert recorded["counts"] == json.loads((plain.out / "synth.json").read_text())["counts"]
 
 
@@ -418,3 +422,94 @@ def test_cli_synth_takes_a_stain_shift(tmp_path: Path, capsys: pytest.CaptureFix
     assert json.loads((out / "synth.json").read_text())["stain_shift"] == -0.5
     assert main(["synth", str(tmp_path / "bad"), "--scale", "0.001", "--stain-shift", "nan"]) == 2
     assert "stain_shift" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# truth/: the true mask of every image
+
+
+def test_every_image_has_its_true_mask(tree: SynthSummary) -> None:
+    root = tree.out
+    images = sorted((root / "WBC_100").rglob("*.jpg")) + sorted((root / "CAM16").rglob("*.jpg"))
+    found = [true_mask(root, image) for image in images]
+    assert all(p is not None for p in found)
+    truth_files = sorted((root / TRUTH_DIR).rglob("*"))
+    assert sorted(p for p in found if p is not None) == [p for p in truth_files if p.is_file()]
+    assert tree.truth == len(images)
+    with_mask = 0
+    for image, truth in zip(images, found, strict=True):
+        assert truth is not None
+        rel = image.relative_to(root).parts
+        assert truth == root / TRUTH_DIR / rel[0] / rel[1] / rel[3] / f"{image.stem}.png"
+        mask = np.asarray(Image.open(truth))
+        assert mask.shape == (48, 48) and mask.any()
+        levels = {0, 128, 255} if rel[0] == "WBC_100" else {0, 255}
+        assert set(np.unique(mask).tolist()) <= levels
+        layout_mask = image.parents[2] / "mask" / rel[3] / f"{image.stem}.png"
+        if layout_mask.is_file():
+            with_mask += 1
+            assert truth.read_bytes() == layout_mask.read_bytes()
+    assert with_mask == tree.masks
+    # A subset's images are WBC_100's files: so is their truth. pRCC has none.
+    subset_image = next((root / "WBC_10").rglob("*.jpg"))
+    wbc100 = root / "WBC_100" / subset_image.relative_to(root / "WBC_10")
+    assert true_mask(root, subset_image) == true_mask(root, wbc100) is not None
+    assert true_mask(root, next((root / "pRCC").rglob("*.jpg"))) is None
+    recorded = json.loads((root / "synth.json").read_text())["truth"]
+    assert recorded["folder"] == TRUTH_DIR and recorded["datasets"] == ["WBC_100", "CAM16"]
+
+
+def test_true_mask_takes_relative_and_absolute_paths(tree: SynthSummary,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    image = next((tree.out / "WBC_100" / "val").rglob("*.jpg"))
+    truth = true_mask(tree.out, image)
+    assert truth is not None
+    assert true_mask(tree.out, image.relative_to(tree.out)) == truth
+    monkeypatch.chdir(tree.out.parent)
+    assert true_mask(Path(tree.out.name), image) == Path(tree.out.name) / truth.relative_to(
+        tree.out)
+    with pytest.raises(ValueError, match="not inside"):
+        true_mask(tree.out, Path("/elsewhere/WBC_100/train/data/Basophil/x.jpg"))
+    with pytest.raises(ValueError, match="data"):
+        true_mask(tree.out, "WBC_100/train/mask/Basophil/x.png")
+    assert true_mask(tree.out, "WBC_100/train/data/Basophil/missing.jpg") is None
+
+
+def test_scanners_ignore_truth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from wbc.cli import main
+
+    out = synthesize(tmp_path / "tree", scale=0.002, image_size=32, seed=1, workers=1).out
+    with_truth = scan_tree(out, workers=1)
+    assert main(["check", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{TRUTH_DIR}/: true masks" in printed and "0 warning(s)" in printed
+    (out / TRUTH_DIR).rename(tmp_path / "aside")
+    without = scan_tree(out, workers=1)
+    assert with_truth.usable and not with_truth.problems
+    assert list(with_truth.all_samples()) == list(without.all_samples())
+    assert with_truth == without
+    assert main(["check", str(out), "--quiet"]) == 0
+    assert TRUTH_DIR not in capsys.readouterr().out
+
+
+def test_no_truth_and_overwrite_removes_it(tmp_path: Path) -> None:
+    first = synthesize(tmp_path / "out", scale=0.001, image_size=32, seed=3, workers=1)
+    assert (first.out / TRUTH_DIR).is_dir() and first.truth
+    before = _files(first.out)
+    bare = synthesize(first.out, scale=0.001, image_size=32, seed=3, workers=1, truth=False,
+                      overwrite=True)
+    assert not (bare.out / TRUTH_DIR).exists() and bare.truth == 0
+    # Truth adds files and changes no other: without it the tree is the one made before true
+    # masks existed, synth.json included.
+    after = _files(bare.out)
+    assert after == {k: v for k, v in before.items()
+                     if not k.startswith(f"{TRUTH_DIR}/") and k != "synth.json"} | {
+        "synth.json": after["synth.json"]}
+    recorded = json.loads(after["synth.json"])
+    assert list(recorded) == ["generator", "seed", "scale", "image_size", "counts"]
+    assert recorded == {k: v for k, v in json.loads(before["synth.json"]).items() if k != "truth"}
+
+
+def test_cli_synth_no_truth() -> None:
+    assert build_parser().parse_args(["synth", "out"]).no_truth is False
+    assert build_parser().parse_args(["synth", "out", "--no-truth"]).no_truth is True

@@ -24,6 +24,10 @@ Policy for problems:
 
 WBC subsets that are not on disk (for example WBC_50/10/1 beside a lone WBC_100) are derived by
 ``wbc.subsets.derive_subsets`` with ``subset_seed``; subsets that are on disk are used as they are.
+
+Top-level folders other than these are not scanned; ``ROOT/truth/``, the true masks that
+``wbc synth`` writes for every image (``truth``: :func:`true_mask`), is one of them, so a tree's
+samples are the same with or without it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from wbc.datasets.files import (
 from wbc.datasets.prcc_scanner import scan_prcc
 from wbc.datasets.problems import DatasetError, Problem, Severity
 from wbc.datasets.tree import Cam16Splits, Split, Tree, WbcSplits, class_counts
+from wbc.datasets.truth import TRUTH_DIR, true_mask, truth_path
 from wbc.datasets.wbc_scanner import (
     check_required_classes,
     derive_missing,
@@ -55,6 +60,7 @@ from wbc.datasets.wbc_scanner import (
 from wbc.layout import SUBSET_PERCENTS
 
 __all__ = [
+    "TRUTH_DIR",
     "Cam16Splits",
     "DatasetError",
     "Problem",
@@ -73,6 +79,8 @@ __all__ = [
     "pair_masks",
     "problems_from_decoding",
     "scan_tree",
+    "true_mask",
+    "truth_path",
     "verify_files",
 ]
 

@@ -6,6 +6,10 @@ index])``, so an image's bytes depend only on the seed, the image size, the stai
 place in the tree: not on the number of workers, and not on the scale (a smaller scale's images
 are the first ones of a larger scale's; which of them carry masks is drawn per scale). The stain
 shift changes only the look: masks, and which images carry them, do not depend on it.
+
+Besides the ``mask/`` files of the report's layout (about 10% of the images), every WBC_100 and
+CAM16 image's true mask is written to ``truth/`` (:mod:`wbc.datasets.truth`), a folder the
+scanners ignore, so that segmentation can be scored against all images.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from wbc.datasets.truth import TRUTH_DIR, truth_path
 from wbc.fileio import atomic_write_bytes
 from wbc.importer import link_or_copy
 from wbc.layout import CAM16_CLASSES, WBC_CLASSES, subset_name
@@ -41,7 +46,10 @@ _SPLIT_ID = {"train": 0, "val": 1, "test": 2}
 # image's own stream.
 _MASK_STREAM = 7
 # Top-level folders this module writes; overwrite=True removes exactly these.
-_OWNED = ("WBC_100", *(subset_name(p) for p in SUBSETS), "CAM16", "pRCC", "synth.json")
+_OWNED = ("WBC_100", *(subset_name(p) for p in SUBSETS), "CAM16", "pRCC", TRUTH_DIR,
+          "synth.json")
+# The datasets whose renderer draws a mask for every image; pRCC has none.
+_TRUTH_DATASETS = ("WBC_100", "CAM16")
 
 _CountDict = dict[str, dict[str, dict[str, tuple[int, int]]]]
 
@@ -62,6 +70,7 @@ class SynthSummary:
     val_scale: float  # WBC_100/val's scale, ``scale`` unless given
     tissue_scale: float  # CAM16's and pRCC's scale, ``scale`` unless given
     stain_shift: float = 0.0  # another lab's stain and microscope; 0 is the usual look
+    truth: int = 0  # true masks written to ``truth/`` (every WBC_100 and CAM16 image)
 
     @property
     def images_per_second(self) -> float:
@@ -78,6 +87,7 @@ class _Job:
     index: int
     data: str
     mask: str | None
+    truth: str | None = None
 
 
 def _stream(seed: int, job: _Job) -> np.random.SeedSequence:
@@ -111,9 +121,14 @@ def _render_job(seed: int, image_size: int, stain_shift: float, job: _Job) -> No
         image, mask = render_prcc(rng, image_size, stain_shift=stain_shift), None
     quality = int(np.random.default_rng(encode).integers(72, 96))
     _write(Path(job.data), _encode(image, "JPEG", quality=quality))
-    if job.mask is not None:
-        assert mask is not None
-        _write(Path(job.mask), _encode(mask, "PNG", compress_level=6))
+    if job.mask is None and job.truth is None:
+        return
+    assert mask is not None
+    # Encoded once: a truth file is byte-identical to the image's mask/ file where it has one.
+    png = _encode(mask, "PNG", compress_level=6)
+    for path in (job.mask, job.truth):
+        if path is not None:
+            _write(Path(path), png)
 
 
 def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
@@ -137,7 +152,8 @@ def _render_chunk(args: tuple[int, int, float, list[_Job]]) -> int:
     return len(jobs)
 
 
-def _plan_jobs(out: Path, counts: Counts, seed: int) -> tuple[list[_Job], list[_Job]]:
+def _plan_jobs(out: Path, counts: Counts, seed: int, truth: bool
+               ) -> tuple[list[_Job], list[_Job]]:
     """All render jobs, and the WBC_100 train jobs in the order subsets index them."""
     jobs: list[_Job] = []
     wbc_train: list[_Job] = []
@@ -157,6 +173,8 @@ def _plan_jobs(out: Path, counts: Counts, seed: int) -> tuple[list[_Job], list[_
                         dataset, split, cls, class_id, i,
                         str(folder / "data" / cls / f"{stem}.jpg"),
                         str(folder / "mask" / cls / f"{stem}.png") if i in with_mask else None,
+                        str(truth_path(out, dataset, split, Path(cls) / f"{stem}.png"))
+                        if truth and dataset in _TRUTH_DATASETS else None,
                     )
                     jobs.append(job)
                     if dataset == "WBC_100" and split == "train":
@@ -260,6 +278,7 @@ def synthesize(
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    truth: bool = True,
 ) -> SynthSummary:
     """Write a synthetic WBC + CAM16 + pRCC tree in the report's layout under ``out``.
 
@@ -282,6 +301,12 @@ def synthesize(
     S = -1 a colder, bluer, paler and sharper one. The cells, the tissue, the masks and which
     images carry masks stay those of ``stain_shift=0``, which is today's look byte for byte.
     ``synth.json`` records it when not 0. Raises ValueError if it is not finite.
+
+    ``truth`` also writes every WBC_100 and CAM16 image's true mask to
+    ``out/truth/<dataset>/<split>/<Class>/<stem>.png`` (:func:`wbc.datasets.true_mask` finds
+    it; the scanners ignore the folder), encoded as the ``mask/`` files and byte-identical to
+    them where an image has both; the subsets' images are WBC_100's, so their truth is too.
+    ``synth.json`` records it under ``"truth"``; with ``truth=False`` neither is written.
     """
     stain_shift = check_stain_shift(stain_shift)
     if image_size < 16:
@@ -294,8 +319,9 @@ def synthesize(
     start = time.perf_counter()
     say = progress or (lambda _msg: None)
 
-    jobs, wbc_train = _plan_jobs(out, counts, seed)
-    for folder in sorted({str(Path(p).parent) for j in jobs for p in (j.data, j.mask) if p}):
+    jobs, wbc_train = _plan_jobs(out, counts, seed, truth)
+    for folder in sorted({str(Path(p).parent) for j in jobs for p in (j.data, j.mask, j.truth)
+                          if p}):
         Path(folder).mkdir(parents=True, exist_ok=True)
     workers = min(workers or os.cpu_count() or 1, max(1, len(jobs) // 16))
     say(f"rendering {len(jobs)} images with {workers} worker(s) into {out}")
@@ -313,6 +339,13 @@ def synthesize(
     if stain_shift:
         provenance["stain_shift"] = stain_shift
     provenance["image_size"] = image_size
+    if truth:
+        provenance["truth"] = {
+            "folder": TRUTH_DIR,
+            "layout": f"{TRUTH_DIR}/<dataset>/<split>/<Class>/<stem>.png",
+            "datasets": list(_TRUTH_DATASETS),
+            "subsets": "their images are WBC_100/train's: see truth/WBC_100/train",
+        }
     provenance["counts"] = {d: {s: {c: list(v) for c, v in pc.items()} for s, pc in sp.items()}
                             for d, sp in all_counts.items()}
     atomic_write_bytes(out / "synth.json", json.dumps(provenance, indent=1).encode())
@@ -323,8 +356,9 @@ def synthesize(
         seed=seed, scale=scale, image_size=image_size,
         val_scale=scale if val_scale is None else val_scale,
         tissue_scale=scale if tissue_scale is None else tissue_scale,
-        stain_shift=stain_shift,
+        stain_shift=stain_shift, truth=sum(j.truth is not None for j in jobs),
     )
-    say(f"wrote {summary.images} images and {summary.masks} masks in {seconds:.1f} s "
+    true = f" (and {summary.truth} true masks in {TRUTH_DIR}/)" if truth else ""
+    say(f"wrote {summary.images} images and {summary.masks} masks{true} in {seconds:.1f} s "
         f"({summary.images_per_second:.0f} images/s), linked {linked} subset files")
     return summary
