@@ -14,12 +14,12 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from study.cli.output import say, say_warnings
 from wbc.cli import package_version
 
 __all__ = ["build_parser", "main"]
@@ -28,9 +28,6 @@ __all__ = ["build_parser", "main"]
 class UserError(Exception):
     """A mistake in what the user asked for; printed without a traceback."""
 
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 _RUN_EXAMPLES = (
@@ -213,10 +210,6 @@ def _summary(record: dict[str, Any], results: Path) -> str:
     return "\n".join(parts)
 
 
-def _warnings_only(message: str) -> None:
-    if message.startswith(("warning", "error")):
-        _say(message)
-
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from study.local_ray import quiet_ray
@@ -242,7 +235,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         record = run_study(spec, results, resume=args.resume is not None, quiet=args.quiet,
                            cache_dir=args.cache_dir,
-                           say=_warnings_only if args.quiet else _say,
+                           say=say_warnings if args.quiet else say,
                            allow_data_change=args.allow_data_change)
     except StudyError as err:
         raise UserError(str(err)) from err
@@ -259,7 +252,7 @@ def _report_after_run(results: Path) -> None:
     try:
         path, report = write_report(results)
     except Exception as err:  # the rows are safe on disk: say so, and how to retry
-        _say(f"study run: the report could not be written ({type(err).__name__}: {err}); the "
+        say(f"study run: the report could not be written ({type(err).__name__}: {err}); the "
              f"results are complete on disk: run `study report {results}`")
         return
     print(terminal_table(report))
@@ -274,8 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except (UserError, DatasetError) as err:
-        _say(f"study {args.command}: error: {err}")
+        say(f"study {args.command}: error: {err}")
         return 2
     except KeyboardInterrupt:
-        _say(f"study {args.command}: interrupted; continue with `study run --resume RESULTS`")
+        say(f"study {args.command}: interrupted; continue with `study run --resume RESULTS`")
         return 130

@@ -15,21 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from study.cli.output import say, say_warnings
+
 __all__ = ["add_parser", "format_metrics"]
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _warnings_only(message: str) -> None:
-    if message.startswith("warning"):
-        _say(message)
 
 
 def _positive_int(text: str) -> int:
@@ -44,7 +38,7 @@ class _OldWorkers(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        _say("wbc train: --workers is deprecated; it set both --train-workers (Ray Train DDP "
+        say("wbc train: --workers is deprecated; it set both --train-workers (Ray Train DDP "
              "workers) and --decode-workers (decoding processes), as it still does: give those "
              "instead")
         namespace.train_workers = namespace.decode_workers = values
@@ -159,7 +153,7 @@ def _pretrained(args: argparse.Namespace, tree: Any, config: Any, spec: Any
     cache = str(args.cache_dir) if args.cache_dir else None
     done = ensure_sources([source], tree, config, settings, WeightsStore(args.cache_dir),
                           TrainExecutor(spec), cache_dir=cache,
-                          say=_warnings_only if args.quiet else _say, progress=not args.quiet)
+                          say=say_warnings if args.quiet else say, progress=not args.quiet)
     metrics = done["cam16"].record if "cam16" in done else {}
     return done[source].weights, metrics
 
@@ -174,7 +168,7 @@ def _synthetic(args: argparse.Namespace, image_size: int) -> Path:
     return synthetic_tree(scale, image_size, seed=quick.synthetic_seed,
                           val_scale=quick.synthetic_val_scale,
                           tissue_scale=quick.synthetic_tissue_scale, cache_dir=args.cache_dir,
-                          say=None if args.quiet else _say)
+                          say=None if args.quiet else say)
 
 
 def _train(args: argparse.Namespace, plan: Any, config: Any, spec: Any,
@@ -184,10 +178,10 @@ def _train(args: argparse.Namespace, plan: Any, config: Any, spec: Any,
 
     epochs = config.optim.epochs
     if not args.quiet:
-        _say(f"wbc train: {config.model.strategy} on {config.data.subset}, {epochs} epochs on "
+        say(f"wbc train: {config.model.strategy} on {config.data.subset}, {epochs} epochs on "
              f"{spec.workers} Ray Train worker(s); run {spec.storage_path}/{spec.name}")
     on_report = None if args.quiet else (
-        lambda figures: _say(epoch_line("wbc train", epochs, figures)))
+        lambda figures: say(epoch_line("wbc train", epochs, figures)))
     return run_training_with_reports(plan, config, spec, pretrained=pretrained,
                                      on_report=on_report)
 
@@ -208,10 +202,10 @@ def run(args: argparse.Namespace) -> int:
         raise _user_error(str(err)) from err
     root = args.data if args.data is not None else _synthetic(args, config.data.image_size)
     tree = scan_tree(root, exclude_bad=config.data.exclude_bad, workers=args.decode_workers,
-                     progress=None if args.quiet else _say)
+                     progress=None if args.quiet else say)
     plan = plan_wbc(tree, config)
     for note in () if args.quiet else plan.notes:
-        _say(f"note: {note}")
+        say(f"note: {note}")
     cache_dir = str(args.cache_dir) if args.cache_dir else None
     warm_cache(plan, cache_dir)
     strategy = config.model.strategy

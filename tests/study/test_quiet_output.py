@@ -77,10 +77,10 @@ def test_default_runs_print_no_noise(tiny_root: Path, tmp_path: Path) -> None:
 
 def test_quiet_leaves_standard_error_to_errors_and_warnings(
         capsys: pytest.CaptureFixture[str]) -> None:
-    from study.cli.study_command import _warnings_only
+    from study.cli.output import say_warnings
 
-    _warnings_only("CAM16 pretraining: epoch 1/2: train loss 0.6")
-    _warnings_only("warning: CAM16 pretraining did not learn")
+    say_warnings("CAM16 pretraining: epoch 1/2: train loss 0.6")
+    say_warnings("warning: CAM16 pretraining did not learn")
     assert capsys.readouterr().err == "warning: CAM16 pretraining did not learn\n"
 
 
