@@ -87,8 +87,7 @@ _FIXED: dict[str, pa.DataType] = {
 # Figures by name: counts are integers, everything else measured a float.
 _PATTERNS: tuple[tuple[re.Pattern[str], pa.DataType], ...] = (
     (re.compile(r"(train_n|val_n|test_n|n)(_\w+)?"), _INT),
-    (re.compile(r"(val|test)_\w+|\w+_(seconds|recall_\w+|recall_(low|high)_\w+)"), _FLOAT),
-    (re.compile(r"recall_\w+"), _FLOAT),
+    (re.compile(r"(val|test)_\w+|(\w+_)?(seconds|recall_\w+)"), _FLOAT),
 )
 
 

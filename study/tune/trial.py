@@ -104,7 +104,8 @@ class StudyContext:
 def trial_config(spec: StudySpec, config: dict[str, Any]) -> TrainConfig:
     """Tune's flat config -> the trial's ``TrainConfig`` (the only place the two meet): the
     study's shared settings, the searched ones, the cell and the seed. A strategy that does not
-    paste (``wbc.augment.pastes_enabled``) records ``aug_factor`` 0."""
+    paste (``wbc.augment.pastes_enabled``) reports ``aug_factor`` 0 (its row stores a null:
+    ``study.results.rows``)."""
     searched = {k: v for k, v in config.items() if k not in TRIAL_KEYS}
     epochs = spec.epochs
     every = spec.checkpoint_every
