@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -110,6 +110,18 @@ class Tree:
             for path in problem.excludes or (problem.path,):
                 files[path] = None
         return tuple(files)
+
+    def with_masks(self, mask_of: Mapping[Path, Path]) -> Tree:
+        """This tree with ``mask_of[image]`` as the mask of each WBC image that has none
+        (predicted masks, ``wbc.segment``); an image's own mask is never replaced."""
+
+        def fill(samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
+            return tuple(s if s.mask is not None or s.path not in mask_of
+                         else replace(s, mask=mask_of[s.path]) for s in samples)
+
+        wbc = replace(self.wbc, train={p: fill(s) for p, s in self.wbc.train.items()},
+                      val=fill(self.wbc.val), test=fill(self.wbc.test))
+        return replace(self, wbc=wbc)
 
     def all_samples(self) -> Iterator[Sample]:
         yield from self.wbc.samples()

@@ -1,0 +1,45 @@
+"""Cell masks for the images that have none: the report's "getting masks for all data".
+
+- ``model``: a U-Net decoder on the ResNet-18 encoder (can start from a study's CAM16 or SimCLR
+  backbone);
+- ``train``: its settings (``SegmentSettings``), training on decoded images and masks with
+  flips, quarter turns and colour jitter, and prediction;
+- ``classical``: the baseline without training (CIELAB blueness, Otsu, morphology);
+- ``run``: a tree segmented (k-fold scores of the model and the baselines on the masked images,
+  then every other WBC image predicted; cached), and the masks written as PNGs (``wbc segment``).
+
+No Ray here; ``study`` runs it once per study for the strategies that paste predicted masks.
+"""
+
+from wbc.segment.classical import classical_mask
+from wbc.segment.model import UNet18, build_unet18
+from wbc.segment.run import (
+    METHOD_NAMES,
+    OUT_RECORD,
+    SEGMENT_VERSION,
+    Segmentation,
+    iou_dice,
+    mask_map,
+    mask_path,
+    segment_tree,
+    write_masks,
+)
+from wbc.segment.train import SegmentSettings, fit_segmenter, predict_probabilities
+
+__all__ = [
+    "METHOD_NAMES",
+    "OUT_RECORD",
+    "SEGMENT_VERSION",
+    "SegmentSettings",
+    "Segmentation",
+    "UNet18",
+    "build_unet18",
+    "classical_mask",
+    "fit_segmenter",
+    "iou_dice",
+    "mask_map",
+    "mask_path",
+    "predict_probabilities",
+    "segment_tree",
+    "write_masks",
+]
