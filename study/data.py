@@ -12,6 +12,7 @@ from wbc.data import plan_cam16, plan_wbc, wbc_decode_set
 from wbc.datasets import DatasetError, Tree, class_counts
 from wbc.fileio import file_lock
 from wbc.layout import WBC_CLASSES
+from wbc.strategies import get_strategy
 
 __all__ = ["StudyError", "check_tree", "synthetic_tree", "warm_caches", "wbc100_counts"]
 
@@ -54,8 +55,12 @@ def check_tree(tree: Tree, cells: tuple[tuple[str, str], ...], base_config: Trai
                          f"`wbc check {tree.root}` for the full list; fix or remove the files, "
                          "or set exclude_bad=true to leave them out")
     for subset, strategy in cells:
+        # A predicted-mask strategy is checked as it will run: on the tree with the masks the
+        # study predicts before its trials (none yet, so every given-mask check still applies).
+        checked = (tree.with_masks({}, Path("masks")) if get_strategy(strategy).mask_source
+                   == "predicted" else tree)
         try:
-            plan_wbc(tree, base_config.replace(subset=subset, strategy=strategy))
+            plan_wbc(checked, base_config.replace(subset=subset, strategy=strategy))
         except DatasetError as err:
             raise StudyError(f"cell {subset} x {strategy}: {err}") from err
 

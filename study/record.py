@@ -32,6 +32,7 @@ class Session:
     node_check_seconds: float | None = None
     pretrain_loop_slot_seconds: float | None = None
     pretrain_seconds: float | None = None
+    segmentation_seconds: float | None = None  # the predicted masks (study.segmentation)
     tune_seconds: float | None = None
     eval_seconds: float | None = None  # kept models scored on the eval_data trees
     wall_seconds: float | None = None
@@ -77,6 +78,8 @@ class StudyRecord:
     error: str | None = None  # why the last session failed before its trials
     # The Tune experiment: its folder, metric and mode (study.tune.analysis reads them).
     tune: dict[str, Any] = field(default_factory=dict)
+    # The segmenter of the predicted-mask strategies: scores, counts, settings, seconds.
+    segmentation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -97,6 +100,8 @@ class StudyRecord:
             values["error"] = self.error
         if self.tune:
             values["tune"] = self.tune
+        if self.segmentation:
+            values["segmentation"] = self.segmentation
         return values
 
     @classmethod
@@ -109,4 +114,5 @@ class StudyRecord:
                    data=values.get("data", {}), pretrain=values.get("pretrain", {}),
                    wall_seconds=values.get("wall_seconds"),
                    failed_cells=values.get("failed_cells", {}), nodes=values.get("nodes", []),
-                   error=values.get("error"), tune=values.get("tune", {}))
+                   error=values.get("error"), tune=values.get("tune", {}),
+                   segmentation=values.get("segmentation", {}))

@@ -43,7 +43,7 @@ from study.results.owner import FolderBusy, own_folder
 from study.spec import StudySpec
 from wbc.cache import default_cache_dir
 from wbc.data import wbc_decode_set
-from wbc.datasets import Tree, scan_tree
+from wbc.datasets import DatasetError, Tree, scan_tree
 
 __all__ = ["StudyError", "run_study"]
 
@@ -256,6 +256,26 @@ def _pretrain(spec: StudySpec, tree: Tree, results: Path, slots: int, cache_dir:
     return done, slot_seconds
 
 
+def _segment(spec: StudySpec, tree: Tree, results: Path, pretrained: dict[str, Any],
+             cache_dir: str | None, say: Callable[[str], None]) -> Any:
+    """The predicted masks of the strategies that paste them (``study.segmentation``), or
+    None when no strategy does."""
+    if not spec.needs_segmentation:
+        return None
+    from study.pretraining import largest_node_cpus
+    from study.segmentation import ensure_masks
+
+    encoder = (None if spec.segment_encoder == "random"
+               else Path(pretrained[spec.segment_encoder].weights))
+    use_gpu = spec.resources.gpus_per_trial > 0
+    try:
+        return ensure_masks(tree, spec.segmentation, results, image_size=spec.image_size,
+                            encoder=encoder, cpus=largest_node_cpus(gpu=use_gpu),
+                            use_gpu=use_gpu, cache_dir=cache_dir, say=say)
+    except DatasetError as err:
+        raise StudyError(f"segmentation: {err}") from err
+
+
 def _slots(spec: StudySpec) -> int:
     """How many trials run at once: the cluster's resources over what a trial holds."""
     import ray
@@ -365,10 +385,18 @@ def _run(spec: StudySpec, record: StudyRecord, store: ResultsStore, tree: Tree |
     session.pretrain_seconds = clock.lap()
     store.write_study(record.to_dict())
 
+    masks = _segment(spec, tree, results, pretrained, cache_dir, say)
+    if masks is not None:
+        record.segmentation = masks.record
+        session.segmentation_seconds = clock.lap()
+        store.write_study(record.to_dict())
+
     context = StudyContext(spec=spec, tree=tree, results=str(results), cache_dir=cache_dir,
                            pretrained={source: (str(p.weights), p.key)
                                        for source, p in pretrained.items()},
-                           wbc_fingerprint=record.data["fingerprint"])
+                           wbc_fingerprint=record.data["fingerprint"],
+                           masked_tree=masks.tree if masks else None,
+                           masked_fingerprint=masks.fingerprint if masks else None)
     grid, interrupted = run_experiment(context, slots, resume=resume, quiet=quiet)
     session.tune_seconds = clock.lap()
     reconcile(spec, grid, store)

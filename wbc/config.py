@@ -19,6 +19,7 @@ __all__ = [
     "OptimConfig",
     "PretrainSettings",
     "SSLConfig",
+    "SegmentSettings",
     "TrainConfig",
     "check_fields",
 ]
@@ -283,3 +284,29 @@ class PretrainSettings:
     ssl: SSLConfig = field(default_factory=SSLConfig)
     ssl_min_epoch_images: int = 0  # an SSL epoch sees at least this many images (pRCC tiled)
     ssl_include_wbc: bool = False  # add the WBC_100 training images, their labels unused
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """How the segmenter trains and is scored; every field is part of its cache key."""
+
+    image_size: int = setting(64, "working resolution of the segmenter, a multiple of 32")
+    steps: int = setting(300, "optimiser steps of each training (every fold and the final model)")
+    batch_size: int = setting(16, "images per step")
+    lr: float = setting(2e-3, "peak AdamW learning rate")
+    weight_decay: float = setting(1e-4, "AdamW weight decay")
+    jitter: float = setting(0.1, "colour-jitter strength of the training images")
+    folds: int = setting(3, "k of the k-fold scoring on the masked images")
+    threshold: float = setting(0.5, "probability above which a pixel is cell")
+    seed: int = setting(0, "seed of the folds, the initialisation and the batches")
+
+    def __post_init__(self) -> None:
+        check_fields(self, image_size=(32, 1024), steps=(1, 1 << 20), batch_size=(1, 4096),
+                     lr=(1e-7, 1.0), weight_decay=(0.0, 1.0), jitter=(0.0, 0.5),
+                     folds=(2, 100), threshold=(0.01, 0.99))
+        if self.image_size % 32:
+            raise ValueError(f"image_size={self.image_size} must be a multiple of 32 (the "
+                             "encoder halves it five times)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

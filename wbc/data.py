@@ -210,6 +210,14 @@ def plan_wbc(tree: Tree, config: TrainConfig) -> SplitPlan:
         raise DatasetError(f"strategy {strategy.name!r} pretrains on CAM16, but "
                            f"{tree.root / 'CAM16'} has no train split; add CAM16 "
                            "(CAM16/train/data/{normal,tumor}) or use --strategy scratch")
+    if strategy.mask_source == "predicted" and tree.predicted_masks is None:
+        raise DatasetError(f"strategy {strategy.name!r} pastes predicted masks for the images "
+                           f"without one: make them with `wbc segment {tree.root} --out MASKS` "
+                           "and give that folder (wbc train --masks MASKS)")
+    if strategy.mask_source == "given" and tree.predicted_masks is not None:
+        raise DatasetError(f"strategy {strategy.name!r} pastes the given masks only, but this "
+                           f"tree carries predicted ones from {tree.predicted_masks}; use "
+                           "pretrain_aug_predicted for those, or the tree without them")
     train = train_samples(tree, config)
     notes = []
     if pastes_enabled(config):

@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Strategy", "get_strategy", "inapplicable_settings", "register_strategy",
+__all__ = ["MASK_SOURCES", "Strategy", "get_strategy", "inapplicable_settings", "register_strategy",
            "strategy_names", "uses_pastes"]
 
 # Names end up in cell ids, trial names, file paths and Parquet values: keep them to one
 # spelling that needs no quoting anywhere.
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
+MASK_SOURCES = ("given", "predicted")
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,15 @@ class Strategy:
     # The mask-based augmentation is a searched switch (``mask_augment`` in the search space)
     # rather than fixed by ``mask_augment``, which is then only its default.
     augment_switch: bool = False
+    # Which cells it pastes: "given", those of the images that have a mask (about 10%, the
+    # report's); "predicted", every training image's, a predicted mask (wbc.segment) standing
+    # in where none is given (the report's "getting masks for all data").
+    mask_source: str = "given"
 
     def __post_init__(self) -> None:
+        if self.mask_source not in MASK_SOURCES:
+            raise ValueError(f"strategy {self.name!r}: mask_source {self.mask_source!r} is not "
+                             f"one of: {', '.join(MASK_SOURCES)}")
         if not _NAME.fullmatch(self.name):
             raise ValueError(
                 f"strategy name {self.name!r} must be lowercase letters, digits and '_', "
@@ -155,6 +163,16 @@ register_strategy(
         description="CAM16 pretraining plus the mask-based cell copy-paste augmentation",
         pretrain="cam16",
         mask_augment=True,
+    )
+)
+register_strategy(
+    Strategy(
+        name="pretrain_aug_predicted",
+        description="pretrain_aug with masks for all data: every training image's cell is "
+        "pasted, with a predicted mask (wbc.segment) where none is given",
+        pretrain="cam16",
+        mask_augment=True,
+        mask_source="predicted",
     )
 )
 register_strategy(

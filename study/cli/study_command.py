@@ -57,10 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "stopped before its end (resume it); 2 a usage or input "
                                    "error; 3 some or all trials failed; 130 Ctrl-C.",
                        epilog=examples(*_RUN_EXAMPLES))
-    p.add_argument("--preset", default="quick", choices=("quick", "quick-ssl", "paper"),
+    p.add_argument("--preset", default="quick",
+                   choices=("quick", "quick-ssl", "quick-masks", "paper"),
                    help="quick: the report's three strategies on a synthetic tree, about 10 "
                         "minutes on 2 CPU cores; quick-ssl: the same with the two "
-                        "self-supervised strategies; paper: the report at full scale, for GPUs "
+                        "self-supervised strategies; quick-masks: the same with "
+                        "pretrain_aug_predicted (masks for all data, predicted); paper: the report at full scale, for GPUs "
                         "(default: %(default)s)")
     p.add_argument("--config", type=Path, default=None,
                    help="a study spec file (TOML or JSON); its keys override the preset's")
@@ -174,8 +176,10 @@ def _summary(record: dict[str, Any], results: Path) -> str:
     parts = [f"study {record['study']!r}: {record['status']} in {session['wall_seconds']:.0f} s "
              f"(Ray start-up {session.get('ray_startup_seconds', 0):.0f} s, data "
              f"{session.get('data_seconds', 0):.0f} s, pretraining "
-             f"{session.get('pretrain_seconds', 0):.0f} s, trials "
-             f"{session.get('tune_seconds', 0):.0f} s on {session.get('slots')} slot(s))"]
+             f"{session.get('pretrain_seconds', 0):.0f} s, "
+             + (f"segmentation {session['segmentation_seconds']:.0f} s, "
+                if session.get("segmentation_seconds") else "")
+             + f"trials {session.get('tune_seconds', 0):.0f} s on {session.get('slots')} slot(s))"]
     overhead = session.get("per_trial_overhead_seconds")
     held = (f"{session['held_device']}-time held ({session['held_device_seconds']:.0f} "
             f"{session['held_device']}-seconds)" if "held_device" in session else "slot time")

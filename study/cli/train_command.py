@@ -94,6 +94,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                         "(default: train-<strategy>-<subset>-<date-time>)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="decode and pretraining cache (default: $WBC_CACHE_DIR or ~/.cache/wbc)")
+    p.add_argument("--masks", type=Path, default=None,
+                   help="predicted masks for the images without one, as `wbc segment DATA --out "
+                        "MASKS` wrote them: what pretrain_aug_predicted pastes")
     p.add_argument("--json", action="store_true", help="print the final record as JSON")
     p.set_defaults(run=run)
 
@@ -203,6 +206,10 @@ def run(args: argparse.Namespace) -> int:
     root = args.data if args.data is not None else _synthetic(args, config.data.image_size)
     tree = scan_tree(root, exclude_bad=config.data.exclude_bad, workers=args.decode_workers,
                      progress=None if args.quiet else say)
+    if args.masks is not None:
+        from wbc.segment import with_predicted_masks
+
+        tree = with_predicted_masks(tree, args.masks)
     plan = plan_wbc(tree, config)
     for note in () if args.quiet else plan.notes:
         say(f"note: {note}")

@@ -17,7 +17,7 @@ import pandas as pd
 
 from study.report.summary import Report, budget_effects
 
-__all__ = ["answers"]
+__all__ = ["answers", "segmenter_quality"]
 
 QUESTIONS = (
     ("pretrain - scratch", "Does CAM16 pretraining help?"),
@@ -144,9 +144,88 @@ def _background_sentence(report: Report) -> str:
             "compares backgrounds on single runs, so this ranks them only loosely.")
 
 
+_STRENGTH = {"strong": "strong evidence", "some": "some evidence"}
+
+
+def _one(table: pd.DataFrame, comparison: str, subset: str) -> Any:
+    if not len(table):
+        return None
+    rows = table[(table["comparison"] == comparison) & (table["subset"] == subset)]
+    return next(rows.itertuples(), None)
+
+
+def _stated(row: Any, what: str) -> str:
+    strength = _STRENGTH.get(row.evidence, "no clear difference")
+    return (f"{what} {_points(row.difference)} [{_points(row.low)}, {_points(row.high)}] "
+            f"({strength})")
+
+
+def segmenter_quality(study: dict[str, Any]) -> str:
+    """``the segmenter's held-out IoU 0.93 (classical 0.87) on 42 masked images ...``."""
+    record = study.get("segmentation") or {}
+    heldout, truth = record.get("heldout") or {}, record.get("truth") or {}
+    if not heldout:
+        return "the segmenter was not scored (fewer than 2 masked images)"
+    text = (f"the segmenter's whole-cell IoU {heldout['model']['iou']:.3f} on held-out masked "
+            f"images (classical baseline {heldout['classical']['iou']:.3f}; "
+            f"{record.get('masked_images')} masked, {record.get('predicted_images')} predicted)")
+    if truth:
+        text += (f", {truth['model']['iou']:.3f} against the true masks of the predicted "
+                 f"images (classical {truth['classical']['iou']:.3f})")
+    return text
+
+
+def _masks_sentence(report: Report, table: pd.DataFrame) -> str:
+    """The report's own hypothesis: the augmentation hurt at the smallest budget because only
+    about 10% of the images had masks. With predicted masks for every image, does it still?"""
+    low = report.subsets[-1]
+    title = f"**With masks for every image, does the augmentation still hurt at {low}?**"
+    if "pretrain_aug_predicted" not in report.strategies:
+        return (f"- {title} Not answered: this study did not run pretrain_aug_predicted "
+                "(every training image's cell pasted, with predicted masks where none is "
+                "given); `--preset quick-masks` runs it beside pretrain_aug.")
+    given = _one(table, "pretrain_aug - pretrain", low)
+    predicted = _one(table, "pretrain_aug_predicted - pretrain", low)
+    change = _one(table, "pretrain_aug_predicted - pretrain_aug", low)
+    if predicted is None and change is None:
+        missing = [s for s in ("pretrain", "pretrain_aug") if s not in report.strategies]
+        hint = (f"this study did not run {' or '.join(missing)}, which it is compared with; "
+                "`--preset quick-masks` runs all of them" if len(missing) == 2
+                else f"no final runs of pretrain_aug_predicted and the others at {low} yet")
+        return f"- {title} Not answered: {hint}."
+    parts = []
+    if given is not None:
+        parts.append(_stated(given, "with the given masks, pretrain_aug minus pretrain"))
+    if predicted is not None:
+        parts.append(_stated(predicted, "with predicted masks for every image, "
+                                        "pretrain_aug_predicted minus pretrain"))
+    if change is not None:
+        parts.append(_stated(change, "predicted minus given"))
+    quality = segmenter_quality(report.results.study)
+    if predicted is not None and predicted.evidence == "strong" and predicted.difference < 0:
+        verdict = ("Yes: even with a mask for every image the augmentation hurts here, so the "
+                   "missing masks do not explain the drop on their own.")
+    elif change is not None and change.evidence == "strong" and change.difference > 0:
+        verdict = ("Masks for every image make the augmentation better here (strong evidence): "
+                   "the report's explanation, too few masked cells, holds at least in part.")
+    elif change is not None and change.evidence == "strong":
+        verdict = "Masks for every image make the augmentation worse here (strong evidence)."
+    else:
+        detectable = (f"; it could only have detected a change of about "
+                      f"{100 * change.min_detectable:.1f} points or more"
+                      if change is not None and math.isfinite(change.min_detectable) else "")
+        verdict = ("The study cannot tell whether masks for every image change what the "
+                   f"augmentation does here{detectable}.")
+    seeds = int((predicted if predicted is not None else change).seeds)
+    caveat = "" if seeds >= 2 else " With one seed per cell nothing here can be significant."
+    return (f"- {title} {verdict} Macro-F1 in points at {low}: {'; '.join(parts)}; "
+            f"{quality}.{caveat}")
+
+
 def answers(report: Report, table: pd.DataFrame) -> list[str]:
     """The "Answers" section's lines, from the macro-F1 comparison ``table``."""
     lines = [_question(table, comparison, title, report) for comparison, title in QUESTIONS[:2]]
+    lines.append(_masks_sentence(report, table))
     lines.append(_budget_sentence(report))
     background = _background_sentence(report)
     if background:

@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from study.report.summary import METRICS, Report, cell_estimate_of
+from wbc.datasets import Sample
 from wbc.layout import WBC_CLASSES, subset_percent
 
 __all__ = ["FORMATS", "draw_all"]
@@ -266,6 +267,68 @@ def out_of_domain(report: Report, folder: Path, formats: Sequence[str]) -> list[
     return _save(fig, folder, "out_of_domain", formats)
 
 
+def _segmentation_examples(report: Report, count: int) -> list[tuple[Path, Path, Path | None]]:
+    """(image, predicted mask, true mask or None) of up to ``count`` WBC_100 images without a
+    given mask, spread over the classes; none when the files are not where the record says."""
+    from wbc.datasets import scan_tree, true_mask
+    from wbc.segment import mask_path
+
+    record = report.results.study.get("segmentation") or {}
+    root = (report.results.study.get("data") or {}).get("root")
+    if not record or not root or report.results.root is None:
+        return []
+    masks = report.results.root / record.get("masks", "masks")
+    if not Path(root).is_dir() or not masks.is_dir():
+        return []
+    tree = scan_tree(Path(root), verify=False)
+    by_class: dict[int, list[Sample]] = {}
+    for sample in [*tree.wbc.subset(100), *tree.wbc.val]:
+        if sample.mask is None and mask_path(masks, tree.root, sample.path).is_file():
+            by_class.setdefault(sample.label, []).append(sample)
+    chosen: list[Sample] = []
+    while len(chosen) < count and any(by_class.values()):
+        for label in sorted(by_class):
+            if by_class[label] and len(chosen) < count:
+                chosen.append(by_class[label].pop(len(by_class[label]) // 2))
+    return [(s.path, mask_path(masks, tree.root, s.path), true_mask(tree.root, s.path))
+            for s in chosen]
+
+
+def segmentation(report: Report, folder: Path, formats: Sequence[str]) -> list[Path]:
+    """Predicted masks of images that have none, outlined on the images (the true mask dashed
+    where a synthetic tree has it)."""
+    from PIL import Image
+
+    from wbc.imageio import read_mask, read_rgb
+    from wbc.segment import iou_dice
+
+    examples = _segmentation_examples(report, 8)
+    if not examples:
+        return []
+    fig, axes = plt.subplots(2, 4, figsize=(8, 4.7), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    truth_shown = False
+    for ax, (image, predicted, truth) in zip(axes.flat, examples, strict=False):
+        rgb = read_rgb(image)
+        ax.imshow(rgb)
+        mask = np.asarray(Image.open(predicted)) > 0
+        ax.contour(mask, levels=[0.5], colors=["#00e5ff"], linewidths=1.2)
+        title = image.parent.name
+        if truth is not None:
+            true = read_mask(truth)
+            ax.contour(true, levels=[0.5], colors=["#ffea00"], linewidths=1.0,
+                       linestyles="dashed")
+            truth_shown = True
+            if true.shape == mask.shape:
+                title += f", IoU {iou_dice(mask, true)[0]:.2f}"
+        ax.set_title(title, fontsize=8)
+    legend = "predicted mask (solid)" + (", true mask (dashed)" if truth_shown else "")
+    fig.suptitle(f"Masks for the images without one: {legend}")
+    fig.tight_layout()
+    return _save(fig, folder, "segmentation", formats)
+
+
 def draw_all(report: Report, folder: Path, *, formats: Sequence[str] = ("png",)) -> list[Path]:
     """Every figure in every format; ``ValueError`` naming an unknown format."""
     unknown = [f for f in formats if f not in FORMATS]
@@ -275,6 +338,6 @@ def draw_all(report: Report, folder: Path, *, formats: Sequence[str] = ("png",))
     folder.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     for figure in (by_budget, per_class_recall, confusion_matrices, learning_curves,
-                   search_history, out_of_domain):
+                   search_history, out_of_domain, segmentation):
         paths += figure(report, folder, formats)
     return paths

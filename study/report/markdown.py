@@ -28,6 +28,7 @@ from study.report.sections import (
     method_section,
     provenance_section,
     recall_section,
+    segmentation_section,
 )
 from study.report.summary import (
     METRICS,
@@ -233,6 +234,7 @@ def _markdown(report: Report, figures: list[str]) -> str:
     lines += _table_section(report)
     lines += _comparisons_section(report, table)
     lines += background_section(report)
+    lines += segmentation_section(report)
     lines += recall_section(report)
     lines += out_of_domain_section(report)
     lines += best_section(report)

@@ -37,6 +37,48 @@ def background_section(report: Report) -> list[str]:
     return [*lines, ""]
 
 
+def segmentation_section(report: Report) -> list[str]:
+    """How good the predicted masks are: the segmenter and the baselines, held out and (on a
+    synthetic tree) against the true masks of the images it predicted."""
+    from wbc.segment import METHOD_NAMES
+
+    record = report.results.study.get("segmentation") or {}
+    if not record:
+        return []
+    settings = record.get("settings", {})
+    lines = ["## Masks for all data", "",
+             f"pretrain_aug_predicted pastes every training image's cell: the "
+             f"{record.get('given_masks')} mask files given with the tree where there is one, "
+             f"a predicted one for the {record.get('written')} other image files "
+             f"({record.get('predicted_images')} distinct images; in `{record.get('masks')}/`). "
+             f"The segmenter is a U-Net on a ResNet-18 encoder ({record.get('encoder')} start), "
+             f"trained on the {record.get('masked_images')} masked images at "
+             f"{settings.get('image_size')} px for {settings.get('steps')} steps with flips, "
+             "quarter turns and colour jitter. Whole-cell IoU and Dice per image at the image's "
+             "own size, mean over images (median and the 10th percentile of IoU beside them):",
+             "", "| scored on | method | images | IoU | Dice | median IoU | 10th pct IoU |",
+             "|---|---|---|---|---|---|---|"]
+    groups = [(f"held-out masked images ({(record.get('heldout') or {}).get('folds')}-fold)",
+               record.get("heldout")), ("true masks of the predicted images", record.get("truth"))]
+    for where, scores in groups:
+        for method, name in METHOD_NAMES.items():
+            row = (scores or {}).get(method)
+            if row:
+                lines.append(f"| {where} | {name} | {row['n']} | {row['iou']:.3f} | "
+                             f"{row['dice']:.3f} | {row['iou_median']:.3f} | "
+                             f"{row['iou_p10']:.3f} |")
+    if not record.get("truth"):
+        lines += ["", "This tree has no true masks for its unmasked images (a real tree): the "
+                  "held-out scores are the only measure of the predicted masks."]
+    seconds = record.get("seconds", {})
+    lines += ["", f"Segmentation took {seconds.get('total', math.nan):.0f} s on "
+              f"{record.get('device')} ({seconds.get('scoring', math.nan):.0f} s of it the "
+              f"k-fold scoring){' (reused from the cache)' if record.get('cached') else ''}; "
+              f"cache key `{record.get('key')}`. `figures/segmentation.png` shows predicted "
+              "masks of images that have none.", ""]
+    return lines
+
+
 def recall_section(report: Report) -> list[str]:
     lines = ["## Per-class recall", "",
              "Test recall per class, mean over the final seeds, in % (Basophils are about 2% "
@@ -174,7 +216,10 @@ def provenance_section(report: Report) -> list[str]:
             f"- session {i}{' (resumed)' if session.get('resumed') else ''}: "
             f"{session['wall_seconds']:.0f} s = data {session.get('data_seconds', 0):.0f} + "
             f"Ray start-up {session.get('ray_startup_seconds', 0):.0f} + pretraining "
-            f"{session.get('pretrain_seconds', 0):.0f} + trials "
+            f"{session.get('pretrain_seconds', 0):.0f} + "
+            + (f"segmentation {session['segmentation_seconds']:.0f} + "
+               if session.get("segmentation_seconds") else "")
+            + f"trials "
             f"{session.get('tune_seconds', 0):.0f} s on {session.get('slots')} slots; "
             f"{session.get('trials_run')} trials; inside training loops "
             f"{100 * session.get('inside_training_loops_fraction', 0):.0f}% of the slot time; "

@@ -46,7 +46,11 @@ COMPARISONS = (("pretrain", "scratch", "does CAM16 pretraining help?"),
                ("pretrain_aug", "scratch", "both against scratch"),
                ("ssl", "scratch", "does pRCC self-supervised pretraining help?"),
                ("ssl_pretrain", "pretrain", "does pRCC SSL before CAM16 help?"),
-               ("ssl", "pretrain", "pRCC SSL against CAM16 supervised"))
+               ("ssl", "pretrain", "pRCC SSL against CAM16 supervised"),
+               ("pretrain_aug_predicted", "pretrain",
+                "does the augmentation help with masks for every image?"),
+               ("pretrain_aug_predicted", "pretrain_aug",
+                "predicted masks for every image against the given ones"))
 REPLICATES = 2000  # bootstrap replicates of the reporting images per interval
 TARGET = 0.005  # half a point on the 0-1 scale: the difference the power line asks about
 

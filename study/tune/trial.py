@@ -88,6 +88,19 @@ class StudyContext:
     # The WBC decode set's fingerprint, as the driver (and every node's check) computed it:
     # a trial maps the cache without a stat of every file.
     wbc_fingerprint: str | None = None
+    # The tree with predicted masks filled in (study.segmentation) and its decode set's
+    # fingerprint: what the strategies with mask_source "predicted" train on.
+    masked_tree: Tree | None = None
+    masked_fingerprint: str | None = None
+
+    def tree_for(self, strategy: str) -> tuple[Tree, str | None]:
+        """The tree a strategy's trial trains on, and its decode fingerprint."""
+        if get_strategy(strategy).mask_source != "predicted":
+            return self.tree, self.wbc_fingerprint
+        if self.masked_tree is None:
+            raise RuntimeError(f"strategy {strategy!r} pastes predicted masks, which this study "
+                               "did not make")
+        return self.masked_tree, self.masked_fingerprint
 
     def starting_weights(self, strategy: str) -> tuple[Path | None, str | None]:
         """The stored weights a strategy's trial starts from, and their key (None: random)."""
@@ -162,8 +175,8 @@ def _trial(config: dict[str, Any], context: StudyContext, node_id: str) -> None:
                      METRIC: stored.get("val_macro_f1"), "replayed": True})
         return
     train_config = trial_config(context.spec, config)
-    plan = dataclasses.replace(plan_wbc(context.tree, train_config),
-                               decode_fingerprint=context.wbc_fingerprint)
+    tree, fingerprint = context.tree_for(train_config.model.strategy)
+    plan = dataclasses.replace(plan_wbc(tree, train_config), decode_fingerprint=fingerprint)
     weights, key = context.starting_weights(train_config.model.strategy)
     extra = {"pretrain_key": key, CONFIG_KEY: train_config.to_flat(), "node_id": node_id}
     if context.spec.resources.mode == "train":

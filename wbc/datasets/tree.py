@@ -89,6 +89,8 @@ class Tree:
     problems: tuple[Problem, ...] = ()
     excluded: tuple[Problem, ...] = ()
     verified: bool = True
+    # The folder of predicted masks ``with_masks`` filled in (``wbc segment --out``), if any.
+    predicted_masks: Path | None = None
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -111,9 +113,10 @@ class Tree:
                 files[path] = None
         return tuple(files)
 
-    def with_masks(self, mask_of: Mapping[Path, Path]) -> Tree:
+    def with_masks(self, mask_of: Mapping[Path, Path], source: Path) -> Tree:
         """This tree with ``mask_of[image]`` as the mask of each WBC image that has none
-        (predicted masks, ``wbc.segment``); an image's own mask is never replaced."""
+        (predicted masks, ``wbc.segment``, from the folder ``source``); an image's own mask is
+        never replaced."""
 
         def fill(samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
             return tuple(s if s.mask is not None or s.path not in mask_of
@@ -121,7 +124,7 @@ class Tree:
 
         wbc = replace(self.wbc, train={p: fill(s) for p, s in self.wbc.train.items()},
                       val=fill(self.wbc.val), test=fill(self.wbc.test))
-        return replace(self, wbc=wbc)
+        return replace(self, wbc=wbc, predicted_masks=Path(source))
 
     def all_samples(self) -> Iterator[Sample]:
         yield from self.wbc.samples()

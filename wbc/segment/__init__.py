@@ -22,6 +22,7 @@ from wbc.segment.run import (
     mask_map,
     mask_path,
     segment_tree,
+    with_predicted_masks,
     write_masks,
 )
 from wbc.segment.train import SegmentSettings, fit_segmenter, predict_probabilities
@@ -41,5 +42,6 @@ __all__ = [
     "mask_path",
     "predict_probabilities",
     "segment_tree",
+    "with_predicted_masks",
     "write_masks",
 ]

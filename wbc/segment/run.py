@@ -51,6 +51,8 @@ __all__ = [
     "segment_key",
     "segment_tree",
     "to_original",
+    "weights_digest",
+    "with_predicted_masks",
     "write_masks",
 ]
 
@@ -123,7 +125,8 @@ def _disk(size: tuple[int, int], area_fraction: float) -> np.ndarray:
     return np.hypot(yy - (height - 1) / 2, xx - (width - 1) / 2) <= radius
 
 
-def _digest(path: Path | str | None) -> str | None:
+def weights_digest(path: Path | str | None) -> str | None:
+    """The SHA-256 of an encoder weights file (None for none): part of the cache key."""
     if path is None:
         return None
     with Path(path).open("rb") as handle:
@@ -235,7 +238,7 @@ def segment_tree(tree: Tree, settings: SegmentSettings | None = None, *,
                            "the segmenter learns from the masked images, so give it some")
     decoded = decode_samples(list(samples), settings.image_size, name="WBC",
                              cache_dir=cache_dir, workers=workers)
-    encoder_sha = _digest(encoder_weights)
+    encoder_sha = weights_digest(encoder_weights)
     key = segment_key(decoded.fingerprint, settings, encoder_sha)
     folder = Path(cache_dir or default_cache_dir()) / "segment" / key
     rows = _Rows(decoded, samples)
@@ -347,6 +350,24 @@ def mask_map(tree: Tree, out: Path) -> dict[Path, Path]:
         if target.is_file():
             found[sample.path] = target
     return found
+
+
+def with_predicted_masks(tree: Tree, out: Path | str) -> Tree:
+    """``tree`` with the masks ``wbc segment`` wrote to ``out`` for its images without one.
+    Raises ``DatasetError`` when ``out`` is no such folder, or lacks the mask of an image (it
+    was made for another tree, or the tree changed since): the message says what to run."""
+    out = Path(out)
+    if not (out / OUT_RECORD).is_file():
+        raise DatasetError(f"{out}: not a folder of predicted masks (no {OUT_RECORD}); make "
+                           f"one with `wbc segment {tree.root} --out {out}`")
+    found = mask_map(tree, out)
+    missing = [s.path for s in _unmasked(tree.wbc.samples()) if s.path not in found]
+    if missing:
+        raise DatasetError(f"{out}: no predicted mask for {len(missing)} image(s) of {tree.root} "
+                           f"without a mask (first: {missing[0]}); it was made for another "
+                           f"tree or before the tree changed: run `wbc segment {tree.root} "
+                           f"--out {out}` again")
+    return tree.with_masks(found, out)
 
 
 def _unmasked(samples: Iterable[Sample]) -> Iterable[Sample]:

@@ -11,11 +11,8 @@ The rate warms up over the first 5% of the steps and then follows a cosine to 0.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,37 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wbc.augment.tensors import color_jitter, flip_rot90, normalize, to_float_nchw
-from wbc.config import check_fields, setting
+from wbc.config import SegmentSettings
 from wbc.segment.model import UNet18, build_unet18
 from wbc.train import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["SegmentSettings", "fit_segmenter", "predict_probabilities"]
-
-
-@dataclass(frozen=True)
-class SegmentSettings:
-    """How the segmenter trains and is scored; every field is part of its cache key."""
-
-    image_size: int = setting(64, "working resolution of the segmenter, a multiple of 32")
-    steps: int = setting(300, "optimiser steps of each training (every fold and the final model)")
-    batch_size: int = setting(16, "images per step")
-    lr: float = setting(2e-3, "peak AdamW learning rate")
-    weight_decay: float = setting(1e-4, "AdamW weight decay")
-    jitter: float = setting(0.1, "colour-jitter strength of the training images")
-    folds: int = setting(3, "k of the k-fold scoring on the masked images")
-    threshold: float = setting(0.5, "probability above which a pixel is cell")
-    seed: int = setting(0, "seed of the folds, the initialisation and the batches")
-
-    def __post_init__(self) -> None:
-        check_fields(self, image_size=(32, 1024), steps=(1, 1 << 20), batch_size=(1, 4096),
-                     lr=(1e-7, 1.0), weight_decay=(0.0, 1.0), jitter=(0.0, 0.5),
-                     folds=(2, 100), threshold=(0.01, 0.99))
-        if self.image_size % 32:
-            raise ValueError(f"image_size={self.image_size} must be a multiple of 32 (the "
-                             "encoder halves it five times)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _inputs(images_u8: Tensor) -> Tensor:
