@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from wbc.cache import decode_samples, default_cache_dir
 from wbc.config import TrainConfig
 from wbc.data import plan_cam16, plan_wbc, wbc_decode_set
-from wbc.datasets import DatasetError, Tree, class_counts
-from wbc.fileio import file_lock
+from wbc.datasets import TRUTH_DIR, DatasetError, Tree, class_counts
+from wbc.fileio import atomic_write_text, file_lock
 from wbc.layout import WBC_CLASSES
 from wbc.strategies import get_strategy
 
@@ -42,7 +43,39 @@ def synthetic_tree(scale: float, image_size: int, *, seed: int = 0,
                     "it is cached for later runs")
             synthesize(root, scale=scale, val_scale=val_scale, tissue_scale=tissue_scale,
                        image_size=size, seed=seed, overwrite=True)
+        elif not (root / TRUTH_DIR).is_dir():
+            _add_truth(root, say, scale=scale, val_scale=val_scale, tissue_scale=tissue_scale,
+                       image_size=size, seed=seed)
     return root
+
+
+def _add_truth(root: Path, say: Callable[[str], None] | None, **params: Any) -> None:
+    """Give a tree cached before ``wbc synth`` kept true masks its ``truth/`` folder: the same
+    generator draws the same tree again aside, and its truth moves in if its masks are the
+    cached tree's byte for byte (else the cached tree is left as it is)."""
+    import json
+    import shutil
+
+    from wbc.synth import synthesize
+
+    if say is not None:
+        say(f"adding the true masks to the cached synthetic tree {root} (made before they "
+            "were kept)")
+    staging = root.parent / f"{root.name}.truth-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        synthesize(staging, overwrite=True, **params)
+        ours, theirs = sorted((root / "WBC_100").rglob("*.png")), sorted(
+            (staging / "WBC_100").rglob("*.png"))
+        if [p.relative_to(root) for p in ours] != [p.relative_to(staging) for p in theirs] or any(
+                a.read_bytes() != b.read_bytes() for a, b in zip(ours, theirs, strict=True)):
+            return  # another generator drew the cached tree: its truth is unknown
+        (staging / TRUTH_DIR).rename(root / TRUTH_DIR)
+        record = json.loads((root / "synth.json").read_text())
+        record["truth"] = json.loads((staging / "synth.json").read_text()).get("truth")
+        atomic_write_text(root / "synth.json", json.dumps(record, indent=1))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def check_tree(tree: Tree, cells: tuple[tuple[str, str], ...], base_config: TrainConfig

@@ -21,6 +21,7 @@ from typing import Any
 
 import ray
 
+from study.pretraining import progress_lines
 from wbc.cache import decode_samples
 from wbc.config import SegmentSettings
 from wbc.data import wbc_decode_set
@@ -40,16 +41,25 @@ class PredictedMasks:
 
 
 def _segment_task(tree: Tree, settings: dict[str, Any], out: str, encoder: str | None,
-                  threads: int, use_gpu: bool, cache_dir: str | None) -> dict[str, Any]:
+                  threads: int, use_gpu: bool, cache_dir: str | None, lines: Any = None
+                  ) -> dict[str, Any]:
+    """The segmentation in a Ray task; its progress lines put on the ``lines`` queue."""
+    import contextlib
+
     import torch
 
     from wbc.hardware import require_cuda
     from wbc.segment import segment_tree, write_masks
 
+    def say(message: str) -> None:
+        if lines is not None:
+            with contextlib.suppress(Exception):  # a lost progress line never fails the run
+                lines.put_nowait(message)
+
     torch.set_num_threads(max(1, threads))
     device = require_cuda("the segmentation") if use_gpu else "cpu"
     segmentation = segment_tree(tree, SegmentSettings(**settings), cache_dir=cache_dir,
-                                encoder_weights=encoder, device=device)
+                                encoder_weights=encoder, device=device, say=say)
     return write_masks(segmentation, tree.root, Path(out))
 
 
@@ -82,9 +92,10 @@ def ensure_masks(tree: Tree, settings: SegmentSettings, results: Path, *, image_
             f"steps, {settings.folds}-fold scoring, then the final model), on {cpus} CPUs"
             f"{' and a GPU' if use_gpu else ''}")
         task = ray.remote(_segment_task).options(num_cpus=cpus, num_gpus=1 if use_gpu else 0)
-        summary = ray.get(task.remote(tree, settings.to_dict(), str(out),
-                                      str(encoder) if encoder else None, cpus, use_gpu,
-                                      cache_dir))
+        with progress_lines(say) as lines:  # type: ignore[arg-type]  # lines, not reports
+            summary = ray.get(task.remote(tree, settings.to_dict(), str(out),
+                                          str(encoder) if encoder else None, cpus, use_gpu,
+                                          cache_dir, lines))
     filled = with_predicted_masks(tree, out)
     decoded = decode_samples(list(wbc_decode_set(filled)), image_size, name="WBC",
                              cache_dir=cache_dir)

@@ -199,14 +199,7 @@ class StudySpec:
             if twice:
                 raise ValueError(f"{name}: {', '.join(twice)} given more than once (each cell "
                                  "is one (subset, strategy) pair); list each once")
-        if self.segment_encoder not in ("random", "cam16", "prcc_ssl"):
-            raise ValueError(f"segment_encoder={self.segment_encoder!r} is not one of: random, "
-                             "cam16, prcc_ssl")
-        sources = {get_strategy(s).weights_source for s in self.strategies}
-        if self.segment_encoder != "random" and self.segment_encoder not in sources:
-            raise ValueError(f"segment_encoder={self.segment_encoder!r}: no strategy of this "
-                             f"study pretrains {self.segment_encoder}; use random, or add a "
-                             "strategy that starts from it")
+        self._check_segmentation()
         if self.pretrain_epochs < 1:
             raise ValueError(f"pretrain_epochs={self.pretrain_epochs!r} must be at least 1")
         if not 1e-8 <= self.pretrain_lr <= 10.0:
@@ -272,6 +265,16 @@ class StudySpec:
     @property
     def needs_cam16(self) -> bool:
         return any(get_strategy(s).pretrain == "cam16" for s in self.strategies)
+
+    def _check_segmentation(self) -> None:
+        if self.segment_encoder not in ("random", "cam16", "prcc_ssl"):
+            raise ValueError(f"segment_encoder={self.segment_encoder!r} is not one of: random, "
+                             "cam16, prcc_ssl")
+        sources = {get_strategy(s).weights_source for s in self.strategies}
+        if self.segment_encoder != "random" and self.segment_encoder not in sources:
+            raise ValueError(f"segment_encoder={self.segment_encoder!r}: no strategy of this "
+                             f"study pretrains {self.segment_encoder}; use random, or add a "
+                             "strategy that starts from it")
 
     @property
     def needs_segmentation(self) -> bool:

@@ -10,11 +10,13 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from study.cli import build_parser as study_parser
+from study.spec import PRESETS
 from wbc.cli import build_parser as wbc_parser
 
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {"wbc": wbc_parser,
                                                              "study": study_parser}
-MAIN = {"wbc": ("synth", "check", "import", "decode", "predict", "evaluate", "export", "train"),
+MAIN = {"wbc": ("synth", "check", "import", "decode", "segment", "predict", "evaluate", "export",
+                "train"),
         "study": ("run", "report")}
 
 
@@ -85,7 +87,7 @@ def test_commands_and_main_subcommands_show_examples() -> None:
 def test_preset_choices_are_listed() -> None:
     subs = next(a for a in study_parser()._actions if isinstance(a, argparse._SubParsersAction))
     text = subs.choices["run"].format_help()
-    assert "{quick,quick-ssl,paper}" in text
+    assert "{" + ",".join(PRESETS) + "}" in text
 
 
 @pytest.mark.parametrize(("build", "argv"), [

@@ -19,13 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from wbc.imageio import MAX_PIXELS_ENV, ImageError, max_image_pixels, parse_pixel_count
+from wbc.options import UserError, examples
 
 __all__ = ["CommandParser", "HelpFormatter", "UserError", "examples", "main",
            "output_options", "package_version"]
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for; printed without a traceback."""
 
 
 def _say(message: str) -> None:
@@ -119,71 +116,6 @@ def _cmd_import(args: argparse.Namespace) -> int:
     subsets = ", ".join(f"WBC_{p}: {n}" for p, n in result.subsets.items())
     print(f"imported into {result.root}: {result.train} train, {result.val} val, "
           f"{result.masks} masks; {subsets}; {len(result.excluded)} file(s) excluded")
-    return 0
-
-
-def _score_lines(title: str, scores: dict[str, Any]) -> list[str]:
-    from wbc.segment import METHOD_NAMES
-
-    lines = [title]
-    for method, name in METHOD_NAMES.items():
-        if method in scores:
-            s = scores[method]
-            lines.append(f"  {name:<34} {s['iou']:6.3f} {s['dice']:6.3f}   "
-                         f"(median IoU {s['iou_median']:.3f}, worst 10% below {s['iou_p10']:.3f})")
-    return lines
-
-
-def _cmd_segment(args: argparse.Namespace) -> int:
-    from wbc.datasets import scan_tree
-    from wbc.hardware import pick_device
-    from wbc.options import config_from_options
-    from wbc.segment import SegmentSettings, segment_tree, write_masks
-    from wbc.segment.run import check_out
-
-    try:
-        settings = config_from_options(args, SegmentSettings)
-    except (TypeError, ValueError) as err:
-        raise UserError(str(err)) from err
-    check_out(args.out, args.root)  # before minutes of training
-    if args.encoder_weights is not None and not args.encoder_weights.is_file():
-        raise UserError(f"--encoder-weights {args.encoder_weights}: no such file")
-    say = (lambda message: None) if args.quiet or args.json else _say
-    tree = scan_tree(args.root, exclude_bad=args.exclude_bad, workers=args.workers,
-                     progress=say)
-    if not tree.usable:
-        _print_problems(tree.errors)
-        raise UserError(f"{args.root}: not usable ({len(tree.errors)} error(s) above); fix them "
-                        "or add --exclude-bad")
-    segmentation = segment_tree(tree, settings, cache_dir=args.cache_dir,
-                                encoder_weights=args.encoder_weights,
-                                device=pick_device(args.device),
-                                workers=args.workers, say=say)
-    summary = write_masks(segmentation, tree.root, args.out)
-    record = segmentation.record
-    if args.json:
-        print(json.dumps({**summary, "out": str(args.out), "cached": record["cached"]},
-                         indent=2))
-        return 0
-    lines = [f"{record['masked_images']} WBC images with a mask, {record['predicted_images']} "
-             f"without: {summary['written']} mask files written to {args.out} (given masks "
-             f"untouched){' (model cached)' if record['cached'] else ''}",
-             f"{'whole-cell scores, mean over images':<36} {'IoU':>6} {'Dice':>6}"]
-    heldout = record.get("heldout")
-    if heldout:
-        lines += _score_lines(f"held-out masked images ({heldout['folds']}-fold, "
-                              f"n={heldout['model']['n']}):", heldout)
-    else:
-        lines.append("held-out scores: none (fewer than 2 masked images)")
-    truth = record.get("truth")
-    if truth:
-        lines += _score_lines(f"predicted images against their true masks "
-                              f"(n={truth['model']['n']}):", truth)
-    seconds = record["seconds"]
-    lines.append(f"{seconds['total']:.0f} s ({seconds['scoring']:.0f} s scoring, "
-                 f"{seconds['final_training']:.0f} s the final model) on {record['device']}; "
-                 f"key {record['key']}")
-    print("\n".join(lines))
     return 0
 
 
@@ -419,11 +351,6 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def examples(*commands: str) -> str:
-    """An epilog of example command lines."""
-    return "examples:\n" + "\n".join(f"  {command}" for command in commands)
-
-
 def output_options(*, verbose: bool) -> argparse.ArgumentParser:
     """``-q/--quiet`` (and ``-v/--verbose`` where a command has more to show: Ray's logs), one
     meaning everywhere: quiet leaves standard error to errors and warnings (no progress), the
@@ -509,38 +436,6 @@ def _add_data_commands(sub: Any, common: argparse.ArgumentParser,
     p.set_defaults(run=_cmd_decode)
 
 
-def _add_segment_command(sub: Any, common: argparse.ArgumentParser,
-                         limits: argparse.ArgumentParser) -> None:
-    from wbc.options import add_config_options
-    from wbc.segment import SegmentSettings
-
-    p = sub.add_parser(
-        "segment", parents=[common, limits],
-        help="predict a cell mask for every WBC image that has none (U-Net on the masked "
-             "ones), scored on held-out masks beside a classical baseline",
-        epilog=examples("wbc segment data --out data-masks",
-                        "wbc segment data --out data-masks --steps 600 --json",
-                        "wbc segment data --out data-masks --encoder-weights "
-                        "results/quick/pretrain/cam16-KEY/model.pt"))
-    p.add_argument("root", type=Path, help="dataset root; only read")
-    p.add_argument("--out", type=Path, required=True,
-                   help="folder for the masks: OUT/<image path below ROOT>.png, 0 or 255 at "
-                        "the image's size; outside ROOT, new, empty or written by wbc segment")
-    p.add_argument("--json", action="store_true", help="print the scores and counts as JSON")
-    p.add_argument("--encoder-weights", type=Path, default=None,
-                   help="start the encoder from this local ResNet-18 state dict (a study's "
-                        "CAM16 or SimCLR model.pt, torchvision's ImageNet file; default: random)")
-    p.add_argument("--device", default="auto",
-                   help="torch device: auto (a GPU when there is one), cpu, cuda, cuda:1 "
-                        "(default: %(default)s)")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="cache folder for the decoded images and the predictions (default: "
-                        "$WBC_CACHE_DIR or ~/.cache/wbc)")
-    p.add_argument("--exclude-bad", action="store_true", help="leave out bad files")
-    add_config_options(p, SegmentSettings)
-    p.set_defaults(run=_cmd_segment)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="wbc", description="Make, import, check and decode white-blood-cell datasets in the "
@@ -561,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse images whose header declares more pixels (default: "
                              f"${MAX_PIXELS_ENV} or 8192x8192); a count or WxH")
     _add_data_commands(sub, common, limits)
-    _add_segment_command(sub, common, limits)
+    from wbc.segment.command import add_segment_command
+
+    add_segment_command(sub, common, limits)
     _add_model_commands(sub, [common, limits])
 
     # Commands from other installed packages (the Ray layer adds ``train``): wbc itself never

@@ -299,11 +299,15 @@ class SegmentSettings:
     folds: int = setting(3, "k of the k-fold scoring on the masked images")
     threshold: float = setting(0.5, "probability above which a pixel is cell")
     seed: int = setting(0, "seed of the folds, the initialisation and the batches")
+    # To measure the segmenter on a tree with a mask for every image as if it had only some.
+    withhold: float = setting(0.0, "fraction of each class's given masks kept from training "
+                              "and scored as true masks (0.9 on a fully masked tree: a tree "
+                              "with 10%% of its masks)")
 
     def __post_init__(self) -> None:
         check_fields(self, image_size=(32, 1024), steps=(1, 1 << 20), batch_size=(1, 4096),
                      lr=(1e-7, 1.0), weight_decay=(0.0, 1.0), jitter=(0.0, 0.5),
-                     folds=(2, 100), threshold=(0.01, 0.99))
+                     folds=(2, 100), threshold=(0.01, 0.99), withhold=(0.0, 0.99))
         if self.image_size % 32:
             raise ValueError(f"image_size={self.image_size} must be a multiple of 32 (the "
                              "encoder halves it five times)")

@@ -4,7 +4,8 @@ choices and the help of every training setting.
 ``add_config_options(parser, TrainConfig)`` adds ``--lr``, ``--aug-factor``, ... for every leaf
 field (help from the field's ``setting(..., help=...)``, choices from its ``Literal``, the
 default from the dataclass); ``config_from_options(args, TrainConfig)`` builds the config back
-from the parsed arguments, so nothing between the command line and the config restates them.
+from the parsed arguments, so nothing between the command line and the config restates them. ``UserError`` and
+``examples`` are the other pieces every command shares (``wbc.cli`` re-exports them).
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from wbc.config import TrainConfig
 
-__all__ = ["add_config_options", "config_fields", "config_from_options"]
+__all__ = ["UserError", "add_config_options", "config_fields", "config_from_options", "examples"]
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; printed without a traceback."""
+
+
+def examples(*commands: str) -> str:
+    """An epilog of example command lines."""
+    return "examples:\n" + "\n".join(f"  {command}" for command in commands)
 
 
 def config_fields(cls: type = TrainConfig) -> Iterator[tuple[str, Any, dataclasses.Field]]:

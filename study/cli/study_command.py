@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "stopped before its end (resume it); 2 a usage or input "
                                    "error; 3 some or all trials failed; 130 Ctrl-C.",
                        epilog=examples(*_RUN_EXAMPLES))
-    p.add_argument("--preset", default="quick",
-                   choices=("quick", "quick-ssl", "quick-masks", "paper"),
+    from study.spec import PRESETS
+
+    p.add_argument("--preset", default="quick", choices=tuple(PRESETS),
                    help="quick: the report's three strategies on a synthetic tree, about 10 "
                         "minutes on 2 CPU cores; quick-ssl: the same with the two "
                         "self-supervised strategies; quick-masks: the same with "

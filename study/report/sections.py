@@ -59,7 +59,9 @@ def segmentation_section(report: Report) -> list[str]:
              "", "| scored on | method | images | IoU | Dice | median IoU | 10th pct IoU |",
              "|---|---|---|---|---|---|---|"]
     groups = [(f"held-out masked images ({(record.get('heldout') or {}).get('folds')}-fold)",
-               record.get("heldout")), ("true masks of the predicted images", record.get("truth"))]
+               record.get("heldout")),
+              ("withheld given masks and true masks" if record.get("withheld_masks")
+               else "true masks of the predicted images", record.get("truth"))]
     for where, scores in groups:
         for method, name in METHOD_NAMES.items():
             row = (scores or {}).get(method)

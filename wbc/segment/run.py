@@ -150,8 +150,25 @@ class _Rows:
             self.image.setdefault(int(row), sample.path)
             if sample.mask is not None:
                 self.mask.setdefault(int(row), sample.mask)
-        self.masked = np.array(sorted(self.mask), dtype=np.int64)
         self.unmasked = np.array(sorted(set(self.image) - set(self.mask)), dtype=np.int64)
+        self.withheld: dict[int, Path] = {}  # given masks kept from training, scored as truth
+        self.masked = np.array(sorted(self.mask), dtype=np.int64)
+
+    def withhold(self, fraction: float, labels: np.ndarray, seed: int) -> None:
+        """Keep ``fraction`` of each class's masked images out of training and scoring, to be
+        scored like true masks (a tree with a mask for every image measures the segmenter as
+        if it had only the rest)."""
+        if fraction <= 0:
+            return
+        rng = np.random.default_rng([seed, 1])
+        for label in np.unique(labels[self.masked]):
+            members = rng.permutation(self.masked[labels[self.masked] == label])
+            for row in members[:round(fraction * len(members))]:
+                self.withheld[int(row)] = self.mask.pop(int(row))
+        self.masked = np.array(sorted(self.mask), dtype=np.int64)
+        if len(self.masked) == 0:
+            raise DatasetError(f"withhold={fraction} leaves no masked image to learn from; "
+                               "withhold less")
 
 
 def _folds(masked: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -195,11 +212,13 @@ def _score_truth(root: Path, rows: _Rows, probabilities: np.ndarray, threshold: 
     """The predictions of the unmasked images against their true masks, where the tree has
     them (a synthetic tree's ``truth/``), beside the classical baseline's."""
     scores: dict[str, list[tuple[float, float]]] = {"model": [], "classical": []}
-    for row in rows.unmasked:
-        try:
-            found = true_mask(root, rows.image[int(row)])
-        except ValueError:
-            found = None
+    for row in [*rows.unmasked, *rows.withheld]:
+        found = rows.withheld.get(int(row))
+        if found is None:
+            try:
+                found = true_mask(root, rows.image[int(row)])
+            except ValueError:
+                found = None
         if found is None:
             continue
         truth = read_mask(found)
@@ -242,6 +261,7 @@ def segment_tree(tree: Tree, settings: SegmentSettings | None = None, *,
     key = segment_key(decoded.fingerprint, settings, encoder_sha)
     folder = Path(cache_dir or default_cache_dir()) / "segment" / key
     rows = _Rows(decoded, samples)
+    rows.withhold(settings.withhold, decoded.labels, settings.seed)
     with file_lock(folder.parent / f"{key}.lock"):
         cached = _load_cached(folder, key)
         if cached is not None:
@@ -268,6 +288,7 @@ def segment_tree(tree: Tree, settings: SegmentSettings | None = None, *,
             "encoder": str(encoder_weights) if encoder_weights is not None else "random",
             "encoder_sha256": encoder_sha, "device": device,
             "masked_images": len(rows.masked), "predicted_images": len(rows.unmasked),
+            "withheld_masks": len(rows.withheld),
             "heldout": heldout, "truth": truth,
             "seconds": {"scoring": round(scoring_seconds, 2),
                         "final_training": round(final_seconds, 2),
@@ -296,8 +317,11 @@ def _relative(root: Path, path: Path) -> Path:
 
 
 def mask_path(out: Path, root: Path, image: Path) -> Path:
-    """Where ``write_masks`` puts the predicted mask of ``image``: ``OUT/<rel>.png``."""
-    return (out / _relative(root, image)).with_suffix(".png")
+    """Where ``write_masks`` puts the predicted mask of ``image``: ``OUT/<rel>.png``, the
+    image's own name with ``.png`` appended (``a.jpg`` and ``a.png`` of one folder, which the
+    scanner allows, get masks of their own)."""
+    relative = _relative(root, image)
+    return out / relative.parent / f"{relative.name}.png"
 
 
 def check_out(out: Path, root: Path) -> None:
@@ -323,17 +347,18 @@ def write_masks(segmentation: Segmentation, root: Path, out: Path) -> dict[str, 
     record = segmentation.record
     threshold = float(record["settings"]["threshold"])
     rows = segmentation.decoded.rows(segmentation.samples)
-    written = 0
+    written, seen = 0, set[Path]()
     for sample, row in zip(segmentation.samples, rows, strict=True):
-        if sample.mask is not None:
+        if sample.mask is not None or sample.path in seen:  # derived subsets repeat samples
             continue
+        seen.add(sample.path)
         target = mask_path(out, root, sample.path)
         mask = to_original(segmentation.probabilities[int(row)], _image_size(sample.path),
                            threshold)
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(mask.astype(np.uint8) * 255, "L").save(target)
         written += 1
-    given = sum(1 for s in segmentation.samples if s.mask is not None)
+    given = len({s.path for s in segmentation.samples if s.mask is not None})
     summary = {"root": str(root.absolute()), "key": record["key"], "written": written,
                "given_masks": given, "segmentation": {k: v for k, v in record.items()
                                                       if k != "cached"}}
