@@ -69,7 +69,8 @@ def _reusable(out: Path, fingerprint: str, settings: SegmentSettings,
         summary = json.loads((out / OUT_RECORD).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(summary, dict) or summary.get("key") != segment_key(
+    if not isinstance(summary, dict) or not summary.get("complete") or summary.get(
+            "key") != segment_key(
             fingerprint, settings, encoder_sha):
         return None
     return summary

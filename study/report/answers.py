@@ -175,6 +175,32 @@ def segmenter_quality(study: dict[str, Any]) -> str:
     return text
 
 
+def _masks_verdict(given: Any, predicted: Any, change: Any) -> str:
+    """The plain answer, from the evidence of the three comparisons at the smallest budget."""
+    hurt = given is not None and given.evidence in ("strong", "some") and given.difference < 0
+    premise = ("" if given is None or hurt else
+               "With the given masks the augmentation did not clearly hurt here in the first "
+               "place, so this study cannot test the report's explanation of its drop. ")
+    if predicted is not None and predicted.evidence == "strong":
+        if predicted.difference < 0:
+            tail = (": the missing masks do not explain the drop on their own." if hurt
+                    else ".")
+            return f"{premise}With a mask for every image it hurts (strong evidence){tail}"
+        return f"{premise}With a mask for every image it helps (strong evidence)."
+    if change is not None and change.evidence == "strong":
+        better = change.difference > 0
+        reading = (": the report's explanation, too few masked cells, holds at least in part."
+                   if better and hurt else ".")
+        return (f"{premise}Masks for every image make the augmentation "
+                f"{'better' if better else 'worse'} than the given ones (strong "
+                f"evidence){reading}")
+    detectable = (f"; it could only have detected a change of about "
+                  f"{100 * change.min_detectable:.1f} points or more"
+                  if change is not None and math.isfinite(change.min_detectable) else "")
+    return (f"{premise}Whether masks for every image change what the augmentation does here, "
+            f"the study cannot tell{detectable}.")
+
+
 def _masks_sentence(report: Report, table: pd.DataFrame) -> str:
     """The report's own hypothesis: the augmentation hurt at the smallest budget because only
     about 10% of the images had masks. With predicted masks for every image, does it still?"""
@@ -202,20 +228,12 @@ def _masks_sentence(report: Report, table: pd.DataFrame) -> str:
     if change is not None:
         parts.append(_stated(change, "predicted minus given"))
     quality = segmenter_quality(report.results.study)
-    if predicted is not None and predicted.evidence == "strong" and predicted.difference < 0:
-        verdict = ("Yes: even with a mask for every image the augmentation hurts here, so the "
-                   "missing masks do not explain the drop on their own.")
-    elif change is not None and change.evidence == "strong" and change.difference > 0:
-        verdict = ("Masks for every image make the augmentation better here (strong evidence): "
-                   "the report's explanation, too few masked cells, holds at least in part.")
-    elif change is not None and change.evidence == "strong":
-        verdict = "Masks for every image make the augmentation worse here (strong evidence)."
-    else:
-        detectable = (f"; it could only have detected a change of about "
-                      f"{100 * change.min_detectable:.1f} points or more"
-                      if change is not None and math.isfinite(change.min_detectable) else "")
-        verdict = ("The study cannot tell whether masks for every image change what the "
-                   f"augmentation does here{detectable}.")
+    verdict = _masks_verdict(given, predicted, change)
+    others = [_stated(r, f"at {r.subset}") for r in table[
+        (table["comparison"] == "pretrain_aug_predicted - pretrain_aug")
+        & (table["subset"] != low)].itertuples()] if len(table) else []
+    if others:
+        parts.append("predicted minus given at the other budgets: " + ", ".join(others))
     seeds = int((predicted if predicted is not None else change).seeds)
     caveat = "" if seeds >= 2 else " With one seed per cell nothing here can be significant."
     return (f"- {title} {verdict} Macro-F1 in points at {low}: {'; '.join(parts)}; "

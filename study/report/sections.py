@@ -76,8 +76,10 @@ def segmentation_section(report: Report) -> list[str]:
     lines += ["", f"Segmentation took {seconds.get('total', math.nan):.0f} s on "
               f"{record.get('device')} ({seconds.get('scoring', math.nan):.0f} s of it the "
               f"k-fold scoring){' (reused from the cache)' if record.get('cached') else ''}; "
-              f"cache key `{record.get('key')}`. `figures/segmentation.png` shows predicted "
-              "masks of images that have none.", ""]
+              f"cache key `{record.get('key')}`."
+              + (" `figures/segmentation.png` outlines predicted masks on images that have "
+                 "none." if report.results.root is not None
+                 and (report.results.root / str(record.get("masks"))).is_dir() else ""), ""]
     return lines
 
 

@@ -266,7 +266,13 @@ def segment_tree(tree: Tree, settings: SegmentSettings | None = None, *,
         cached = _load_cached(folder, key)
         if cached is not None:
             say(f"segmentation {key}: cached in {folder}")
-            return Segmentation({**cached[0], "cached": True}, cached[1], decoded, samples)
+            record, probabilities = cached
+            if record.get("truth") is None:  # true masks added to the tree since: score them
+                record["truth"] = _score_truth(tree.root, rows, probabilities,
+                                               settings.threshold)
+                if record["truth"] is not None:
+                    atomic_write_text(folder / "result.json", json.dumps(record, indent=2))
+            return Segmentation({**record, "cached": True}, probabilities, decoded, samples)
         started = time.perf_counter()
         say(f"segmentation: {len(rows.masked)} masked WBC images to learn from, "
             f"{len(rows.unmasked)} to predict ({settings.image_size} px, {settings.steps} "
@@ -347,6 +353,10 @@ def write_masks(segmentation: Segmentation, root: Path, out: Path) -> dict[str, 
     record = segmentation.record
     threshold = float(record["settings"]["threshold"])
     rows = segmentation.decoded.rows(segmentation.samples)
+    out.mkdir(parents=True, exist_ok=True)
+    # Claimed first: a run cut short leaves a folder that a second run may write over (and
+    # that with_predicted_masks refuses), not one that looks like nobody's.
+    atomic_write_text(out / OUT_RECORD, json.dumps({"key": record["key"], "complete": False}))
     written, seen = 0, set[Path]()
     for sample, row in zip(segmentation.samples, rows, strict=True):
         if sample.mask is not None or sample.path in seen:  # derived subsets repeat samples
@@ -359,7 +369,8 @@ def write_masks(segmentation: Segmentation, root: Path, out: Path) -> dict[str, 
         Image.fromarray(mask.astype(np.uint8) * 255, "L").save(target)
         written += 1
     given = len({s.path for s in segmentation.samples if s.mask is not None})
-    summary = {"root": str(root.absolute()), "key": record["key"], "written": written,
+    summary = {"root": str(root.absolute()), "key": record["key"], "complete": True,
+               "written": written,
                "given_masks": given, "segmentation": {k: v for k, v in record.items()
                                                       if k != "cached"}}
     atomic_write_text(out / OUT_RECORD, json.dumps(summary, indent=2))
@@ -385,6 +396,13 @@ def with_predicted_masks(tree: Tree, out: Path | str) -> Tree:
     if not (out / OUT_RECORD).is_file():
         raise DatasetError(f"{out}: not a folder of predicted masks (no {OUT_RECORD}); make "
                            f"one with `wbc segment {tree.root} --out {out}`")
+    try:
+        complete = json.loads((out / OUT_RECORD).read_text()).get("complete", False)
+    except (OSError, ValueError, AttributeError):
+        complete = False
+    if not complete:
+        raise DatasetError(f"{out}: `wbc segment` did not finish writing these masks; run "
+                           f"`wbc segment {tree.root} --out {out}` again")
     found = mask_map(tree, out)
     missing = [s.path for s in _unmasked(tree.wbc.samples()) if s.path not in found]
     if missing:
