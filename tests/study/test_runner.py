@@ -423,6 +423,8 @@ def _rows(results: Path) -> int:
         return 0
 
 
+# Slow (about 100 s): the chaos tests (also slow) kill the driver at every stage besides.
+@pytest.mark.slow
 def test_sigkill_of_the_driver_then_resume_keeps_every_trial_exactly_once(
         tiny_root: Path, tmp_path: Path) -> None:
     results = tmp_path / "killed"
@@ -527,6 +529,7 @@ def test_report_from_the_tune_folder_alone_matches_the_parquet_one(
     assert text.startswith(f"# Study `{spec.name}`")
 
 
+@pytest.mark.slow  # about 55 s: a SimCLR run, a CAM16 run from it, two strategies' trials
 def test_ssl_strategies_run_through_the_study_and_reach_the_report(
         ray_local: None, tiny_root: Path, tmp_path: Path) -> None:
     """pRCC SimCLR (a Ray Train run), CAM16 from its backbone, the mask switch searched, and

@@ -22,7 +22,9 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_presets_construct_and_are_registered() -> None:
-    assert set(PRESETS) == {"quick", "quick-ssl", "paper"}
+    assert set(PRESETS) == {"quick", "quick-ssl", "quick-masks", "paper"}
+    assert preset("quick-masks").strategies == ("scratch", "pretrain", "pretrain_aug",
+                                                "pretrain_aug_predicted")
     assert preset("quick") is PRESETS["quick"]
     assert preset("quick").preset == "quick" and preset("paper").preset == "paper"
     assert preset("paper").name == "paper"

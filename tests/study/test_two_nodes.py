@@ -199,3 +199,27 @@ def test_losing_a_node_mid_trial_resumes_the_trial_from_its_checkpoint(
     assert len(resumed) >= 1, trials[["trial_id", "node_id", "resumed_from_epoch"]]
     assert (resumed["node_id"] != worker_id).all()
     assert _checkpoints(results) == []
+
+
+def test_a_study_with_predicted_masks_runs_on_two_nodes(head: HeadNode, tree: Path,
+                                                        tmp_path: Path) -> None:
+    """The segmenter runs once, in a task sized to one node; every node's trials read the masks
+    it wrote into the results folder."""
+    results = tmp_path / "results"
+    spec = {**SPEC, "strategies": ["pretrain_aug_predicted"], "epochs": 2, "grace_epochs": 2,
+            "search_trials": 3, "segmentation": {"image_size": 32, "steps": 4, "folds": 2}}
+    with running_worker(head, num_cpus=1):
+        job_id, submit = _submit(head, tmp_path, tree, results, spec)
+        assert submit.returncode == 0, _output(submit)
+    assert head.get_json(f"/api/jobs/{job_id}")["status"] == "SUCCEEDED"
+    record = json.loads((results / "study.json").read_text())
+    assert record["status"] == "complete"
+    segmentation = record["segmentation"]
+    assert segmentation["written"] > 0 and (results / "masks" / "segment.json").is_file()
+    trials = pd.read_parquet(results / "trials.parquet")
+    assert trials["node_id"].nunique() == 2, trials[["trial_id", "node_id"]]
+    assert set(trials["data_fingerprint"]) == {segmentation["fingerprint_with_masks"]}
+    # Every training image pasted (aug_factor pastes each) on both nodes.
+    n = trials["train_n_Basophil"] + trials["train_n_Eosinophil"] + trials[
+        "train_n_Lymphocyte"] + trials["train_n_Monocyte"] + trials["train_n_Neutrophil"]
+    assert (trials["train_images"] == n * (1 + trials["aug_factor"])).all()
