@@ -194,6 +194,11 @@ def _masks_verdict(given: Any, predicted: Any, change: Any) -> str:
         return (f"{premise}Masks for every image make the augmentation "
                 f"{'better' if better else 'worse'} than the given ones (strong "
                 f"evidence){reading}")
+    if change is not None and change.evidence == "some":
+        direction = "better" if change.difference > 0 else "worse"
+        return (f"{premise}Predicted masks for every image look {direction} than the given "
+                "ones here, but not once corrected for the comparisons of the table (some "
+                "evidence only).")
     detectable = (f"; it could only have detected a change of about "
                   f"{100 * change.min_detectable:.1f} points or more"
                   if change is not None and math.isfinite(change.min_detectable) else "")
