@@ -16,6 +16,7 @@ join, so ``running_worker`` joins a second node through a small entry that lifts
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -63,9 +64,19 @@ def ray_cli() -> list[str]:
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now: held open together while the
+    OS picks them, so no two are the same (one at a time, the OS may hand the same port out
+    twice, and Ray refuses two components on one port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                 for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 @dataclass(frozen=True)
@@ -222,13 +233,13 @@ def running_head(*, num_cpus: int = 2, start_timeout: float = 120.0,
     token_path.write_text(token)
     token_path.chmod(0o600)
     env = _head_env(token_path)
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port, dashboard_port, client_port, agent_port = free_ports(4)
     command = [
         *ray_cli(), "start", "--head", "--block",
         "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
         # Fixed by default (10001, 52365): another Ray on the machine may hold them.
-        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={client_port}", f"--dashboard-agent-listen-port={agent_port}",
         f"--num-cpus={num_cpus}", "--num-gpus=0", "--disable-usage-stats",
         f"--temp-dir={temp_dir / 'ray'}", *extra_args,
     ]
@@ -335,14 +346,15 @@ def running_worker(head: HeadNode, *, num_cpus: int = 1, hide: Path | None = Non
     temp_dir = Path(tempfile.mkdtemp(prefix="wbc-raynode-"))
     entry = temp_dir / "join_node.py"
     entry.write_text(_JOIN_ENTRY)
-    node_manager_port = free_port()
+    node_manager_port, object_port, grpc_port, listen_port, metrics_port, env_port = (
+        free_ports(6))
     command = [
         sys.executable, str(entry), "start", "--block",
         f"--address={head.gcs_address}", "--node-ip-address=127.0.0.1",
-        f"--node-manager-port={node_manager_port}", f"--object-manager-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}", f"--num-cpus={num_cpus}", "--num-gpus=0",
+        f"--node-manager-port={node_manager_port}", f"--object-manager-port={object_port}",
+        f"--dashboard-agent-grpc-port={grpc_port}",
+        f"--dashboard-agent-listen-port={listen_port}", f"--metrics-export-port={metrics_port}",
+        f"--runtime-env-agent-port={env_port}", f"--num-cpus={num_cpus}", "--num-gpus=0",
         "--disable-usage-stats", f"--temp-dir={temp_dir / 'ray'}",
     ]
     if hide is not None:
