@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from study.accounting import FAILED, account, failed_cells, failure_summary, study_status
 from study.data import StudyError, check_tree, synthetic_tree, warm_caches, wbc100_counts
@@ -41,6 +41,9 @@ from study.results.journal import mend_journal
 from study.results.models import settle_models
 from study.results.owner import FolderBusy, own_folder
 from study.spec import StudySpec
+
+if TYPE_CHECKING:
+    from study.segmentation import PredictedMasks
 from wbc.cache import default_cache_dir
 from wbc.data import wbc_decode_set
 from wbc.datasets import DatasetError, Tree, scan_tree
@@ -257,7 +260,7 @@ def _pretrain(spec: StudySpec, tree: Tree, results: Path, slots: int, cache_dir:
 
 
 def _segment(spec: StudySpec, tree: Tree, results: Path, pretrained: dict[str, Any],
-             cache_dir: str | None, say: Callable[[str], None]) -> Any:
+             cache_dir: str | None, say: Callable[[str], None]) -> PredictedMasks | None:
     """The predicted masks of the strategies that paste them (``study.segmentation``), or
     None when no strategy does."""
     if not spec.needs_segmentation:
