@@ -8,7 +8,10 @@ Three sources (``wbc.strategies.Strategy.weights_source``):
 - ``prcc_ssl``: SimCLR on the unlabelled pRCC images (``ssl``; ``wbc.ssl``), a Ray Train run
   that reports its loss and a k-NN probe on CAM16 every epoch;
 - ``prcc_ssl+cam16``: the CAM16 classifier trained from the ``prcc_ssl`` backbone
-  (``ssl_pretrain``).
+  (``ssl_pretrain``);
+- ``wbc_ssl``: SimCLR on WBC_100's training images, labels unused (``ssl_wbc``), probed by a
+  k-NN of its features from those labelled images to the selection split (the labels score the
+  backbone; they never train it).
 
 Each is keyed by the decode fingerprint of its data, every setting of its run and the key of the
 weights it started from, and kept in a ``wbc.pretrain.WeightsStore`` (a study's results folder,
@@ -40,7 +43,7 @@ from ray.train import UserCallback
 from study.train.trainer import RunSpec, TrainOutcome, run_ssl, run_training
 from wbc.cache import decode_samples
 from wbc.config import PretrainSettings, SSLConfig, TrainConfig
-from wbc.data import SplitPlan, plan_cam16
+from wbc.data import SplitPlan, plan_cam16, plan_wbc
 from wbc.datasets import Sample, Tree
 from wbc.pretrain import (
     WeightsStore,
@@ -69,7 +72,7 @@ __all__ = [
 ]
 
 # In the order they must be made: the SSL backbone before the CAM16 run that starts from it.
-SOURCES = ("prcc_ssl", "cam16", "prcc_ssl+cam16")
+SOURCES = ("prcc_ssl", "wbc_ssl", "cam16", "prcc_ssl+cam16")
 # A CAM16 classifier below this val accuracy (balanced classes: chance is 0.5) learnt nothing.
 LEARNED = 0.6
 
@@ -286,22 +289,41 @@ def _fingerprint(samples: list[Sample], image_size: int, name: str,
     return decode_samples(samples, image_size, name=name, cache_dir=cache_dir).fingerprint
 
 
-def _ensure_ssl(tree: Tree, settings: PretrainSettings, store: WeightsStore,
-                executor: Executor, *, cache_dir: str | None,
-                say: Callable[[str], None], progress: bool = True) -> Pretrained:
+def _ssl_data(tree: Tree, source: str, settings: PretrainSettings, base: TrainConfig
+              ) -> tuple[list[Sample], SplitPlan | None, str]:
+    """What a self-supervised source trains on, the plan of its probe, and its label.
+    ``prcc_ssl``: pRCC (and WBC_100's training images with ``ssl_include_wbc``), probed on
+    CAM16; ``wbc_ssl``: WBC_100's training images, probed from them to the selection split."""
+    size = settings.ssl.image_size
+    if source == "wbc_ssl":
+        samples = list(tree.wbc.subset(100))
+        if not samples:
+            raise ValueError(f"{tree.root}: WBC_100/train holds no images to pretrain on")
+        probe = plan_wbc(tree, base.replace(subset="WBC_100", strategy="scratch",
+                                            image_size=size))
+        return samples, probe, "WBC self-supervised pretraining"
     if not tree.prcc:
         raise ValueError(f"{tree.root / 'pRCC'} holds no images: self-supervised pretraining "
                          "needs them")
-    config = settings.ssl
     samples = [*tree.prcc, *(tree.wbc.subset(100) if settings.ssl_include_wbc else ())]
-    key = ssl_key(_fingerprint(samples, config.image_size, "pRCC", cache_dir), config,
+    probe = (plan_cam16(tree, image_size=size) if tree.cam16.train and tree.cam16.val
+             else None)
+    return samples, probe, "pRCC self-supervised pretraining"
+
+
+def _ensure_ssl(source: str, tree: Tree, base: TrainConfig, settings: PretrainSettings,
+                store: WeightsStore, executor: Executor, *, cache_dir: str | None,
+                say: Callable[[str], None], progress: bool = True) -> Pretrained:
+    config = settings.ssl
+    samples, probe_plan, label = _ssl_data(tree, source, settings, base)
+    folder = "pRCC" if source == "prcc_ssl" else "WBC"  # the cache folder's label
+    key = ssl_key(_fingerprint(samples, config.image_size, folder, cache_dir), config,
                   min_epoch_images=settings.ssl_min_epoch_images)
-    probe_plan = None
-    if tree.cam16.train and tree.cam16.val:
-        probe_plan = plan_cam16(tree, image_size=config.image_size)
-        _fingerprint([*probe_plan.train, *probe_plan.val, *probe_plan.test], config.image_size,
-                     "CAM16", cache_dir)
-    label = "pRCC self-supervised pretraining"
+    if probe_plan is not None:  # decoded here, once, rather than in the run
+        _fingerprint(list(probe_plan.decode_set or (*probe_plan.train, *probe_plan.val,
+                                                     *probe_plan.test)),
+                     config.image_size, probe_plan.dataset, cache_dir)
+    probe_name = probe_plan.dataset if probe_plan is not None else "no"
 
     def make() -> tuple[State, dict[str, Any]]:
         say(f"{label} {key}: {len(samples)} images, {config.epochs} epochs")
@@ -309,12 +331,15 @@ def _ensure_ssl(tree: Tree, settings: PretrainSettings, store: WeightsStore,
         on_report = (lambda figures: say(epoch_line(label, config.epochs, figures))
                      ) if progress else None
         state, metrics = executor.ssl(samples, config, probe_plan,
-                                      settings.ssl_min_epoch_images, f"pretrain-prcc-ssl-{key}",
+                                      settings.ssl_min_epoch_images,
+                                      f"pretrain-{source.replace('_', '-')}-{key}",
                                       on_report=on_report)
-        metrics = {**metrics, "prcc_images": len(tree.prcc), "ssl_images": len(samples),
+        metrics = {**metrics, "source": source, "probe": probe_name,
+                   "prcc_images": len(tree.prcc) if source == "prcc_ssl" else 0,
+                   "ssl_images": len(samples),
                    "pretrain_seconds": time.perf_counter() - started}
         say(f"{label} {key}: loss {metrics.get('first_ssl_loss', float('nan')):.3f} -> "
-            f"{metrics.get('ssl_loss', float('nan')):.3f}; CAM16 probe: k-NN "
+            f"{metrics.get('ssl_loss', float('nan')):.3f}; {probe_name} probe: k-NN "
             f"{metrics.get('knn_accuracy', float('nan')):.3f} (random init "
             f"{metrics.get('knn_accuracy_random', float('nan')):.3f}), linear "
             f"{metrics.get('linear_probe_accuracy', float('nan')):.3f} (random init "
@@ -322,7 +347,7 @@ def _ensure_ssl(tree: Tree, settings: PretrainSettings, store: WeightsStore,
             f"{metrics['pretrain_seconds']:.0f} s")
         return state, metrics
 
-    return _ensured(store, "prcc_ssl", key, make, executor, say,
+    return _ensured(store, source, key, make, executor, say,
                     f"{label} {key}: reused (k-NN probe accuracy {{:.3f}})", "knn_accuracy")
 
 
@@ -393,15 +418,15 @@ def ensure_sources(sources: Iterable[str], tree: Tree, base: TrainConfig,
     if unknown:
         raise ValueError(f"unknown weights source(s) {', '.join(sorted(unknown))}; known: "
                          f"{', '.join(SOURCES)}")
-    if wanted & {"prcc_ssl", "prcc_ssl+cam16"}:
+    if "prcc_ssl+cam16" in wanted:
         wanted.add("prcc_ssl")
     settings = dataclasses.replace(
         settings, ssl=dataclasses.replace(settings.ssl, image_size=base.data.image_size))
     done: dict[str, Pretrained] = {}
     for source in (s for s in SOURCES if s in wanted):
-        if source == "prcc_ssl":
-            done[source] = _ensure_ssl(tree, settings, store, executor, cache_dir=cache_dir,
-                                       say=say, progress=progress)
+        if source.endswith("_ssl"):
+            done[source] = _ensure_ssl(source, tree, base, settings, store, executor,
+                                       cache_dir=cache_dir, say=say, progress=progress)
         else:
             init = done["prcc_ssl"] if source == "prcc_ssl+cam16" else None
             done[source] = _ensure_cam16(tree, base, settings, store, executor,

@@ -127,9 +127,14 @@ class OptimConfig:
     # one or two optimiser steps per epoch. 0: one pass, as the report.
     min_epoch_images: int = setting(0, "an epoch passes over the training set until it has seen "
                                     "this many images (0: one pass)")
+    # A large tree (10k real cells) would make each WBC_100 epoch, and so the study, grow with
+    # the tree: a cap keeps an epoch's cost fixed, each epoch a fresh random part of the set.
+    max_epoch_images: int = setting(0, "an epoch ends after this many images, a fresh random "
+                                    "part of the training set each epoch (0: no cap)")
 
     def __post_init__(self) -> None:
-        check_fields(self, min_epoch_images=(0, 1 << 30), lr=(1e-8, 10.0),
+        check_fields(self, min_epoch_images=(0, 1 << 30), max_epoch_images=(0, 1 << 30),
+                     lr=(1e-8, 10.0),
                      weight_decay=(0.0, 1.0), momentum=(0.0, 1.0), warmup_epochs=(0.0, 1e6),
                      label_smoothing=(0.0, 0.5), backbone_lr_scale=(0.0, 1.0),
                      batch_size=(1, 1 << 16), epochs=(1, 100_000),

@@ -54,8 +54,9 @@ class PretrainResult:
 
 def kind_of(source: str) -> str:
     """The store's folder kind of a weights source: the CAM16 classifiers (from random init or
-    from the SSL backbone) are ``cam16``, the SimCLR backbone ``prcc_ssl``."""
-    return "prcc_ssl" if source == "prcc_ssl" else "cam16"
+    from the SSL backbone) are ``cam16``, a SimCLR backbone its own source (``prcc_ssl``,
+    ``wbc_ssl``)."""
+    return source if source.endswith("_ssl") else "cam16"
 
 
 class WeightsStore:

@@ -5,7 +5,10 @@ augmentation; the study crosses every strategy with every subset. The report's t
 experiments are built in (its section 3), then the two its conclusion opens: self-supervised
 pretraining on the unlabelled pRCC images (``ssl``), and that followed by the CAM16 supervised
 pretraining (``ssl_pretrain``), each with the mask-based augmentation as a searched switch.
-Others can be added with :func:`register_strategy`.
+``ssl_wbc`` answers the report's "insufficient labels" with no other dataset: the label budget
+limits labels, not images, so SimCLR pretrains on WBC_100's training images without their
+labels (never the validation images) before the budget's labels fine-tune it. Others can be
+added with :func:`register_strategy`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ class Strategy:
     description: str  # one line for reports and --help
     pretrain: str | None  # supervised pretraining source it needs (e.g. "cam16"), or None
     mask_augment: bool  # uses the report's 2.3 mask-based cell copy-paste augmentation
-    # Self-supervised pretraining source (e.g. "prcc"), before the supervised one if any.
+    # Self-supervised pretraining source, before the supervised one if any: "prcc" (the
+    # unlabelled pRCC images) or "wbc" (WBC_100's training images, labels unused).
     ssl: str | None = None
     # The mask-based augmentation is a searched switch (``mask_augment`` in the search space)
     # rather than fixed by ``mask_augment``, which is then only its default.
@@ -64,8 +68,9 @@ class Strategy:
 
     @property
     def weights_source(self) -> str | None:
-        """What the WBC model starts from: ``cam16``, ``prcc_ssl``, ``prcc_ssl+cam16`` (the
-        self-supervised stage, then the supervised one), or None for random init."""
+        """What the WBC model starts from: ``cam16``, ``prcc_ssl``, ``wbc_ssl``,
+        ``prcc_ssl+cam16`` (the self-supervised stage, then the supervised one), or None for
+        random init."""
         parts = ([f"{self.ssl}_ssl"] if self.ssl else []) + (
             [self.pretrain] if self.pretrain else [])
         return "+".join(parts) or None
@@ -195,5 +200,15 @@ register_strategy(
         mask_augment=False,
         ssl="prcc",
         augment_switch=True,
+    )
+)
+register_strategy(
+    Strategy(
+        name="ssl_wbc",
+        description="ResNet-18 pretrained self-supervised (SimCLR) on WBC_100's training images "
+        "without their labels, head replaced by a 5-way layer, fine-tuned on the budget's labels",
+        pretrain=None,
+        mask_augment=False,
+        ssl="wbc",
     )
 )

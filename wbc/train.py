@@ -124,16 +124,24 @@ def _passes(n: int, optim: OptimConfig) -> int:
     return max(1, math.ceil(optim.min_epoch_images / max(n, 1)))
 
 
+def _epoch_images(n: int, optim: OptimConfig) -> int:
+    """Images one epoch over ``n`` training images trains on (``min_epoch_images``,
+    ``max_epoch_images``)."""
+    total = n * _passes(n, optim)
+    return min(total, optim.max_epoch_images) if optim.max_epoch_images else total
+
+
 def steps_per_epoch(n: int, optim: OptimConfig, workers: int) -> int:
     """Optimiser steps of one epoch over ``n`` images on ``workers`` ranks."""
-    return math.ceil(math.ceil(n * _passes(n, optim) / workers) / optim.batch_size)
+    return math.ceil(math.ceil(_epoch_images(n, optim) / workers) / optim.batch_size)
 
 
 def _epoch_order(labels: Tensor, *, config: TrainConfig, epoch: int, rank: int, workers: int
                  ) -> Tensor:
     """This rank's indices for ``epoch``: the same permutation on every rank, then a stride.
 
-    An epoch of several passes (``min_epoch_images``) concatenates fresh permutations.
+    An epoch of several passes (``min_epoch_images``) concatenates fresh permutations; an
+    epoch capped by ``max_epoch_images`` is the start of its permutation.
     """
     n = labels.numel()
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "order", epoch))
@@ -143,6 +151,7 @@ def _epoch_order(labels: Tensor, *, config: TrainConfig, epoch: int, rank: int, 
         order = torch.multinomial(weights, n * passes, replacement=True, generator=generator)
     else:
         order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])
+    order = order[:_epoch_images(n, config.optim)]
     total = order.numel()
     per_rank = math.ceil(total / workers)
     if per_rank * workers > total:  # pad by wrapping, as DistributedSampler does

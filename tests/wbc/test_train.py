@@ -253,3 +253,23 @@ def test_training_refuses_an_empty_training_split(tiny_tree: Path, tmp_path: Pat
                       data.train.masks[:0], data.train.class_names)
     with pytest.raises(ValueError, match=r"training split holds no images.*WBC_100"):
         fit(build_resnet18(5), config, empty, data.selection, data.reporting)
+
+
+def test_max_epoch_images_caps_an_epoch_with_a_fresh_part_each_epoch() -> None:
+    from wbc.train import _epoch_order, steps_per_epoch
+
+    labels = torch.arange(100) % 5
+    config = TrainConfig().replace(batch_size=16, max_epoch_images=40)
+    first, second = (_epoch_order(labels, config=config, epoch=e, rank=0, workers=1)
+                     for e in (1, 2))
+    assert first.numel() == second.numel() == 40
+    assert len(set(first.tolist())) == 40  # no image twice within an epoch
+    assert set(first.tolist()) != set(second.tolist())  # another part of the set
+    assert steps_per_epoch(100, config.optim, 1) == 3  # 40 images in batches of 16
+    # The floor still applies below the cap; no cap (0) is one pass.
+    small = TrainConfig().replace(batch_size=16, min_epoch_images=64, max_epoch_images=40)
+    assert _epoch_order(torch.arange(10) % 5, config=small, epoch=1, rank=0,
+                        workers=1).numel() == 40
+    assert _epoch_order(labels, config=TrainConfig(), epoch=1, rank=0, workers=1).numel() == 100
+    with pytest.raises(ValueError, match="max_epoch_images"):
+        TrainConfig().replace(max_epoch_images=-1)

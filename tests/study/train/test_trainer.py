@@ -76,6 +76,33 @@ def test_cam16_pretraining_runs_once_and_is_reused(ray_local: None, tiny_root: P
     assert other.key != first.key
 
 
+@pytest.mark.slow  # a SimCLR run through Ray Train: about 40 s on an idle 2-core CPU
+def test_in_domain_ssl_trains_on_wbc100_train_only_and_is_probed_on_wbc(
+        ray_local: None, tiny_root: Path, tmp_path: Path) -> None:
+    """ssl_wbc: SimCLR on WBC_100/train's images (never val's), a k-NN probe from the labelled
+    training images to the selection split, the WBC model started from its backbone."""
+    from study.pretraining import sources_of
+    from wbc.config import SSLConfig
+    from wbc.pretrain import initial_model
+
+    tree = scan_tree(tiny_root)
+    assert sources_of(["scratch", "ssl_wbc"]) == ["wbc_ssl"]
+    config = TrainConfig().replace(strategy="ssl_wbc", **FAST)
+    settings = PretrainSettings(ssl=SSLConfig(image_size=32, epochs=1, batch_size=8,
+                                              probe_steps=5, knn_k=3))
+    spec = RunSpec(storage_path=str(tmp_path), name="unused", cache_dir=str(tmp_path / "cache"))
+    done = ensure_sources(["wbc_ssl"], tree, config, settings, WeightsStore(tmp_path / "store"),
+                          TrainExecutor(spec), cache_dir=spec.cache_dir, say=lambda _: None)
+    record = done["wbc_ssl"].record
+    assert set(done) == {"wbc_ssl"}  # no pRCC, no CAM16 needed
+    assert record["ssl_images"] == len(tree.wbc.subset(100)) == 60
+    assert record["probe"] == "WBC" and 0.0 <= record["knn_accuracy"] <= 1.0
+    assert "knn_accuracy_random" in record
+    assert (tmp_path / "store" / "pretrain" / f"wbc_ssl-{done['wbc_ssl'].key}").is_dir()
+    model = initial_model(config, pretrained=done["wbc_ssl"].weights)
+    assert model.fc.out_features == 5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["scratch", "pretrain", "pretrain_aug"])
 def test_wbc_train_command_end_to_end(tiny_root: Path, tmp_path: Path, strategy: str) -> None:
