@@ -3,19 +3,32 @@ and decoded once into the shared cache so that trials only map it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from wbc.cache import decode_samples, default_cache_dir
 from wbc.config import TrainConfig
 from wbc.data import plan_cam16, plan_wbc, wbc_decode_set
-from wbc.datasets import TRUTH_DIR, DatasetError, Tree, class_counts
+from wbc.datasets import (
+    CAM16_LAYOUT,
+    PRCC_LAYOUT,
+    TRUTH_DIR,
+    Cam16Splits,
+    DatasetError,
+    Sample,
+    Tree,
+    class_counts,
+    histology_origin,
+    with_histology,
+)
 from wbc.fileio import atomic_write_text, file_lock
 from wbc.layout import WBC_CLASSES
-from wbc.strategies import get_strategy
+from wbc.strategies import get_strategy, strategy_names
 
-__all__ = ["StudyError", "check_tree", "synthetic_tree", "warm_caches", "wbc100_counts"]
+__all__ = ["StudyError", "check_strategies", "check_tree", "given_histology", "histology_record",
+           "synthetic_tree", "warm_caches", "wbc100_counts"]
 
 
 class StudyError(Exception):
@@ -78,6 +91,15 @@ def _add_truth(root: Path, say: Callable[[str], None] | None, **params: Any) -> 
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _as_predicted(tree: Tree) -> Tree:
+    """``tree`` as a predicted-mask strategy's trials will see it: a mask for every WBC image,
+    the study's segmentation predicting those it lacks (learnt from the given masks, or
+    self-trained from classical ones on a tree with none); stand-in paths, for checks only."""
+    source = Path("masks")
+    return tree.with_masks({s.path: source / "predicted.png" for s in tree.wbc.samples()
+                            if s.mask is None}, source)
+
+
 def check_tree(tree: Tree, cells: tuple[tuple[str, str], ...], base_config: TrainConfig
                ) -> None:
     """Refuse a tree that cannot run every cell, naming the problem and the fix."""
@@ -87,11 +109,9 @@ def check_tree(tree: Tree, cells: tuple[tuple[str, str], ...], base_config: Trai
         raise StudyError(f"{tree.root}: the tree is not usable:\n{problems}{more}\nrun "
                          f"`wbc check {tree.root}` for the full list; fix or remove the files, "
                          "or set exclude_bad=true to leave them out")
+    predicted = _as_predicted(tree)
     for subset, strategy in cells:
-        # A predicted-mask strategy is checked as it will run: on the tree with the masks the
-        # study predicts before its trials (none yet, so every given-mask check still applies).
-        checked = (tree.with_masks({}, Path("masks")) if get_strategy(strategy).mask_source
-                   == "predicted" else tree)
+        checked = predicted if get_strategy(strategy).mask_source == "predicted" else tree
         try:
             plan_wbc(checked, base_config.replace(subset=subset, strategy=strategy))
         except DatasetError as err:
@@ -115,3 +135,101 @@ def wbc100_counts(tree: Tree) -> dict[str, dict[str, int]]:
     return {split: dict(zip(WBC_CLASSES, map(int, class_counts(samples, len(WBC_CLASSES))[0]),
                             strict=True))
             for split, samples in splits.items()}
+
+
+def given_histology(tree: Tree, *, cam16: str | Path | None, prcc: str | Path | None,
+                    exclude_bad: bool = False, workers: int | None = None,
+                    say: Callable[[str], None] | None = None) -> Tree:
+    """``tree`` with its CAM16 and pRCC taken from the folders given, if any
+    (``wbc.datasets.with_histology``: ``DatasetError`` for a folder that is not the layout),
+    saying where each comes from and when a given folder replaces the tree's own."""
+    if cam16 is None and prcc is None:
+        return tree
+    had = {"CAM16": bool(tree.cam16.train), "pRCC": bool(tree.prcc)}
+    tree = with_histology(tree, cam16=cam16, prcc=prcc, exclude_bad=exclude_bad,
+                          workers=workers)
+    for dataset, given in (("CAM16", cam16), ("pRCC", prcc)):
+        origin = histology_origin(tree, dataset)
+        if given is None or not origin or say is None:
+            continue
+        own = (f"; the tree's own {tree.root / dataset} is not used (the given folder wins)"
+               if had[dataset] else "")
+        splits = " / ".join(f"{sum(n.values())} {split}" for split, n in origin["counts"].items()
+                            if isinstance(n, dict))
+        say(f"{dataset}: {origin['images']} {origin['kind']} images"
+            + (f" ({splits})" if splits else "") + f" from {origin['root']}{own}")
+    return tree
+
+
+def histology_record(tree: Tree, *, synthetic_tree: bool) -> dict[str, Any]:
+    """What ``study.json`` records of the tree's CAM16 and pRCC (``data.histology``): for each
+    the tree has, where it came from ("folder", given apart from the tree; "tree"; "synthetic
+    tree", the one the study made), its folder, "synthetic" or "real", and its image counts."""
+    record = {}
+    for key, dataset in (("cam16", "CAM16"), ("prcc", "pRCC")):
+        origin = histology_origin(tree, dataset)
+        if origin:
+            if synthetic_tree and origin["source"] == "tree":
+                origin["source"] = "synthetic tree"
+            record[key] = origin
+    return record
+
+
+def _lacks(tree: Tree, name: str, base_config: TrainConfig) -> list[str]:
+    """What ``tree`` lacks for strategy ``name``: "CAM16", "pRCC", "masks" or another reason."""
+    strategy = get_strategy(name)
+    lacks = []
+    if strategy.pretrain == "cam16" and not (tree.cam16.train and tree.cam16.val):
+        lacks.append("CAM16")
+    if strategy.ssl == "prcc" and not tree.prcc:
+        lacks.append("pRCC")
+    # The rest is plan_wbc's to say (it knows what a run needs), asked as if the histology were
+    # there: the histology is named above, and one message names everything missing.
+    stand_in = (Sample(tree.root, 0),)
+    checked = replace(tree, cam16=Cam16Splits(stand_in, stand_in, found=("train", "val")),
+                      prcc=stand_in)
+    if strategy.mask_source == "predicted":  # checked as check_tree does
+        checked = checked.with_masks({}, Path("masks"))
+    try:
+        plan_wbc(checked, base_config.replace(subset="WBC_100", strategy=name))
+    except DatasetError as err:
+        lacks.append("masks" if strategy.mask_augment else str(err))
+    return lacks
+
+
+def check_strategies(tree: Tree, strategies: Sequence[str], base_config: TrainConfig) -> None:
+    """Refuse, in one message, a tree that lacks what some of ``strategies`` need (CAM16, pRCC,
+    masks): what each lacks, the strategies this tree can run, and the commands that run the
+    study (``--cam16``/``--prcc`` FOLDER, or ``--set strategies=[...]``). A tree with bad files
+    is left to ``check_tree``, which names them."""
+    if not tree.usable:
+        return
+    lacking = {name: lacks for name in strategy_names()
+               if (lacks := _lacks(tree, name, base_config))}
+    asked = [s for s in strategies if s in lacking]
+    if not asked:
+        return
+    runnable = [s for s in strategy_names() if s not in lacking]
+    others = [s for s in lacking if s not in asked]
+    root = tree.root
+    can = f"This tree can run: {', '.join(runnable) or 'none of the strategies'}"
+    if others:
+        can += "; the others need: " + "; ".join(f"{s} {' and '.join(lacking[s])}"
+                                                 for s in others)
+    lines = [f"{root} lacks what {len(asked)} of this study's strategies need:",
+             *(f"  {s}: needs {' and '.join(lacking[s])}" for s in asked), can + "."]
+    wanted = [d for d in ("CAM16", "pRCC") if any(d in lacking[s] for s in asked)]
+    if wanted:
+        options = " ".join(f"--{d.lower()} /path/to/folder-with-{d}" for d in wanted)
+        layouts = "; ".join({"CAM16": CAM16_LAYOUT, "pRCC": PRCC_LAYOUT}[d] for d in wanted)
+        lines += [f"Give the histology, a folder that holds it or is its layout ({layouts}):",
+                  f"  study run --data {root} {options}"]
+    if any("masks" in lacking[s] for s in asked):
+        lines.append(f"Masks: WBC_100/train/mask/<Class>/<image> under {root}, with an image's "
+                     "file stem (`wbc import SRC ROOT --masks DIR`).")
+    keep = [s for s in strategies if s not in lacking] or runnable[:1]
+    if keep:
+        lines += ["Or run only what this tree can:",
+                  f"  study run --data {root} --set 'strategies=[{','.join(keep)}]'"]
+    lines.append("(with your other options: --results, --preset, --set, ...)")
+    raise StudyError("\n".join(lines))

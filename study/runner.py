@@ -31,7 +31,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from study.accounting import FAILED, account, failed_cells, failure_summary, study_status
-from study.data import StudyError, check_tree, synthetic_tree, warm_caches, wbc100_counts
+from study.data import (
+    StudyError,
+    check_strategies,
+    check_tree,
+    given_histology,
+    histology_record,
+    synthetic_tree,
+    warm_caches,
+    wbc100_counts,
+)
 from study.evaluation import eval_problem, score_kept_models
 from study.local_ray import start_ray, untrusted
 from study.provenance import provenance
@@ -185,7 +194,14 @@ def _load_tree(spec: StudySpec, results: Path, cache_dir: str | None,
     if problem is not None:
         raise StudyError(problem)
     tree = scan_tree(root, exclude_bad=spec.exclude_bad)
+    try:  # CAM16 and pRCC kept apart from the tree, when the spec names their folders
+        tree = given_histology(tree, cam16=spec.cam16, prcc=spec.prcc,
+                               exclude_bad=spec.exclude_bad, say=say)
+    except DatasetError as err:
+        raise StudyError(str(err)) from err
+    check_strategies(tree, spec.strategies, spec.base_config())
     check_tree(tree, spec.cells, spec.base_config())
+    data["histology"] = histology_record(tree, synthetic_tree=spec.data is None)
     return tree, data
 
 
@@ -373,6 +389,12 @@ def _run(spec: StudySpec, record: StudyRecord, store: ResultsStore, tree: Tree |
     start_ray()
     session.ray_startup_seconds = clock.lap()
     slots = session.slots = _slots(spec)
+    if not resume:
+        from study.estimate import estimate
+
+        guess = estimate(spec, tree, slots)
+        if guess is not None:
+            say(guess.line())
     try:
         record.nodes = check_nodes(results, wbc_decode_set(tree), spec.image_size,
                                    record.data["fingerprint"], cache_dir=cache_dir, say=say)

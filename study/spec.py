@@ -120,6 +120,10 @@ class StudySpec:
     name: str = "quick"  # names the results folder and the Tune experiment
     preset: str = "quick"  # where the defaults came from, for the record
     data: str | None = None  # a tree in the report's layout; None: a synthetic tree (cached)
+    # CAM16 and pRCC kept outside the tree (real WBC sets have neither): a folder that holds
+    # CAM16/ (pRCC/) or is its layout; it wins over the tree's own. None: the tree's own.
+    cam16: str | None = None
+    prcc: str | None = None
     # The synthetic tree: its training set at synthetic_scale of the report's counts, its
     # WBC_100/val at synthetic_val_scale (a larger held-out set costs little: it is only scored)
     # and CAM16/pRCC at synthetic_tissue_scale (pretraining needs images to learn from); None:
@@ -178,7 +182,7 @@ class StudySpec:
     # the masked images, scored k-fold, its masks written to <results>/masks/. Its encoder
     # starts random, or from this study's CAM16 or SimCLR backbone.
     segmentation: SegmentSettings = field(default_factory=lambda: SegmentSettings(steps=150))
-    segment_encoder: Literal["random", "cam16", "prcc_ssl"] = "random"
+    segment_encoder: Literal["random", "cam16", "prcc_ssl", "wbc_ssl"] = "random"
 
     def __post_init__(self) -> None:
         for subset in self.subsets:
@@ -255,6 +259,10 @@ class StudySpec:
         if self.ssl_min_epoch_images < 0:
             raise ValueError(f"ssl_min_epoch_images={self.ssl_min_epoch_images!r} must be at "
                              "least 0")
+        for name, dataset in (("cam16", "CAM16"), ("prcc", "pRCC")):
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                raise ValueError(f"{name}={getattr(self, name)!r}: give a folder that holds "
+                                 f"{dataset}/, or leave {name} unset for the tree's own")
 
     @property
     def cells(self) -> tuple[tuple[str, str], ...]:
@@ -267,9 +275,9 @@ class StudySpec:
         return any(get_strategy(s).pretrain == "cam16" for s in self.strategies)
 
     def _check_segmentation(self) -> None:
-        if self.segment_encoder not in ("random", "cam16", "prcc_ssl"):
+        if self.segment_encoder not in ("random", "cam16", "prcc_ssl", "wbc_ssl"):
             raise ValueError(f"segment_encoder={self.segment_encoder!r} is not one of: random, "
-                             "cam16, prcc_ssl")
+                             "cam16, prcc_ssl, wbc_ssl")
         sources = {get_strategy(s).weights_source for s in self.strategies}
         if self.segment_encoder != "random" and self.segment_encoder not in sources:
             raise ValueError(f"segment_encoder={self.segment_encoder!r}: no strategy of this "
@@ -467,8 +475,28 @@ _QUICK_MASKS = dataclasses.replace(
     _QUICK, name="quick-masks", preset="quick-masks",
     strategies=("scratch", "pretrain", "pretrain_aug", "pretrain_aug_predicted"))
 
+# A real tree of a few thousand cells on a 2-core CPU in about 15 minutes (docs/study-run.md,
+# "The real preset", has the learning curves it is chosen from): every strategy that a real set
+# without masks can run, the masks predicted (self-trained where none is given), SimCLR on the
+# tree's own training images. An epoch is at most 1,024 images (a fresh random part of a larger
+# set each epoch), so a tree of 10k cells costs what one of 2k does. Imbalance is handled by
+# a class-weighted loss (real sets are skewed: BCCD has 207 neutrophils and 3 basophils), and
+# the narrow search spends its trials on the learning rate; the seeds carry the answer.
+_REAL = StudySpec(
+    name="real", preset="real", image_size=32, epochs=4, search_trials=2, startup_trials=2,
+    strategies=("scratch", "pretrain", "ssl_wbc", "pretrain_aug_predicted"),
+    final_seeds=3,
+    ssl=SSLConfig(epochs=12, batch_size=64, lr=2e-3, warmup_epochs=1.0, probe_steps=50),
+    ssl_min_epoch_images=0,
+    train=TrainConfig().replace(batch_size=64, bn_recalibrate=128, min_epoch_images=512,
+                                max_epoch_images=1024, warmup_epochs=0.5,
+                                imbalance="weighted"),
+    space=SearchSpace(lr_min=1e-3, lr_max=4e-3, weight_decay_min=1e-4, weight_decay_max=2e-3,
+                      imbalance=("weighted",), aug_factor_min=1, aug_factor_max=3),
+)
+
 PRESETS: dict[str, StudySpec] = {"quick": _QUICK, "quick-ssl": _QUICK_SSL,
-                                 "quick-masks": _QUICK_MASKS, "paper": _PAPER}
+                                 "quick-masks": _QUICK_MASKS, "real": _REAL, "paper": _PAPER}
 
 
 def preset(name: str) -> StudySpec:

@@ -204,12 +204,14 @@ def plan_wbc(tree: Tree, config: TrainConfig) -> SplitPlan:
     strategy = get_strategy(config.model.strategy)
     if strategy.ssl == "prcc" and not tree.prcc:
         raise DatasetError(f"strategy {strategy.name!r} pretrains self-supervised on pRCC, but "
-                           f"{tree.root / 'pRCC'} holds no images; add pRCC or use --strategy "
-                           "scratch")
+                           f"{tree.prcc_dir} holds no images; give a folder that holds "
+                           "pRCC/train/data/... with --prcc PATH, add pRCC to the tree, or use "
+                           "--strategy scratch")
     if strategy.pretrain == "cam16" and not tree.cam16.train:
         raise DatasetError(f"strategy {strategy.name!r} pretrains on CAM16, but "
-                           f"{tree.root / 'CAM16'} has no train split; add CAM16 "
-                           "(CAM16/train/data/{normal,tumor}) or use --strategy scratch")
+                           f"{tree.cam16_dir} has no train split; give a folder that holds "
+                           "CAM16/{train,val}/data/{normal,tumor}/... with --cam16 PATH, add "
+                           "CAM16 to the tree, or use --strategy scratch")
     if strategy.mask_source == "predicted" and tree.predicted_masks is None:
         raise DatasetError(f"strategy {strategy.name!r} pastes predicted masks for the images "
                            f"without one: make them with `wbc segment {tree.root} --out MASKS` "
@@ -222,9 +224,11 @@ def plan_wbc(tree: Tree, config: TrainConfig) -> SplitPlan:
     notes = []
     if pastes_enabled(config):
         if not any(s.mask is not None for s in tree.wbc.subset(100)):
-            raise DatasetError(f"strategy {strategy.name!r} pastes masked cells, but "
+            raise DatasetError(f"strategy {strategy.name!r} pastes the given masks, but "
                                f"{tree.root} has no masks (WBC_100/train/mask/<Class>/); add "
-                               "masks or use --strategy pretrain")
+                               "masks, use pretrain_aug_predicted (it pastes masks predicted "
+                               "for every image, self-trained from classical ones on a tree "
+                               "with none: `wbc segment`), or --strategy pretrain")
         if not any(s.mask is not None for s in train):
             notes.append(f"{config.data.subset} has no masked images: no pastes are made")
     missing = _missing_classes(train, WBC_CLASSES)
@@ -247,7 +251,7 @@ def plan_cam16(tree: Tree, *, image_size: int) -> SplitPlan:
     """The CAM16 splits for pretraining: train; val selects; test (or half of val) reports."""
     train, val = tree.cam16.train, tree.cam16.val
     if not train or not val:
-        raise DatasetError(f"{tree.root / 'CAM16'}: pretraining needs CAM16/train and CAM16/val "
+        raise DatasetError(f"{tree.cam16_dir}: pretraining needs CAM16/train and CAM16/val "
                            "with normal and tumor images")
     return SplitPlan("CAM16", CAM16_CLASSES, train, val, tree.cam16.test, image_size,
                      len(tree.excluded_files))

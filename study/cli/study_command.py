@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "space.lr_max=0.3 --set resources.gpus_per_trial=0.25 (repeatable)")
     p.add_argument("--data", default=None,
                    help="dataset root in the report's layout (default: a synthetic tree)")
+    p.add_argument("--cam16", default=None, metavar="FOLDER",
+                   help="CAM16 kept outside the tree: a folder that holds CAM16/{train,val,test}/"
+                        "data/{normal,tumor}/ or is that layout; it replaces the tree's own "
+                        "(sets the spec's cam16)")
+    p.add_argument("--prcc", default=None, metavar="FOLDER",
+                   help="pRCC kept outside the tree: a folder that holds pRCC/train/data/ or is "
+                        "that layout (sets the spec's prcc)")
     p.add_argument("--eval-data", action="append", default=[], metavar="TREE",
                    help="another tree (the report's layout, or ImageFolder) every kept model "
                         "is scored on after the study: out-of-domain figures in eval.parquet "
@@ -141,6 +148,10 @@ def _resolve_spec(args: argparse.Namespace) -> Any:
         spec = spec.with_overrides(list(args.overrides))
         if args.data is not None:
             spec = spec.replace(data=str(Path(args.data).absolute()))
+        # Absolute, from the options or the spec: `ray job submit` and --resume run elsewhere.
+        folders = {name: getattr(args, name) or getattr(spec, name) for name in ("cam16", "prcc")}
+        spec = spec.replace(**{name: str(Path(folder).absolute()) if folder else None
+                               for name, folder in folders.items()})
         eval_data = [*spec.eval_data, *(args.eval_data or [])]
         if eval_data:  # absolute: under `ray job submit` the working folder is a copy
             spec = spec.replace(eval_data=[str(Path(p).absolute()) for p in eval_data])
@@ -224,9 +235,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         if args.config or args.overrides or args.data or args.name or args.results or \
-                args.eval_data:
+                args.eval_data or args.cam16 or args.prcc:
             raise UserError("--resume continues a study with its own spec; drop --config, "
-                            "--set, --data, --eval-data, --name and --results")
+                            "--set, --data, --cam16, --prcc, --eval-data, --name and --results")
         spec, results = None, Path(args.resume)
     elif args.allow_data_change:
         raise UserError("--allow-data-change goes with --resume (a new study records the data "

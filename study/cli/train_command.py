@@ -63,6 +63,13 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "(once: the weights are cached), and print its metrics.")
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root (default: a synthetic tree made once in the cache)")
+    p.add_argument("--cam16", type=Path, default=None, metavar="FOLDER",
+                   help="CAM16 kept outside the tree, for the strategies that pretrain on it: a "
+                        "folder that holds CAM16/{train,val,test}/data/{normal,tumor}/ or is "
+                        "that layout; it replaces the tree's own")
+    p.add_argument("--prcc", type=Path, default=None, metavar="FOLDER",
+                   help="pRCC kept outside the tree, for ssl and ssl_pretrain: a folder that "
+                        "holds pRCC/train/data/ or is that layout; it replaces the tree's own")
     p.add_argument("--synthetic-scale", type=float, default=None,
                    help="scale of the synthetic tree's training set, used without --data "
                         "(default: the quick preset's tree, shared with `study run`)")
@@ -194,9 +201,10 @@ def run(args: argparse.Namespace) -> int:
     from study.local_ray import quiet_ray, start_ray
 
     quiet_ray(verbose=args.verbose)  # before Ray is imported
+    from study.data import given_histology
     from study.train.trainer import RunSpec, warm_cache
     from wbc.data import plan_wbc
-    from wbc.datasets import scan_tree
+    from wbc.datasets import histology_origin, scan_tree
     from wbc.options import config_from_options
 
     try:
@@ -206,6 +214,9 @@ def run(args: argparse.Namespace) -> int:
     root = args.data if args.data is not None else _synthetic(args, config.data.image_size)
     tree = scan_tree(root, exclude_bad=config.data.exclude_bad, workers=args.decode_workers,
                      progress=None if args.quiet else say)
+    tree = given_histology(tree, cam16=args.cam16, prcc=args.prcc,
+                           exclude_bad=config.data.exclude_bad, workers=args.decode_workers,
+                           say=None if args.quiet else say)
     if args.masks is not None:
         from wbc.segment import with_predicted_masks
 
@@ -238,8 +249,10 @@ def run(args: argparse.Namespace) -> int:
           f"{config.data.image_size} px, {config.optim.epochs} epochs, seed {config.seed}, "
           f"{spec.workers} worker(s); run {outcome.path}")
     if pretrain_metrics:
+        origin = histology_origin(tree, "CAM16")
         print(f"CAM16 pretraining: val accuracy {_pct(pretrain_metrics.get('val_accuracy'))}, "
-              f"test accuracy {_pct(pretrain_metrics.get('test_accuracy'))}")
+              f"test accuracy {_pct(pretrain_metrics.get('test_accuracy'))} ({origin['kind']} "
+              f"tissue from {origin['root']})")
     print(format_metrics(metrics, plan.classes))
     print(f"model: {model} (wbc predict --model {model.parent} IMAGES...)")
     return 0

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from study.report.sections import histology_phrase
 from study.report.summary import Report, budget_effects
 
 __all__ = ["answers", "segmenter_quality"]
@@ -102,7 +103,9 @@ def _pretraining(report: Report, *strategies: str) -> str:
     record = (report.results.study.get("pretrain") or {}).get("cam16")
     if not isinstance(record, dict) or "val_accuracy" not in record:
         return ""
-    return (f" (the CAM16 pretraining reached val accuracy {record['val_accuracy']:.3f} and "
+    tissue = histology_phrase(report.results.study, "cam16", brief=True)
+    return (f" (the CAM16 pretraining{' on ' + tissue if tissue else ''} reached val accuracy "
+            f"{record['val_accuracy']:.3f} and "
             f"test accuracy {record.get('test_accuracy', float('nan')):.3f}; chance is 0.5)")
 
 

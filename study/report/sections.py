@@ -9,8 +9,8 @@ from typing import Any
 from study.report.summary import Report, importances
 from wbc.layout import WBC_CLASSES
 
-__all__ = ["background_section", "best_section", "importance_section", "method_section",
-           "provenance_section", "recall_section"]
+__all__ = ["background_section", "best_section", "histology_phrase", "importance_section",
+           "method_section", "provenance_section", "recall_section"]
 
 
 def background_section(report: Report) -> list[str]:
@@ -107,11 +107,14 @@ def _pretrain_lines(pretrain: dict[str, Any]) -> list[str]:
         pretrain = {"cam16": pretrain}
     lines = []
     for source, record in pretrain.items():
-        if source == "prcc_ssl":
+        if source.endswith("_ssl"):
+            what, probe = (("WBC self-supervised pretraining (SimCLR) on WBC_100's training "
+                            "images, labels unused", "WBC") if source == "wbc_ssl"
+                           else ("pRCC self-supervised pretraining (SimCLR)", "CAM16"))
             lines.append(
-                f"- pRCC self-supervised pretraining (SimCLR): loss "
+                f"- {what}: loss "
                 f"{record.get('ssl_loss', math.nan):.3f} after {record.get('epochs')} epochs on "
-                f"{record.get('ssl_images', record.get('prcc_images'))} images; CAM16 probe "
+                f"{record.get('ssl_images', record.get('prcc_images'))} images; {probe} probe "
                 f"of the frozen backbone: k-NN {record.get('knn_accuracy', math.nan):.3f} "
                 f"(random init {record.get('knn_accuracy_random', math.nan):.3f}), linear "
                 f"{record.get('linear_probe_accuracy', math.nan):.3f} (random init "
@@ -122,6 +125,45 @@ def _pretrain_lines(pretrain: dict[str, Any]) -> list[str]:
                          f"{record.get('val_accuracy', 0):.3f}, test accuracy "
                          f"{record.get('test_accuracy', 0):.3f}, {record.get('epochs')} epochs")
     return lines
+
+
+_FROM = {"folder": "given apart from the WBC tree", "tree": "in the WBC tree",
+         "synthetic tree": "in the study's synthetic tree"}
+
+
+def histology_phrase(study: dict[str, Any], dataset: str, *, brief: bool = False) -> str:
+    """The histology ``dataset`` ("cam16" or "prcc") of a study as its ``study.json`` records
+    it (``data.histology``): "real tissue from /path, given apart from the WBC tree (248 train
+    / 36 val / 72 test tiles)", or "real tissue" when ``brief``; "" when not recorded (a study
+    from before the record)."""
+    origin = ((study.get("data") or {}).get("histology") or {}).get(dataset)
+    if not isinstance(origin, dict):
+        return ""
+    kind = ("synthetic tissue (wbc synth)" if origin.get("kind") == "synthetic"
+            else "real tissue")
+    if brief:
+        return kind
+    counts = origin.get("counts") or {}
+    if dataset == "cam16":
+        size = " / ".join(f"{sum(by_class.values())} {split}" for split, by_class
+                          in counts.items() if isinstance(by_class, dict)) + " tiles"
+    else:
+        size = f"{origin.get('images')} images"
+    where = _FROM.get(str(origin.get("source")), "")
+    return f"{kind} from {origin.get('root')}{', ' + where if where else ''} ({size})"
+
+
+def _histology_lines(study: dict[str, Any]) -> list[str]:
+    """One line per histology the study's pretraining used (CAM16, pRCC), from its record."""
+    pretrain = study.get("pretrain") or {}
+    sources = {"cam16"} if "val_accuracy" in pretrain else set(pretrain)
+    used = []
+    if any("cam16" in source for source in sources):
+        used.append(("cam16", "CAM16 tiles (supervised pretraining)"))
+    if any(source.startswith("prcc_ssl") for source in sources):
+        used.append(("prcc", "pRCC images (self-supervised pretraining)"))
+    return [f"- {label}: {phrase}" for dataset, label in used
+            if (phrase := histology_phrase(study, dataset))]
 
 
 def _reran(report: Report) -> str:
@@ -212,6 +254,7 @@ def provenance_section(report: Report) -> list[str]:
         f"{hardware.get('memory_gib')} GiB, GPUs: {', '.join(hardware.get('gpus') or []) or 'none'}",
     ]
     lines += _pretrain_lines(study.get("pretrain") or {})
+    lines += _histology_lines(study)
     for i, session in enumerate(sessions, 1):
         if "wall_seconds" not in session:
             lines.append(f"- session {i}: stopped before it finished (no timing recorded)")

@@ -25,6 +25,10 @@ Policy for problems:
 WBC subsets that are not on disk (for example WBC_50/10/1 beside a lone WBC_100) are derived by
 ``wbc.subsets.derive_subsets`` with ``subset_seed``; subsets that are on disk are used as they are.
 
+CAM16 and pRCC kept outside the tree (real WBC sets have neither) are put in place of the
+tree's own by ``with_histology(tree, cam16=FOLDER, prcc=FOLDER)`` (``histology``), which scans
+and verifies them as ``scan_tree`` does; ``histology_origin`` says where they came from.
+
 Top-level folders other than these are not scanned; ``ROOT/truth/``, the true masks that
 ``wbc synth`` writes for every image (``truth``: :func:`true_mask`), is one of them, so a tree's
 samples are the same with or without it.
@@ -46,6 +50,13 @@ from wbc.datasets.files import (
     problems_from_decoding,
     verify_files,
 )
+from wbc.datasets.histology import (
+    CAM16_LAYOUT,
+    PRCC_LAYOUT,
+    histology_dir,
+    histology_origin,
+    with_histology,
+)
 from wbc.datasets.prcc_scanner import scan_prcc
 from wbc.datasets.problems import DatasetError, Problem, Severity
 from wbc.datasets.tree import Cam16Splits, Split, Tree, WbcSplits, class_counts
@@ -60,6 +71,8 @@ from wbc.datasets.wbc_scanner import (
 from wbc.layout import SUBSET_PERCENTS
 
 __all__ = [
+    "CAM16_LAYOUT",
+    "PRCC_LAYOUT",
     "TRUTH_DIR",
     "Cam16Splits",
     "DatasetError",
@@ -76,12 +89,15 @@ __all__ = [
     "file_digest",
     "find_class_folders",
     "find_images",
+    "histology_dir",
+    "histology_origin",
     "pair_masks",
     "problems_from_decoding",
     "scan_tree",
     "true_mask",
     "truth_path",
     "verify_files",
+    "with_histology",
 ]
 
 

@@ -9,7 +9,7 @@ from wbc.datasets.problems import Problem
 from wbc.datasets.tree import Cam16Splits, Split
 from wbc.layout import CAM16_CLASSES
 
-__all__ = ["cam16_splits", "scan_cam16"]
+__all__ = ["cam16_splits", "scan_cam16", "scan_cam16_dir"]
 
 
 def scan_cam16(root: Path, problems: list[Problem]) -> dict[str, list[Sample]]:
@@ -17,6 +17,12 @@ def scan_cam16(root: Path, problems: list[Problem]) -> dict[str, list[Sample]]:
     cam16_dir = find_dir(root, ["CAM16"], problems)
     if cam16_dir is None:
         return {}
+    return scan_cam16_dir(cam16_dir, problems)
+
+
+def scan_cam16_dir(cam16_dir: Path, problems: list[Problem]) -> dict[str, list[Sample]]:
+    """The samples of a folder in CAM16's layout (``train``, ``val``, ``test``), by
+    ``"CAM16/<split>"``, wherever it lies and whatever its name."""
     samples: dict[str, list[Sample]] = {}
     splits = find_splits(cam16_dir, problems)
     for split in ("train", "val"):

@@ -7,7 +7,7 @@ from pathlib import Path
 from wbc.datasets.files import MASK_DIRS, Sample, find_dir, find_images
 from wbc.datasets.problems import Problem
 
-__all__ = ["scan_prcc"]
+__all__ = ["scan_prcc", "scan_prcc_dir"]
 
 
 def scan_prcc(root: Path, problems: list[Problem]) -> list[Sample] | None:
@@ -15,6 +15,12 @@ def scan_prcc(root: Path, problems: list[Problem]) -> list[Sample] | None:
     prcc_dir = find_dir(root, ["pRCC"], problems)
     if prcc_dir is None:
         return None
+    return scan_prcc_dir(prcc_dir, problems)
+
+
+def scan_prcc_dir(prcc_dir: Path, problems: list[Problem]) -> list[Sample]:
+    """The images of a folder in pRCC's layout (any depth, mask folders skipped), label -1,
+    wherever it lies and whatever its name."""
     mask_dirs = {d.lower() for d in MASK_DIRS}
     images = [p for p in find_images(prcc_dir, problems)
               if not mask_dirs.intersection(part.lower()

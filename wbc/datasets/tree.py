@@ -91,6 +91,20 @@ class Tree:
     verified: bool = True
     # The folder of predicted masks ``with_masks`` filled in (``wbc segment --out``), if any.
     predicted_masks: Path | None = None
+    # Where CAM16 and pRCC were taken from when the user keeps them outside this tree
+    # (``wbc.datasets.with_histology``); None: the tree's own ``CAM16/`` and ``pRCC/``.
+    cam16_source: Path | None = None
+    prcc_source: Path | None = None
+
+    @property
+    def cam16_dir(self) -> Path:
+        """The folder the CAM16 samples come from (for messages and the record)."""
+        return self.cam16_source or self.root / "CAM16"
+
+    @property
+    def prcc_dir(self) -> Path:
+        """The folder the pRCC samples come from."""
+        return self.prcc_source or self.root / "pRCC"
 
     @property
     def errors(self) -> tuple[Problem, ...]:
