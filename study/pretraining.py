@@ -44,7 +44,7 @@ from study.train.trainer import RunSpec, TrainOutcome, run_ssl, run_training
 from wbc.cache import decode_samples
 from wbc.config import PretrainSettings, SSLConfig, TrainConfig
 from wbc.data import SplitPlan, plan_cam16, plan_wbc
-from wbc.datasets import Sample, Tree
+from wbc.datasets import Sample, Tree, histology_origin
 from wbc.pretrain import (
     WeightsStore,
     kind_of,
@@ -299,9 +299,9 @@ def _ssl_data(tree: Tree, source: str, settings: PretrainSettings, base: TrainCo
         samples = list(tree.wbc.subset(100))
         if not samples:
             raise ValueError(f"{tree.root}: WBC_100/train holds no images to pretrain on")
-        probe = plan_wbc(tree, base.replace(subset="WBC_100", strategy="scratch",
-                                            image_size=size))
-        return samples, probe, "WBC self-supervised pretraining"
+        wbc = plan_wbc(tree, base.replace(subset="WBC_100", strategy="scratch",
+                                          image_size=size))
+        return samples, wbc, "WBC self-supervised pretraining"
     if not tree.prcc:
         raise ValueError(f"{tree.root / 'pRCC'} holds no images: self-supervised pretraining "
                          "needs them")
@@ -365,7 +365,9 @@ def _ensure_cam16(tree: Tree, base: TrainConfig, settings: PretrainSettings,
     label = "CAM16 pretraining" + (" from the pRCC SSL backbone" if init else "")
 
     def make() -> tuple[State, dict[str, Any]]:
-        say(f"{label} {key}: {len(plan.train)} images, {settings.cam16_epochs} epochs")
+        tissue = histology_origin(tree, "CAM16").get("kind", "")
+        say(f"{label} {key}: {len(plan.train)} {tissue} images from {tree.cam16_dir}, "
+            f"{settings.cam16_epochs} epochs")
         started = time.perf_counter()
         on_report = (lambda figures: say(epoch_line(label, settings.cam16_epochs, figures))
                      ) if progress else None
