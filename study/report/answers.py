@@ -24,6 +24,8 @@ QUESTIONS = (
     ("pretrain - scratch", "Does CAM16 pretraining help?"),
     ("pretrain_aug - pretrain", "Does the mask-based augmentation help?"),
     ("ssl - scratch", "Does self-supervised pretraining on pRCC help?"),
+    ("ssl_wbc - scratch", "Does self-supervised pretraining on the study's own unlabelled "
+                          "training images help?"),
 )
 
 
@@ -97,7 +99,15 @@ def _question(table: pd.DataFrame, comparison: str, title: str, report: Report) 
 
 
 def _pretraining(report: Report, *strategies: str) -> str:
-    """How well the CAM16 pretraining a comparison rests on learnt its own task."""
+    """How well the pretraining a comparison rests on learnt: the CAM16 classifier its own task,
+    the in-domain SimCLR backbone features a k-NN can use."""
+    if "ssl_wbc" in strategies:
+        ssl = (report.results.study.get("pretrain") or {}).get("wbc_ssl")
+        if isinstance(ssl, dict) and "knn_accuracy" in ssl:
+            return (f" (the SimCLR backbone's features: k-NN accuracy "
+                    f"{ssl['knn_accuracy']:.3f} from the labelled training images to the "
+                    f"selection images, {ssl.get('knn_accuracy_random', float('nan')):.3f} from "
+                    f"random init, after {ssl.get('epochs')} epochs)")
     if "pretrain" not in strategies:
         return ""
     record = (report.results.study.get("pretrain") or {}).get("cam16")
@@ -250,12 +260,20 @@ def _masks_sentence(report: Report, table: pd.DataFrame) -> str:
 
 def answers(report: Report, table: pd.DataFrame) -> list[str]:
     """The "Answers" section's lines, from the macro-F1 comparison ``table``."""
-    lines = [_question(table, comparison, title, report) for comparison, title in QUESTIONS[:2]]
+    asked = list(QUESTIONS[:2])
+    if "pretrain_aug" not in report.strategies and "pretrain_aug_predicted" in report.strategies:
+        # A tree without masks: its augmentation pastes the predicted ones only.
+        asked[1] = ("pretrain_aug_predicted - pretrain", "Does the mask-based augmentation help "
+                    "(every image's cell pasted, with predicted masks)?")
+    lines = [_question(table, comparison, title, report) for comparison, title in asked]
     lines.append(_masks_sentence(report, table))
     lines.append(_budget_sentence(report))
     background = _background_sentence(report)
     if background:
         lines.append(background)
-    comparison, title = QUESTIONS[2]
-    lines.append(_question(table, comparison, title, report))
+    # The self-supervised questions a study ran (pRCC's is asked when none ran, with what to
+    # run): a real tree has no pRCC, and its in-domain SSL question stands alone.
+    ran = [q for q in QUESTIONS[2:] if q[0].split(" - ")[0] in report.strategies]
+    for comparison, title in ran or QUESTIONS[2:3]:
+        lines.append(_question(table, comparison, title, report))
     return lines

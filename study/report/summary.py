@@ -50,7 +50,10 @@ COMPARISONS = (("pretrain", "scratch", "does CAM16 pretraining help?"),
                ("pretrain_aug_predicted", "pretrain",
                 "does the augmentation help with masks for every image?"),
                ("pretrain_aug_predicted", "pretrain_aug",
-                "predicted masks for every image against the given ones"))
+                "predicted masks for every image against the given ones"),
+               ("ssl_wbc", "scratch",
+                "does self-supervised pretraining on the study's own images help?"),
+               ("ssl_wbc", "pretrain", "in-domain SSL against CAM16 supervised"))
 REPLICATES = 2000  # bootstrap replicates of the reporting images per interval
 TARGET = 0.005  # half a point on the 0-1 scale: the difference the power line asks about
 
