@@ -60,9 +60,10 @@ def _row(subset: str, strategy: str, phase: str, index: int, seed: int, pred: li
 
 
 def _study(root: Path, *, drop_final: tuple[str, str] | None = None,
-           seeds: tuple[int, ...] = SEEDS, epochs: bool = True) -> Path:
+           seeds: tuple[int, ...] = SEEDS, epochs: bool = True,
+           cells: dict[tuple[str, str], str] = QUALITY, **record: Any) -> Path:
     store = ResultsStore(root)
-    for (subset, strategy), quality in QUALITY.items():
+    for (subset, strategy), quality in cells.items():
         for index in range(4):
             row = _row(subset, strategy, "search", index, 0, _predictions(quality, 0, strategy))
             store.write_trial(row, [{"epoch": e, "val_macro_f1": 0.2 * e} for e in (1, 2)]
@@ -75,13 +76,13 @@ def _study(root: Path, *, drop_final: tuple[str, str] | None = None,
                               if epochs else [])
     store.write_study({"study": "hand", "preset": "quick", "status": "complete",
                        "spec": {"subsets": ["WBC_1", "WBC_100"],
-                                "strategies": ["scratch", "pretrain"], "search_trials": 4,
+                                "strategies": sorted({s for _, s in cells}), "search_trials": 4,
                                 "final_seeds": len(seeds), "image_size": 32, "epochs": 2,
                                 "seed": 0},
                        "data": {"source": "synthetic", "scale": 0.05, "seed": 0,
                                 "fingerprint": "abc"},
                        "provenance": {"versions": {"torch": "x"}, "hardware": {}},
-                       "sessions": [], "wall_seconds": 1.0})
+                       "sessions": [], "wall_seconds": 1.0, **record})
     return root
 
 
@@ -244,3 +245,24 @@ def test_on_the_reports_dataset_its_numbers_stand_beside_ours(tmp_path: Path) ->
     counts["val"]["Basophil"] += 1  # another tree of the same shape is not the report's
     store.write_study({**record, "data": {**record["data"], "wbc100_counts": counts}})
     assert "(report 97.05)" not in write_report(root)[0].read_text()
+
+
+def test_a_real_tree_study_is_asked_its_own_questions(tmp_path: Path) -> None:
+    """No pRCC and no given masks: in-domain SSL is asked with its backbone's probe, the
+    augmentation with the predicted masks, and the pRCC question is not raised."""
+    cells = {(subset, strategy): quality
+             for subset, quality in (("WBC_100", "good"), ("WBC_1", "poor"))
+             for strategy in ("scratch", "pretrain", "ssl_wbc", "pretrain_aug_predicted")}
+    probe = {"knn_accuracy": 0.686, "knn_accuracy_random": 0.598, "epochs": 12,
+             "ssl_loss": 3.8, "ssl_images": 1663}
+    text = write_report(_study(tmp_path / "r", cells=cells,
+                               pretrain={"wbc_ssl": probe}))[0].read_text()
+    answers = text.split("## Answers")[1].split("\n## ")[0]
+    assert ("**Does self-supervised pretraining on the study's own unlabelled training images "
+            "help?**") in answers
+    assert "k-NN accuracy 0.686 from the labelled training images" in answers
+    assert "0.598 from random init, after 12 epochs" in answers
+    assert "on pRCC" not in answers
+    assert "Macro-F1 of pretrain_aug_predicted minus pretrain" in answers
+    assert "did not run pretrain_aug;" not in answers
+    assert "- WBC self-supervised pretraining (SimCLR) on WBC_100's training images" in text
