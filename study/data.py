@@ -189,7 +189,7 @@ def _lacks(tree: Tree, name: str, base_config: TrainConfig) -> list[str]:
     checked = replace(tree, cam16=Cam16Splits(stand_in, stand_in, found=("train", "val")),
                       prcc=stand_in)
     if strategy.mask_source == "predicted":  # checked as check_tree does
-        checked = checked.with_masks({}, Path("masks"))
+        checked = _as_predicted(checked)
     try:
         plan_wbc(checked, base_config.replace(subset="WBC_100", strategy=name))
     except DatasetError as err:

@@ -2,7 +2,8 @@
 masks (``mask_source = "predicted"``: ``pretrain_aug_predicted``).
 
 ``ensure_masks`` runs ``wbc.segment.segment_tree`` (k-fold scores of the U-Net and the
-baselines on the masked images, then every other WBC image predicted) in a Ray task on one node,
+baselines on the masked images, then every other WBC image predicted; on a tree with no masks,
+the U-Net self-trained on the confident classical masks) in a Ray task on one node,
 with that node's CPUs (a GPU when trials use GPUs), and writes the masks to
 ``<results>/masks/`` (shared storage on a cluster: every node's trials read them). A resume
 whose masks folder was written for the same data and settings reuses it without training. The
@@ -26,7 +27,13 @@ from wbc.cache import decode_samples
 from wbc.config import SegmentSettings
 from wbc.data import wbc_decode_set
 from wbc.datasets import Tree
-from wbc.segment.run import OUT_RECORD, segment_key, weights_digest, with_predicted_masks
+from wbc.segment.run import (
+    OUT_RECORD,
+    PATH_SELF,
+    segment_key,
+    weights_digest,
+    with_predicted_masks,
+)
 
 __all__ = ["MASKS_DIR", "PredictedMasks", "ensure_masks"]
 
@@ -89,8 +96,12 @@ def ensure_masks(tree: Tree, settings: SegmentSettings, results: Path, *, image_
     if summary is not None:
         say(f"segmentation: reusing the masks in {out} ({summary['written']} predicted)")
     else:
-        say(f"segmentation: training the segmenter on the masked images ({settings.steps} "
-            f"steps, {settings.folds}-fold scoring, then the final model), on {cpus} CPUs"
+        what = (f"on the masked images ({settings.steps} steps, {settings.folds}-fold "
+                "scoring, then the final model)"
+                if any(s.mask is not None for s in tree.wbc.samples()) else
+                f"on the confident classical masks (self-trained: no image has a mask; "
+                f"{settings.steps} steps)")
+        say(f"segmentation: training the segmenter {what}, on {cpus} CPUs"
             f"{' and a GPU' if use_gpu else ''}")
         task = ray.remote(_segment_task).options(num_cpus=cpus, num_gpus=1 if use_gpu else 0)
         with progress_lines(say) as lines:  # type: ignore[arg-type]  # lines, not reports
@@ -103,11 +114,22 @@ def ensure_masks(tree: Tree, settings: SegmentSettings, results: Path, *, image_
     record = {**summary["segmentation"], "masks": MASKS_DIR, "written": summary["written"],
               "given_masks": summary["given_masks"], "fingerprint_with_masks": decoded.fingerprint,
               "wall_seconds_this_session": round(time.perf_counter() - started, 2)}
+    say(f"segmentation: {summary['written']} masks predicted; {_scores(record)}")
+    return PredictedMasks(filled, decoded.fingerprint, record)
+
+
+def _scores(record: dict[str, Any]) -> str:
+    """What the segmenter learnt from and how it scored, for the study's progress line."""
     heldout, truth = record.get("heldout") or {}, record.get("truth") or {}
+    pseudo = record.get("pseudo_labels")
     parts = [f"held-out IoU {heldout['model']['iou']:.3f} (classical "
              f"{heldout['classical']['iou']:.3f})"] if heldout else []
+    if record.get("path") == PATH_SELF and pseudo:
+        parts.insert(0, f"{PATH_SELF} (no given masks; {pseudo['kept']} of "
+                        f"{pseudo['candidates']} kept as pseudo-labels)")
     if truth:
         parts.append(f"IoU against the true masks {truth['model']['iou']:.3f} (classical "
                      f"{truth['classical']['iou']:.3f})")
-    say(f"segmentation: {summary['written']} masks predicted; {'; '.join(parts) or 'no scores'}")
-    return PredictedMasks(filled, decoded.fingerprint, record)
+    elif not heldout:
+        parts.append("no true masks to score against")
+    return "; ".join(parts)

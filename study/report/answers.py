@@ -177,11 +177,19 @@ def segmenter_quality(study: dict[str, Any]) -> str:
     """``the segmenter's held-out IoU 0.93 (classical 0.87) on 42 masked images ...``."""
     record = study.get("segmentation") or {}
     heldout, truth = record.get("heldout") or {}, record.get("truth") or {}
-    if not heldout:
+    pseudo = record.get("pseudo_labels")
+    if pseudo:  # no given mask: self-trained on the confident classical masks
+        text = (f"the segmenter self-trained on {pseudo.get('kept')} of "
+                f"{pseudo.get('candidates')} confident classical masks (the tree gave none)")
+        if not truth:
+            return text + "; no true masks to score its masks against"
+    elif not heldout:
         return "the segmenter was not scored (fewer than 2 masked images)"
-    text = (f"the segmenter's whole-cell IoU {heldout['model']['iou']:.3f} on held-out masked "
-            f"images (classical baseline {heldout['classical']['iou']:.3f}; "
-            f"{record.get('masked_images')} masked, {record.get('predicted_images')} predicted)")
+    else:
+        text = (f"the segmenter's whole-cell IoU {heldout['model']['iou']:.3f} on held-out "
+                f"masked images (classical baseline {heldout['classical']['iou']:.3f}; "
+                f"{record.get('masked_images')} masked, {record.get('predicted_images')} "
+                "predicted)")
     if truth:
         text += (f", {truth['model']['iou']:.3f} against the true masks of the predicted "
                  f"images (classical {truth['classical']['iou']:.3f})")

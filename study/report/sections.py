@@ -37,6 +37,18 @@ def background_section(report: Report) -> list[str]:
     return [*lines, ""]
 
 
+def _learnt_from(record: dict[str, Any]) -> str:
+    """What the segmenter trained on: the given masks, or (a tree with none) the confident
+    classical masks it self-trained on (``wbc.segment.pseudo``)."""
+    pseudo = record.get("pseudo_labels")
+    if not pseudo:
+        return f"the {record.get('masked_images')} masked images"
+    kept = ", ".join(f"{name} {k}/{n}" for name, (k, n) in pseudo.get("per_class", {}).items())
+    return (f"the confident masks of the classical segmenter, as the tree gave none "
+            f"(self-training: {pseudo.get('kept')} of {pseudo.get('candidates')} kept, one "
+            f"convex, central cell each; {kept})")
+
+
 def segmentation_section(report: Report) -> list[str]:
     """How good the predicted masks are: the segmenter and the baselines, held out and (on a
     synthetic tree) against the true masks of the images it predicted."""
@@ -52,7 +64,7 @@ def segmentation_section(report: Report) -> list[str]:
              f"a predicted one for the {record.get('written')} other image files "
              f"({record.get('predicted_images')} distinct images; in `{record.get('masks')}/`). "
              f"The segmenter is a U-Net on a ResNet-18 encoder ({record.get('encoder')} start), "
-             f"trained on the {record.get('masked_images')} masked images at "
+             f"trained on {_learnt_from(record)} at "
              f"{settings.get('image_size')} px for {settings.get('steps')} steps with flips, "
              "quarter turns and colour jitter. Whole-cell IoU and Dice per image at the image's "
              "own size, mean over images (median and the 10th percentile of IoU beside them):",
@@ -70,12 +82,17 @@ def segmentation_section(report: Report) -> list[str]:
                              f"{row['dice']:.3f} | {row['iou_median']:.3f} | "
                              f"{row['iou_p10']:.3f} |")
     if not record.get("truth"):
-        lines += ["", "This tree has no true masks for its unmasked images (a real tree): the "
-                  "held-out scores are the only measure of the predicted masks."]
+        lines += ["", "This tree has no true masks for its unmasked images (a real tree): "
+                  + ("nothing here scores the predicted masks; look at them (`figures/"
+                     "segmentation.png`, or the files in the masks folder)."
+                     if record.get("pseudo_labels") else
+                     "the held-out scores are the only measure of the predicted masks.")]
     seconds = record.get("seconds", {})
+    scoring = (f" ({seconds.get('scoring', math.nan):.0f} s of it the k-fold scoring)"
+               if not record.get("pseudo_labels") else "")
     lines += ["", f"Segmentation took {seconds.get('total', math.nan):.0f} s on "
-              f"{record.get('device')} ({seconds.get('scoring', math.nan):.0f} s of it the "
-              f"k-fold scoring){' (reused from the cache)' if record.get('cached') else ''}; "
+              f"{record.get('device')}{scoring}"
+              f"{' (reused from the cache)' if record.get('cached') else ''}; "
               f"cache key `{record.get('key')}`."
               + (" `figures/segmentation.png` outlines predicted masks on images that have "
                  "none." if report.results.root is not None

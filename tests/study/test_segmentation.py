@@ -122,16 +122,64 @@ def test_spec_checks_the_segmentation_settings() -> None:
         preset("quick-masks").with_overrides(["segmentation.image_size=48"])
 
 
-def test_a_predicted_strategy_on_a_tree_without_masks_is_refused_before_the_folder(
-        tmp_path: Path) -> None:
-    from study.data import StudyError
+@pytest.fixture
+def maskless_root(tmp_path: Path) -> Path:
+    """WBC_100 without a single mask (as PBC, BCCD or Raabin come), with CAM16."""
     from tests.treegen import make_cam16_prcc, make_wbc_tree
     from wbc.layout import WBC_CLASSES
 
     root = tmp_path / "tree"
     make_wbc_tree(root, {c: (4, 0, 2) for c in WBC_CLASSES})
     make_cam16_prcc(root, n=4)
-    spec = StudySpec.from_dict({**StudySpec().to_dict(), **SPEC, "data": str(root)})
-    with pytest.raises(StudyError, match="has no masks"):
+    return root
+
+
+def test_a_tree_without_masks_takes_predicted_masks_and_refuses_given_ones(
+        maskless_root: Path, tmp_path: Path) -> None:
+    from study.data import StudyError, check_tree
+
+    tree = scan_tree(maskless_root, workers=1)
+    assert not any(s.mask is not None for s in tree.wbc.samples())
+    config = StudySpec().base_config()
+    # Its masks come from the study's segmentation, self-trained from classical ones.
+    check_tree(tree, (("WBC_100", "pretrain_aug_predicted"), ("WBC_10", "pretrain_aug_predicted"),
+                      ("WBC_100", "pretrain")), config)
+    with pytest.raises(StudyError, match="cell WBC_100 x pretrain_aug: ") as refused:
+        check_tree(tree, (("WBC_100", "pretrain_aug"),), config)
+    message = str(refused.value)
+    assert str(maskless_root) in message and "has no masks" in message
+    assert "use pretrain_aug_predicted" in message and "wbc segment" in message
+
+    spec = StudySpec.from_dict({**StudySpec().to_dict(), **SPEC, "data": str(maskless_root)})
+    with pytest.raises(StudyError, match="pretrain_aug"):
         run_study(spec, tmp_path / "results", quiet=True)
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "results").exists()  # refused before the folder
+
+
+def test_the_study_self_trains_the_segmenter_on_a_tree_without_masks(
+        ray_local: None, maskless_root: Path, tmp_path: Path) -> None:
+    from study.segmentation import ensure_masks
+    from wbc.config import SegmentSettings
+    from wbc.segment import PATH_SELF
+
+    before = _digests(maskless_root)
+    tree = scan_tree(maskless_root, workers=1)
+    lines: list[str] = []
+    masks = ensure_masks(tree, SegmentSettings(**SPEC["segmentation"]), tmp_path / "results",
+                         image_size=32, encoder=None, cpus=1, use_gpu=False,
+                         cache_dir=str(tmp_path / "cache"), say=lines.append)
+    record = masks.record
+    images = {s.path for s in tree.wbc.samples()}
+    assert record["path"] == PATH_SELF and record["heldout"] is None
+    assert record["given_masks"] == 0 and record["written"] == len(images)
+    pseudo = record["pseudo_labels"]
+    assert 0 < pseudo["kept"] <= pseudo["candidates"] == len(images)
+    # Every image of the filled tree has a mask, all of them predicted.
+    filled = list(masks.tree.wbc.samples())
+    assert all(s.mask is not None and s.mask.is_relative_to(tmp_path / "results" / "masks")
+               for s in filled)
+    assert "self-trained" in lines[0]
+    assert lines[-1] == (f"segmentation: {len(images)} masks predicted; {PATH_SELF} (no given "
+                         f"masks; {pseudo['kept']} of {len(images)} kept as pseudo-labels); "
+                         "no true masks to score against")
+    assert _digests(maskless_root) == before

@@ -1,5 +1,6 @@
 """``wbc segment ROOT --out OUT``: a predicted mask for every WBC image without one, with the
-segmenter's and the baselines' held-out scores (``wbc.segment.run``)."""
+segmenter's and the baselines' held-out scores, or self-trained from confident classical masks
+where the tree has none (``wbc.segment.run``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from wbc.config import SegmentSettings
 from wbc.datasets import scan_tree
 from wbc.hardware import pick_device
 from wbc.options import UserError, add_config_options, config_from_options, examples
-from wbc.segment.run import METHOD_NAMES, check_out, segment_tree, write_masks
+from wbc.segment.run import (
+    METHOD_NAMES,
+    PATH_GIVEN,
+    PATH_SELF,
+    check_out,
+    segment_tree,
+    write_masks,
+)
 
 __all__ = ["add_segment_command", "run"]
 
@@ -30,6 +38,18 @@ def _score_lines(title: str, scores: dict[str, Any]) -> list[str]:
             lines.append(f"  {name:<34} {s['iou']:6.3f} {s['dice']:6.3f}   "
                          f"(median IoU {s['iou_median']:.3f}, worst 10% below {s['iou_p10']:.3f})")
     return lines
+
+
+def _path_lines(record: dict[str, Any]) -> list[str]:
+    """What the U-Net learnt from: the given masks, or the confident classical ones."""
+    pseudo = record.get("pseudo_labels")
+    if record.get("path", PATH_GIVEN) == PATH_GIVEN or not pseudo:
+        return [f"learnt from the {PATH_GIVEN}"]
+    per_class = ", ".join(f"{name} {kept}/{of}" for name, (kept, of) in
+                          pseudo["per_class"].items())
+    return [f"{PATH_SELF}: no image has a mask, so the classical segmenter outlined all "
+            f"{pseudo['candidates']} and the U-Net trained on the {pseudo['kept']} confident "
+            f"outlines (one compact cell near the centre; {per_class})"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,12 +82,14 @@ def run(args: argparse.Namespace) -> int:
     lines = [f"{record['masked_images']} WBC images with a mask, {record['predicted_images']} "
              f"without: {summary['written']} mask files written to {args.out} (given masks "
              f"untouched){' (model cached)' if record['cached'] else ''}",
-             f"{'whole-cell scores, mean over images':<36} {'IoU':>6} {'Dice':>6}"]
+             *_path_lines(record)]
     heldout = record.get("heldout")
+    if heldout or record.get("truth"):
+        lines.append(f"{'whole-cell scores, mean over images':<36} {'IoU':>6} {'Dice':>6}")
     if heldout:
         lines += _score_lines(f"held-out masked images ({heldout['folds']}-fold, "
                               f"n={heldout['model']['n']}):", heldout)
-    else:
+    elif record.get("path", PATH_GIVEN) == PATH_GIVEN:
         lines.append("held-out scores: none (fewer than 2 masked images)")
     truth = record.get("truth")
     if truth:
@@ -75,10 +97,13 @@ def run(args: argparse.Namespace) -> int:
         what = (f"the {withheld} withheld masks and any true masks" if withheld
                 else "predicted images against their true masks")
         lines += _score_lines(f"{what} (n={truth['model']['n']}):", truth)
+    elif record.get("path") == PATH_SELF:
+        lines.append("no true masks in this tree: nothing to score against (look at the masks)")
     seconds = record["seconds"]
-    lines.append(f"{seconds['total']:.0f} s ({seconds['scoring']:.0f} s scoring, "
-                 f"{seconds['final_training']:.0f} s the final model) on {record['device']}; "
-                 f"key {record['key']}")
+    spent = (f"{seconds['scoring']:.0f} s scoring" if "pseudo_labels" not in seconds
+             else f"{seconds['pseudo_labels']:.0f} s the classical masks")
+    lines.append(f"{seconds['total']:.0f} s ({spent}, {seconds['final_training']:.0f} s the "
+                 f"final model) on {record['device']}; key {record['key']}")
     print("\n".join(lines))
     return 0
 
@@ -87,8 +112,9 @@ def add_segment_command(sub: Any, common: argparse.ArgumentParser,
                          limits: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "segment", parents=[common, limits],
-        help="predict a cell mask for every WBC image that has none (U-Net on the masked "
-             "ones), scored on held-out masks beside a classical baseline",
+        help="predict a cell mask for every WBC image that has none (a U-Net learnt from the "
+             "masked ones, scored on held-out masks beside a classical baseline; with no mask "
+             "in the tree, self-trained from the classical baseline's confident masks)",
         epilog=examples("wbc segment data --out data-masks",
                         "wbc segment data --out data-masks --steps 600 --json",
                         "wbc segment data --out data-masks --encoder-weights "

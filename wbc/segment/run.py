@@ -1,14 +1,18 @@
-"""Segmenting a tree: score the U-Net and the baselines on the masked images, train it on all of
-them, predict every other WBC image, write the masks.
+"""Segmenting a tree: learn whole-cell masks from the given ones (or, with none, from confident
+classical ones), predict every other WBC image, write the masks.
 
 ``segment_tree`` decodes the tree's WBC images once (the decode cache, at the segmenter's
-resolution), splits the images that have a mask into ``folds`` folds and, per fold, trains on
-the others and predicts the held-out ones; the classical baseline (``wbc.segment.classical``),
-a centred disk of the training folds' mean cell area and the all-foreground mask are scored on
-the same images. Scores are whole-cell IoU and Dice (nonzero = cell, multi-level masks
-included) per image at the image's own resolution, averaged over images. Then one model trains
-on every masked image and predicts every image; where the tree has true masks (``wbc synth``'s
-``truth/``), the predictions of the images without a mask are scored against them too.
+resolution). Where some images have a mask ("given masks"), it splits them into ``folds`` folds
+and, per fold, trains on the others and predicts the held-out ones; the classical baseline
+(``wbc.segment.classical``), a centred disk of the training folds' mean cell area and the
+all-foreground mask are scored on the same images. Scores are whole-cell IoU and Dice (nonzero
+= cell, multi-level masks included) per image at the image's own resolution, averaged over
+images. Then one model trains on every masked image and predicts every image. Where no image
+has one (PBC, BCCD, Raabin: "self-trained from classical masks"), the classical segmenter
+outlines every image, the confident outlines are kept as pseudo-labels
+(``wbc.segment.pseudo``) and one model trains on those; there is nothing to hold out. Either
+way, where the tree has true masks (``wbc synth``'s ``truth/``), the predictions of the images
+without a given mask are scored against them, beside the classical baseline's.
 
 The result is cached under ``<cache>/segment/<key>/`` (key: the decode fingerprint, every
 setting, the encoder weights' digest, ``SEGMENT_VERSION``), so a second run on the same tree
@@ -36,12 +40,16 @@ from wbc.cache import DecodedSet, decode_samples, default_cache_dir
 from wbc.datasets import DatasetError, Sample, Tree, true_mask
 from wbc.fileio import atomic_write_bytes, atomic_write_text, file_lock
 from wbc.imageio import read_mask, read_rgb
+from wbc.layout import WBC_CLASSES
 from wbc.segment.classical import classical_mask
+from wbc.segment.pseudo import PSEUDO_RULE, classical_pseudo_labels
 from wbc.segment.train import SegmentSettings, fit_segmenter, predict_probabilities
 
 __all__ = [
     "METHOD_NAMES",
     "OUT_RECORD",
+    "PATH_GIVEN",
+    "PATH_SELF",
     "SEGMENT_VERSION",
     "Segmentation",
     "check_out",
@@ -58,6 +66,8 @@ __all__ = [
 
 SEGMENT_VERSION = 1  # bump when a change alters what a cached result would hold
 OUT_RECORD = "segment.json"  # in a masks folder: the run that wrote it
+PATH_GIVEN = "given masks"  # the record's "path": what the U-Net learnt from
+PATH_SELF = "self-trained from classical masks"
 METHODS = ("model", "classical", "disk", "all_foreground")
 METHOD_NAMES = {"model": "U-Net (ResNet-18 encoder)", "classical": "classical (Otsu + morphology)",
                 "disk": "centred disk of the mean area", "all_foreground": "all foreground"}
@@ -157,7 +167,7 @@ class _Rows:
     def withhold(self, fraction: float, labels: np.ndarray, seed: int) -> None:
         """Keep ``fraction`` of each class's masked images out of training and scoring, to be
         scored like true masks (a tree with a mask for every image measures the segmenter as
-        if it had only the rest)."""
+        if it had only the rest; withheld from a small tree's every class, as if it had none)."""
         if fraction <= 0:
             return
         rng = np.random.default_rng([seed, 1])
@@ -166,9 +176,6 @@ class _Rows:
             for row in members[:round(fraction * len(members))]:
                 self.withheld[int(row)] = self.mask.pop(int(row))
         self.masked = np.array(sorted(self.mask), dtype=np.int64)
-        if len(self.masked) == 0:
-            raise DatasetError(f"withhold={fraction} leaves no masked image to learn from; "
-                               "withhold less")
 
 
 def _folds(masked: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -243,18 +250,77 @@ def _load_cached(folder: Path, key: str) -> tuple[dict[str, Any], np.ndarray] | 
     return record, probabilities
 
 
+def _from_given(decoded: DecodedSet, rows: _Rows, settings: SegmentSettings, *,
+                encoder_weights: Path | str | None, device: str,
+                say: Callable[[str], None]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The given-mask path: k-fold scores, then one model on every masked image; the
+    probabilities of every row and the record's part of this path."""
+    started = time.perf_counter()
+    say(f"segmentation: {len(rows.masked)} masked WBC images to learn from, "
+        f"{len(rows.unmasked)} to predict ({settings.image_size} px, {settings.steps} "
+        f"steps, {min(settings.folds, len(rows.masked))}-fold scoring)")
+    heldout = (_score_folds(decoded, rows, settings, encoder_weights=encoder_weights,
+                            device=device, say=say)
+               if len(rows.masked) >= 2 else None)
+    scoring_seconds = time.perf_counter() - started
+    images = np.asarray(decoded.images)
+    masks = np.asarray(decoded.masks[decoded.mask_row[rows.masked]])
+    model = fit_segmenter(torch.from_numpy(images[rows.masked]), torch.from_numpy(masks),
+                          settings, encoder_weights=encoder_weights, device=device)
+    final_seconds = time.perf_counter() - started - scoring_seconds
+    probabilities = (predict_probabilities(model, images) * 255).round().astype(np.uint8)
+    return probabilities, {"path": PATH_GIVEN, "heldout": heldout,
+                           "seconds": {"scoring": round(scoring_seconds, 2),
+                                       "final_training": round(final_seconds, 2)}}
+
+
+def _self_trained(decoded: DecodedSet, rows: _Rows, settings: SegmentSettings, *,
+                  encoder_weights: Path | str | None, device: str,
+                  say: Callable[[str], None]) -> tuple[np.ndarray, dict[str, Any]]:
+    """No given mask to learn from: the classical mask of every image, the confident ones kept
+    as pseudo-labels (``wbc.segment.pseudo``), one model trained on those predicts every
+    image. No held-out scores: only true masks, where the tree has them, measure it."""
+    started = time.perf_counter()
+    images = np.asarray(decoded.images)
+    candidates = np.array(sorted(rows.image), dtype=np.int64)
+    say(f"segmentation: no WBC image has a mask; the classical segmenter outlines all "
+        f"{len(candidates)} at {settings.image_size} px, the confident ones train the U-Net")
+    masks, keep = classical_pseudo_labels(images[candidates])
+    kept = candidates[keep]
+    labels = decoded.labels[candidates]
+    if not len(kept):
+        raise DatasetError(f"the classical segmenter gave no confident whole-cell mask on any of "
+                           f"{len(candidates)} WBC images (one compact cell near the centre); "
+                           "there is nothing to learn from: give some masks "
+                           "(WBC_100/train/mask/<Class>/)")
+    pseudo_seconds = time.perf_counter() - started
+    say(f"segmentation: kept {len(kept)} of {len(candidates)} classical masks as pseudo-labels; "
+        f"training the U-Net on them ({settings.steps} steps)")
+    model = fit_segmenter(torch.from_numpy(images[kept]), torch.from_numpy(masks[keep]),
+                          settings, encoder_weights=encoder_weights, device=device)
+    final_seconds = time.perf_counter() - started - pseudo_seconds
+    probabilities = (predict_probabilities(model, images) * 255).round().astype(np.uint8)
+    per_class = {name: [int(np.count_nonzero(keep & (labels == k))),
+                        int(np.count_nonzero(labels == k))]
+                 for k, name in enumerate(WBC_CLASSES) if np.any(labels == k)}
+    return probabilities, {
+        "path": PATH_SELF, "heldout": None,
+        "pseudo_labels": {"kept": len(kept), "candidates": len(candidates),
+                          "per_class": per_class, "rule": PSEUDO_RULE.to_dict()},
+        "seconds": {"pseudo_labels": round(pseudo_seconds, 2), "scoring": 0.0,
+                    "final_training": round(final_seconds, 2)}}
+
+
 def segment_tree(tree: Tree, settings: SegmentSettings | None = None, *,
                  cache_dir: Path | str | None = None, encoder_weights: Path | str | None = None,
                  device: str = "cpu", workers: int | None = None,
                  say: Callable[[str], None] | None = None) -> Segmentation:
-    """Score, train and predict (see the module docstring); cached by key. Raises
-    ``DatasetError`` for a tree with no masked WBC image to learn from."""
+    """Learn from the given masks or, with none, self-train from classical ones; predict every
+    image (see the module docstring); cached by key. Raises ``DatasetError`` when there is
+    nothing to learn from (no given mask and no confident classical one)."""
     settings = settings or SegmentSettings()
     say = say or (lambda message: None)
     samples = tuple(tree.wbc.samples())
-    if not any(s.mask is not None for s in samples):
-        raise DatasetError(f"{tree.root}: no WBC image has a mask (WBC_100/train/mask/<Class>/); "
-                           "the segmenter learns from the masked images, so give it some")
     decoded = decode_samples(list(samples), settings.image_size, name="WBC",
                              cache_dir=cache_dir, workers=workers)
     encoder_sha = weights_digest(encoder_weights)
@@ -274,19 +340,9 @@ def segment_tree(tree: Tree, settings: SegmentSettings | None = None, *,
                     atomic_write_text(folder / "result.json", json.dumps(record, indent=2))
             return Segmentation({**record, "cached": True}, probabilities, decoded, samples)
         started = time.perf_counter()
-        say(f"segmentation: {len(rows.masked)} masked WBC images to learn from, "
-            f"{len(rows.unmasked)} to predict ({settings.image_size} px, {settings.steps} "
-            f"steps, {min(settings.folds, len(rows.masked))}-fold scoring)")
-        heldout = (_score_folds(decoded, rows, settings, encoder_weights=encoder_weights,
-                                device=device, say=say)
-                   if len(rows.masked) >= 2 else None)
-        scoring_seconds = time.perf_counter() - started
-        images = np.asarray(decoded.images)
-        masks = np.asarray(decoded.masks[decoded.mask_row[rows.masked]])
-        model = fit_segmenter(torch.from_numpy(images[rows.masked]), torch.from_numpy(masks),
-                              settings, encoder_weights=encoder_weights, device=device)
-        final_seconds = time.perf_counter() - started - scoring_seconds
-        probabilities = (predict_probabilities(model, images) * 255).round().astype(np.uint8)
+        learn = _from_given if len(rows.masked) else _self_trained
+        probabilities, part = learn(decoded, rows, settings, encoder_weights=encoder_weights,
+                                    device=device, say=say)
         truth = _score_truth(tree.root, rows, probabilities, settings.threshold)
         record = {
             "version": SEGMENT_VERSION, "key": key, "fingerprint": decoded.fingerprint,
@@ -294,11 +350,8 @@ def segment_tree(tree: Tree, settings: SegmentSettings | None = None, *,
             "encoder": str(encoder_weights) if encoder_weights is not None else "random",
             "encoder_sha256": encoder_sha, "device": device,
             "masked_images": len(rows.masked), "predicted_images": len(rows.unmasked),
-            "withheld_masks": len(rows.withheld),
-            "heldout": heldout, "truth": truth,
-            "seconds": {"scoring": round(scoring_seconds, 2),
-                        "final_training": round(final_seconds, 2),
-                        "total": round(time.perf_counter() - started, 2)},
+            "withheld_masks": len(rows.withheld), **part, "truth": truth,
+            "seconds": {**part["seconds"], "total": round(time.perf_counter() - started, 2)},
         }
         folder.mkdir(parents=True, exist_ok=True)
         buffer = _npy_bytes(probabilities)
