@@ -483,7 +483,7 @@ _QUICK_MASKS = dataclasses.replace(
 # a class-weighted loss (real sets are skewed: BCCD has 207 neutrophils and 3 basophils), and
 # the narrow search spends its trials on the learning rate; the seeds carry the answer.
 _REAL = StudySpec(
-    name="real", preset="real", image_size=32, epochs=4, search_trials=2, startup_trials=2,
+    name="real", preset="real", image_size=32, epochs=3, search_trials=2, startup_trials=2,
     strategies=("scratch", "pretrain", "ssl_wbc", "pretrain_aug_predicted"),
     final_seeds=3,
     ssl=SSLConfig(epochs=12, batch_size=64, lr=2e-3, warmup_epochs=1.0, probe_steps=50),
