@@ -478,7 +478,7 @@ _QUICK_MASKS = dataclasses.replace(
 # A real tree of a few thousand cells on a 2-core CPU in about 15 minutes (docs/study-run.md,
 # "The real preset", has the learning curves it is chosen from): every strategy that a real set
 # without masks can run, the masks predicted (self-trained where none is given), SimCLR on the
-# tree's own training images. An epoch is at most 1,024 images (a fresh random part of a larger
+# tree's own training images. An epoch is at most 2,048 images (a fresh random part of a larger
 # set each epoch), so a tree of 10k cells costs what one of 2k does. Imbalance is handled by
 # a class-weighted loss (real sets are skewed: BCCD has 207 neutrophils and 3 basophils), and
 # the narrow search spends its trials on the learning rate; the seeds carry the answer.
@@ -489,7 +489,7 @@ _REAL = StudySpec(
     ssl=SSLConfig(epochs=12, batch_size=64, lr=2e-3, warmup_epochs=1.0, probe_steps=50),
     ssl_min_epoch_images=0,
     train=TrainConfig().replace(batch_size=64, bn_recalibrate=128, min_epoch_images=512,
-                                max_epoch_images=1024, warmup_epochs=0.5,
+                                max_epoch_images=2048, warmup_epochs=0.5,
                                 imbalance="weighted"),
     space=SearchSpace(lr_min=1e-3, lr_max=4e-3, weight_decay_min=1e-4, weight_decay_max=2e-3,
                       imbalance=("weighted",), aug_factor_min=1, aug_factor_max=3),

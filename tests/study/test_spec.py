@@ -25,7 +25,7 @@ def test_presets_construct_and_are_registered() -> None:
     assert set(PRESETS) == {"quick", "quick-ssl", "quick-masks", "real", "paper"}
     real = preset("real")
     assert real.strategies == ("scratch", "pretrain", "ssl_wbc", "pretrain_aug_predicted")
-    assert real.train.optim.max_epoch_images == 1024  # a 10k-cell tree costs what 2k does
+    assert real.train.optim.max_epoch_images == 2048  # a 10k-cell tree costs what 2k does
     assert preset("quick-masks").strategies == ("scratch", "pretrain", "pretrain_aug",
                                                 "pretrain_aug_predicted")
     assert preset("quick") is PRESETS["quick"]
