@@ -59,9 +59,11 @@ def segmentation_section(report: Report) -> list[str]:
         return []
     settings = record.get("settings", {})
     lines = ["## Masks for all data", "",
-             f"pretrain_aug_predicted pastes every training image's cell: the "
-             f"{record.get('given_masks')} mask files given with the tree where there is one, "
-             f"a predicted one for the {record.get('written')} other image files "
+             "pretrain_aug_predicted pastes every training image's cell: "
+             + (f"the {record.get('given_masks')} mask files given with the tree where there "
+                f"is one, a predicted one for the {record.get('written')} other image files "
+                if record.get("given_masks")
+                else f"a predicted mask for each of the {record.get('written')} image files ") +
              f"({record.get('predicted_images')} distinct images; in `{record.get('masks')}/`). "
              f"The segmenter is a U-Net on a ResNet-18 encoder ({record.get('encoder')} start), "
              f"trained on {_learnt_from(record)} at "
@@ -74,13 +76,15 @@ def segmentation_section(report: Report) -> list[str]:
                record.get("heldout")),
               ("withheld given masks and true masks" if record.get("withheld_masks")
                else "true masks of the predicted images", record.get("truth"))]
-    for where, scores in groups:
-        for method, name in METHOD_NAMES.items():
-            row = (scores or {}).get(method)
-            if row:
-                lines.append(f"| {where} | {name} | {row['n']} | {row['iou']:.3f} | "
-                             f"{row['dice']:.3f} | {row['iou_median']:.3f} | "
-                             f"{row['iou_p10']:.3f} |")
+    scored = [f"| {where} | {name} | {row['n']} | {row['iou']:.3f} | {row['dice']:.3f} | "
+              f"{row['iou_median']:.3f} | {row['iou_p10']:.3f} |"
+              for where, scores in groups for method, name in METHOD_NAMES.items()
+              if (row := (scores or {}).get(method))]
+    if scored:
+        lines += scored
+    else:  # nothing to score against (a real tree without masks): no empty table
+        lines[2] = lines[2].split(" Whole-cell IoU")[0]
+        del lines[3:]
     if not record.get("truth"):
         lines += ["", "This tree has no true masks for its unmasked images (a real tree): "
                   + ("nothing here scores the predicted masks; look at them (`figures/"
