@@ -11,7 +11,6 @@ shorter than said, not longer. A GPU study is not measured from the driver: none
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from study.spec import StudySpec
 from wbc.datasets import Tree
 from wbc.layout import subset_percent
 from wbc.strategies import get_strategy
+from wbc.train import epoch_images
 
 __all__ = ["Estimate", "estimate", "measure_rate", "training_images"]
 
@@ -49,12 +49,6 @@ def _duration(seconds: float) -> str:
     return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
 
-def _epoch(n: int, spec: StudySpec) -> int:
-    optim = spec.train.optim
-    total = n * max(1, math.ceil(optim.min_epoch_images / max(n, 1)))
-    return min(total, optim.max_epoch_images) if optim.max_epoch_images else total
-
-
 def training_images(spec: StudySpec, tree: Tree) -> tuple[int, int]:
     """(images the study's trials and pretraining train on, trials)."""
     images = trials = 0
@@ -66,7 +60,7 @@ def training_images(spec: StudySpec, tree: Tree) -> tuple[int, int]:
             pasted = (n if get_strategy(strategy).mask_source == "predicted"
                       else sum(s.mask is not None for s in tree.wbc.subset(percent)))
             n += pasted * spec.train.augment.aug_factor
-        images += per_cell * spec.epochs * _epoch(n, spec)
+        images += per_cell * spec.epochs * epoch_images(n, spec.train.optim)
         trials += per_cell
     sources = {get_strategy(s).weights_source for s in spec.strategies} - {None}
     ssl_sets = {"wbc": len(tree.wbc.subset(100)), "prcc": len(tree.prcc)}
@@ -76,7 +70,8 @@ def training_images(spec: StudySpec, tree: Tree) -> tuple[int, int]:
                 n = max(ssl_sets.get(part[:-4], 0), spec.ssl_min_epoch_images)
                 images += 2 * spec.ssl.epochs * n
             elif part == "cam16":
-                images += spec.pretrain_epochs * _epoch(len(tree.cam16.train), spec)
+                images += spec.pretrain_epochs * epoch_images(len(tree.cam16.train),
+                                                              spec.train.optim)
     return images, trials
 
 

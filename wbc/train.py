@@ -55,6 +55,7 @@ __all__ = [
     "FitResult",
     "TrainingState",
     "best_weights",
+    "epoch_images",
     "evaluate",
     "fit",
     "load_checkpoint",
@@ -124,7 +125,7 @@ def _passes(n: int, optim: OptimConfig) -> int:
     return max(1, math.ceil(optim.min_epoch_images / max(n, 1)))
 
 
-def _epoch_images(n: int, optim: OptimConfig) -> int:
+def epoch_images(n: int, optim: OptimConfig) -> int:
     """Images one epoch over ``n`` training images trains on (``min_epoch_images``,
     ``max_epoch_images``)."""
     total = n * _passes(n, optim)
@@ -133,7 +134,7 @@ def _epoch_images(n: int, optim: OptimConfig) -> int:
 
 def steps_per_epoch(n: int, optim: OptimConfig, workers: int) -> int:
     """Optimiser steps of one epoch over ``n`` images on ``workers`` ranks."""
-    return math.ceil(math.ceil(_epoch_images(n, optim) / workers) / optim.batch_size)
+    return math.ceil(math.ceil(epoch_images(n, optim) / workers) / optim.batch_size)
 
 
 def _epoch_order(labels: Tensor, *, config: TrainConfig, epoch: int, rank: int, workers: int
@@ -151,7 +152,7 @@ def _epoch_order(labels: Tensor, *, config: TrainConfig, epoch: int, rank: int, 
         order = torch.multinomial(weights, n * passes, replacement=True, generator=generator)
     else:
         order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])
-    order = order[:_epoch_images(n, config.optim)]
+    order = order[:epoch_images(n, config.optim)]
     total = order.numel()
     per_rank = math.ceil(total / workers)
     if per_rank * workers > total:  # pad by wrapping, as DistributedSampler does
