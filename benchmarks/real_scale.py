@@ -9,6 +9,13 @@ which ``wbc check`` would call a duplicate) and saved again as JPEG at quality 9
 counts, the import seconds, per resolution the cold and warm seconds, images a second, the
 cache's size on disk, and the peak resident memory of this process and of the decode workers.
 
+Then one training epoch over all of WBC_100/train at ``--epoch-size`` px (every image once,
+batch 64, the training loop's own path: ``wbc.run.train_run`` from the warm cache) against the
+model alone on the same number of random batches already in memory (model-only), same run,
+same threads; and a trial's time split on the big tree: set-up (the cache opened, the model
+built), the training loop, and the rest (BatchNorm recalibration and the evaluations of the
+selection and reporting splits).
+
     python benchmarks/real_scale.py --src PBC-IMAGEFOLDER --copies 5 --sizes 32 64
 """
 
@@ -19,14 +26,17 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import harness
 from PIL import Image
 
 from wbc.cache import decode_samples
-from wbc.data import wbc_decode_set
-from wbc.datasets import scan_tree
+from wbc.config import TrainConfig
+from wbc.data import plan_wbc, wbc_decode_set
+from wbc.datasets import Tree, scan_tree
+from wbc.run import train_run
 
 _TURNS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
           Image.Transpose.ROTATE_270, Image.Transpose.FLIP_LEFT_RIGHT,
@@ -59,12 +69,56 @@ def _children_peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
 
 
+def _model_only(steps: int, batch: int, size: int) -> float:
+    """Images a second of ResNet-18 training steps on batches already in memory, with the
+    training loop's optimiser."""
+    import torch
+    import torch.nn.functional as F
+
+    from wbc.config import OptimConfig
+    from wbc.model import build_resnet18
+    from wbc.train import build_optimizer
+
+    model = build_resnet18(5).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, OptimConfig())  # the loop's own (fused AdamW)
+    x = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 5, (batch,))
+    for step in range(steps + 1):
+        if step == 1:
+            started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return steps * batch / (time.perf_counter() - started)
+
+
+def _epoch(tree: Tree, cache: Path, size: int, threads: int) -> dict[str, float]:
+    """One epoch of every WBC_100 training image through the training loop, and the model alone
+    on as many steps; the trial's set-up, loop and the rest."""
+    config = TrainConfig().replace(image_size=size, epochs=1, batch_size=64, subset="WBC_100",
+                                   min_epoch_images=0, bn_recalibrate=512, seed=0)
+    result = train_run(plan_wbc(tree, config), config, cache_dir=cache, threads=threads)
+    [epoch] = result.fit.history
+    steps = int(epoch["train_images"]) // 64
+    model_only = _model_only(min(steps, 60), 64, size)
+    setup = float(result.record["setup_seconds"])
+    return {"train_images": float(epoch["train_images"]),
+            "images_per_second": float(epoch["images_per_second"]),
+            "model_only_images_per_second": model_only,
+            "full_over_model_only": float(epoch["images_per_second"]) / model_only,
+            "setup_seconds": setup, "loop_seconds": float(epoch["epoch_seconds"]),
+            "rest_seconds": float(result.fit.wall_seconds) - float(epoch["epoch_seconds"]),
+            "precision": str(result.record["precision_used"])}
+
+
 def main() -> None:
     parser = harness.parser(__doc__)
     parser.add_argument("--src", type=Path, required=True, help="a real ImageFolder")
     parser.add_argument("--copies", type=int, default=5, help="versions of each image (1-8)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--epoch-size", type=int, default=64,
+                        help="the resolution of the measured epoch (one of --sizes; 0: none)")
     harness.add_json(parser)
     args = parser.parse_args()
     if not 1 <= args.copies <= len(_TURNS):
@@ -99,6 +153,18 @@ def main() -> None:
                                     "cache_mib": size_mib}
             print(f"{size:3d} px: cold {cold.seconds:.1f} s ({n / cold.seconds:.0f} images/s), "
                   f"warm {warm.seconds:.2f} s, cache {size_mib:.0f} MiB", flush=True)
+        if args.epoch_size in args.sizes:
+            epoch = _epoch(tree, folder / f"cache-{args.epoch_size}", args.epoch_size,
+                           args.workers)
+            figures["epoch"] = epoch
+            print(f"epoch at {args.epoch_size} px ({epoch['precision']}, {args.workers} "
+                  f"threads): {epoch['train_images']:.0f} images at "
+                  f"{epoch['images_per_second']:.0f} images/s, model-only "
+                  f"{epoch['model_only_images_per_second']:.0f} images/s "
+                  f"({epoch['full_over_model_only']:.2f}x); a trial: set-up "
+                  f"{epoch['setup_seconds']:.1f} s, training loop {epoch['loop_seconds']:.1f} s,"
+                  f" BatchNorm recalibration and evaluation {epoch['rest_seconds']:.1f} s",
+                  flush=True)
         figures.update(peak_gib=harness.host_peak_gib(), workers_peak_gib=_children_peak_gib())
         print(f"peak resident memory: this process {harness.host_peak_gib():.2f} GiB, a decode "
               f"worker {_children_peak_gib():.2f} GiB", flush=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from study.spec import StudySpec
 from wbc.datasets import Tree
+from wbc.hardware import cpu_precision
 from wbc.layout import subset_percent
 from wbc.strategies import get_strategy
 from wbc.train import epoch_images
@@ -33,6 +34,8 @@ class Estimate:
     rate: float  # images a second, one trial's
     slots: int  # trials at once
     trials: int
+    precision: str = "fp32"  # what the trials compute in on this CPU
+    why: str = ""  # why that precision (wbc.hardware.cpu_precision)
 
     @property
     def seconds(self) -> float:
@@ -41,7 +44,8 @@ class Estimate:
     def line(self) -> str:
         return (f"estimated: at most {_duration(self.seconds)} of training on this machine "
                 f"({self.trials} trials and the pretraining, {self.images:,} training images "
-                f"at {self.rate:.0f} images/s a trial, {self.slots} at once)")
+                f"at {self.rate:.0f} images/s a trial in {self.precision}, {self.slots} at once"
+                + (f"; {self.precision}: {self.why})" if self.why else ")"))
 
 
 def _duration(seconds: float) -> str:
@@ -52,7 +56,7 @@ def _duration(seconds: float) -> str:
 def training_images(spec: StudySpec, tree: Tree) -> tuple[int, int]:
     """(images the study's trials and pretraining train on, trials)."""
     images = trials = 0
-    per_cell = spec.search_trials + spec.final_seeds
+    per_cell = spec.cell_search_trials + spec.final_seeds
     for subset, strategy in spec.cells:
         percent = subset_percent(subset) or 100
         n = len(tree.wbc.subset(percent)) or round(len(tree.wbc.subset(100)) * percent / 100)
@@ -75,19 +79,22 @@ def training_images(spec: StudySpec, tree: Tree) -> tuple[int, int]:
     return images, trials
 
 
-def measure_rate(image_size: int, batch_size: int, threads: int, *, steps: int = 3) -> float:
+def measure_rate(image_size: int, batch_size: int, threads: int, *, steps: int = 3,
+                 precision: str = "fp32") -> float:
     """Training images a second of ResNet-18 on this CPU at ``image_size``, ``batch_size`` and
-    ``threads`` torch threads (``steps`` timed after one warm-up step)."""
+    ``threads`` torch threads, in ``precision`` (``steps`` timed after one warm-up step)."""
     import torch
     import torch.nn.functional as F
 
+    from wbc.config import OptimConfig
     from wbc.model import build_resnet18
+    from wbc.train import build_optimizer
 
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
         model = build_resnet18(5).to(memory_format=torch.channels_last)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        optimizer = build_optimizer(model, OptimConfig())  # the loop's own (fused AdamW)
         x = torch.randn(batch_size, 3, image_size, image_size).to(
             memory_format=torch.channels_last)
         y = torch.randint(0, 5, (batch_size,))
@@ -96,7 +103,9 @@ def measure_rate(image_size: int, batch_size: int, threads: int, *, steps: int =
             if step == 1:
                 started = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = model(x)
+            F.cross_entropy(logits.float(), y).backward()
             optimizer.step()
         return steps * batch_size / (time.perf_counter() - started)
     finally:
@@ -109,10 +118,15 @@ def estimate(spec: StudySpec, tree: Tree, slots: int, *, rate: float | None = No
     study."""
     if spec.resources.gpus_per_trial > 0:
         return None
+    threads = max(1, int(spec.resources.cpus_per_trial))
+    precision, why = spec.train.precision, ""
+    if precision == "auto":
+        precision, why = cpu_precision(threads)
     if rate is None:
-        rate = measure_rate(spec.image_size, spec.train.optim.batch_size,
-                            int(spec.resources.cpus_per_trial))
+        rate = measure_rate(spec.image_size, spec.train.optim.batch_size, threads,
+                            precision=precision)
         if spec.resources.mode == "train":  # DDP ranks, each with its CPUs
             rate *= spec.resources.workers_per_trial
     images, trials = training_images(spec, tree)
-    return Estimate(images=images, rate=rate, slots=max(1, slots), trials=trials)
+    return Estimate(images=images, rate=rate, slots=max(1, slots), trials=trials,
+                    precision=precision, why=why)

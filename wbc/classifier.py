@@ -195,7 +195,8 @@ def run_card(config: Any, classes: tuple[str, ...] | list[str], metrics: Mapping
     best = metrics.get("best_epoch")
     return Card(
         classes=tuple(classes), image_size=int(config.data.image_size),
-        mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD), precision=config.precision,
+        mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD),
+        precision=str(metrics.get("precision_used") or config.precision),
         channels_last=bool(config.model.channels_last), strategy=config.model.strategy,
         subset=config.data.subset, seed=int(config.seed),
         cell=cell or f"{config.data.subset}-{config.model.strategy}", study=study,

@@ -179,9 +179,10 @@ class TrainConfig:
     seed: int = setting(0, "seed of the run (initialisation, order, augmentation)")
     deterministic: bool = setting(False, "deterministic kernels (bit-reproducible; slower)")
     # auto: bf16 autocast on a GPU (measured not to cost accuracy, docs/benchmarks.md "On one GPU"),
-    # fp32 on a CPU (AVX2 machines have no bf16 hardware; "bf16" asks for it on AVX-512/AMX).
-    precision: Precision = setting("auto", "auto (bf16 autocast on a GPU, fp32 on a CPU), fp32 "
-                                   "or bf16")
+    # and on a CPU with native bf16 that a probe measured faster; fp32 elsewhere
+    # (wbc.hardware.cpu_precision: emulated bf16 on an AVX2 CPU is ten times slower).
+    precision: Precision = setting("auto", "auto (bf16 autocast on a GPU and on a CPU with native "
+                                   "bf16 measured faster, else fp32), fp32 or bf16")
     # "Precise BN" (Wu & Johnson 2021): with few steps per epoch (WBC_1 has 82 images) the
     # running averages lag the weights and evaluation collapses.
     bn_recalibrate: int = setting(512, "training images whose batch statistics replace "
@@ -254,7 +255,7 @@ class SSLConfig:
     # turn of j / 4 (SimCLR's CIFAR strength 0.5 is j = 0.4): stain and scanner variation.
     jitter: float = 0.4
     seed: int = 0
-    precision: Precision = "auto"  # auto: bf16 autocast on a GPU, fp32 on a CPU
+    precision: Precision = "auto"  # as TrainConfig.precision (wbc.hardware.resolve_precision)
     channels_last: bool = True  # ~20% faster convolutions on CPU and GPU
     checkpoint_every: int = 0  # epochs between checkpoints handed to on_epoch; 0: at the end only
     knn_k: int = 20  # neighbours of the k-NN probe

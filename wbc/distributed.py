@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from wbc.hardware import resolve_precision
+
 __all__ = ["autocast", "gather", "world"]
 
 
@@ -23,8 +25,9 @@ def world() -> tuple[int, int]:
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """bf16 autocast (AMP; bf16 needs no loss scaling) when asked, and on a GPU for "auto"."""
-    enabled = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    """bf16 autocast (AMP; bf16 needs no loss scaling) when asked, and for "auto" where
+    ``wbc.hardware.resolve_precision`` says bf16 (a GPU, or a CPU measured faster in bf16)."""
+    enabled = resolve_precision(device, precision) == "bf16"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 

@@ -33,6 +33,7 @@ from wbc.config import SSLConfig, TrainConfig
 from wbc.data import SplitPlan, load_plan
 from wbc.datasets import Sample
 from wbc.distributed import world
+from wbc.hardware import resolve_precision, rss_mib
 from wbc.metrics import scalars
 from wbc.pretrain import initial_model
 from wbc.seeding import seed_everything
@@ -85,13 +86,15 @@ def train_run(plan: SplitPlan, config: TrainConfig, *, device: torch.device | st
         model = wrap(model)
     record = {**(extra or {}), "notes": "; ".join(plan.notes),
               "excluded_files": plan.excluded_files, "data_fingerprint": data.fingerprint,
-              "device": str(device), "world_size": world()[1], "hostname": socket.gethostname(),
+              "device": str(device),
+              "precision_used": resolve_precision(device, config.precision),
+              "world_size": world()[1], "hostname": socket.gethostname(),
               "pid": os.getpid(), "setup_seconds": time.perf_counter() - started,
               "resumed_from_epoch": int(resume["epoch"]) if resume is not None else 0}
 
     def report(metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
         assert on_epoch is not None
-        metrics = {**metrics, **record}
+        metrics = {**metrics, **record, "rss_mib": rss_mib()}
         if resume is not None and metrics["epoch"] == config.optim.epochs:
             # Epochs before the resume: the caller's record of them may be gone.
             metrics["epoch_history"] = [scalars(row) for row in resume["history"]]

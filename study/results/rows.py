@@ -69,15 +69,15 @@ _FIXED: dict[str, pa.DataType] = {
     **dict.fromkeys(("study", "cell", "subset", "strategy", "phase", "trial_id", "tune_trial_id",
                      "status", "error", "config_from", "selection_split", "reporting_split",
                      "notes", "data_fingerprint", "pretrain_key", "device", "hostname",
-                     "node_id", "eval_data", "eval_split", "model", "eval_fingerprint",
-                     "classes"), _STRING),
+                     "precision_used", "node_id", "eval_data", "eval_split", "model",
+                     "eval_fingerprint", "classes"), _STRING),
     **dict.fromkeys(("seed", "epoch", "epochs_run", "best_epoch", "train_images",
-                     "excluded_files", "world_size", "resumed_from_epoch", "n"), _INT),
+                     "excluded_files", "world_size", "resumed_from_epoch", "n", "pid"), _INT),
     **dict.fromkeys(("wall_seconds", "fit_seconds", "train_loop_seconds", "setup_seconds",
                      "accuracy", "accuracy_low", "accuracy_high", "macro_f1",
                      "balanced_accuracy", "in_domain_accuracy", "in_domain_macro_f1",
                      "train_loss", "train_accuracy", "scheduled_lr", "best_val_macro_f1",
-                     "images_per_second", "loss", "training_accuracy"), _FLOAT),
+                     "images_per_second", "loss", "training_accuracy", "rss_mib"), _FLOAT),
     "same_data": pa.bool_(),  # an eval tree that is the model's own training data
     "finished_at": pa.timestamp("us", tz="UTC"),
     **dict.fromkeys(("test_predictions", "test_targets", "predictions", "targets"), _INTS),
@@ -133,9 +133,11 @@ def column_type(name: str) -> pa.DataType | None:
 # instead).
 RECORD_FIELDS = ("best_epoch", "train_images", "selection_split", "reporting_split", "notes",
                  "excluded_files", "data_fingerprint", "pretrain_key", "device", "hostname",
-                 "world_size", "setup_seconds", "resumed_from_epoch", "node_id")
+                 "precision_used", "world_size", "setup_seconds", "resumed_from_epoch", "node_id",
+                 "pid", "rss_mib")
 # Report keys that are not learning-curve figures: the run's record, Tune's bookkeeping.
 _EPOCH_DROP = ("notes", "data_fingerprint", "pretrain_key", "device", "hostname", "pid", "node_id",
+               "precision_used",
                "selection_split", "reporting_split", "excluded_files", "world_size",
                "setup_seconds", "resumed_from_epoch", "replayed", "node_ip", "date",
                "timestamp", "trial_id", "experiment_tag", "done", "training_iteration",

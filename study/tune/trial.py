@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import socket
 import tempfile
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from wbc.classifier import run_card, save_classifier
 from wbc.config import TrainConfig
 from wbc.data import SplitPlan, plan_wbc
 from wbc.datasets import Tree
-from wbc.hardware import require_cuda
+from wbc.hardware import release_memory, require_cuda
 from wbc.layout import WBC_CLASSES
 from wbc.metrics import scalars
 from wbc.run import train_run
@@ -150,6 +151,10 @@ def _replay(context: StudyContext, config: dict[str, Any]) -> dict[str, Any] | N
     return row
 
 
+THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+THREAD_TIMEOUT_SECONDS = "300"
+
+
 def _node() -> tuple[str, str]:
     """(Ray node id, host name) of the process this runs in."""
     import ray
@@ -161,11 +166,18 @@ def run_trial(config: dict[str, Any], context: StudyContext) -> None:
     """The trainable handed to ``tune.with_parameters``. An error names the node it ran on
     (the row keeps the node of every trial that reported)."""
     node_id, host = _node()
+    # Tune reuses this process for the next trial only once this trial's thread has ended, and
+    # waits 2 s by default: on a loaded machine (a stopped trial finishing its epoch, the
+    # garbage collection below) that is too short, and the next trial then fails to start
+    # ("Could not re-use actor"). Read by Tune in this process when it reuses it.
+    os.environ.setdefault(THREAD_TIMEOUT_ENV, THREAD_TIMEOUT_SECONDS)
     try:
         _trial(config, context, node_id)
     except Exception as err:
         raise RuntimeError(f"trial {config.get('trial_key')} on node {node_id} ({host}): "
                            f"{type(err).__name__}: {err}") from err
+    finally:
+        release_memory()  # the process is reused for the next trial: it must not grow
 
 
 def _trial(config: dict[str, Any], context: StudyContext, node_id: str) -> None:
