@@ -67,7 +67,7 @@ def study_status(spec: StudySpec, store: ResultsStore, interrupted: bool) -> str
     status ``error``: ``failed_cells`` names them); ``failed`` when it ran to its end and every
     trial failed; else ``interrupted``."""
     trials = store.trials()
-    expected = len(spec.cells) * spec.search_trials
+    expected = len(spec.cells) * spec.cell_search_trials
     search = int((trials["phase"] == "search").sum()) if len(trials) else 0
     if interrupted or search < expected:
         return INTERRUPTED

@@ -150,7 +150,7 @@ def _open_record(spec: StudySpec | None, store: ResultsStore, *, resume: bool,
     except FileExistsError:
         raise _occupied(results) from None
     say(f"study {spec.name!r} ({spec.preset} preset): {len(spec.cells)} cells x "
-        f"({spec.search_trials} search + {spec.final_seeds} final) trials -> {results}")
+        f"({spec.cell_search_trials} search + {spec.final_seeds} final) trials -> {results}")
     return spec, record
 
 

@@ -24,9 +24,25 @@ from wbc.config import PretrainSettings, SegmentSettings, SSLConfig, TrainConfig
 from wbc.layout import subset_percent
 from wbc.strategies import get_strategy, strategy_names
 
-__all__ = ["PRESETS", "Resources", "SearchSpace", "StudySpec", "load_spec", "preset"]
+__all__ = ["PRESETS", "Resources", "SearchSpace", "StudySpec", "cell_search_trials",
+           "load_spec", "preset", "replicate_seed"]
 
 Execution = Literal["auto", "inline", "train"]
+
+
+def cell_search_trials(spec: dict[str, Any]) -> int:
+    """Search trials per cell of a spec as ``StudySpec.to_dict`` (or ``study.json``) gives it:
+    ``search_trials``, times ``final_seeds`` under ``final_config = "replicates"``."""
+    trials = int(spec.get("search_trials") or 0)
+    if spec.get("final_config") == "replicates":
+        return trials * int(spec.get("final_seeds") or 0)
+    return trials
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The seed replicate ``replicate`` (0-based) of a ``final_config = "replicates"`` study
+    trains its search trials with: apart from the study's ``seed`` and its final seeds."""
+    return seed + 1000 * (replicate + 1)
 
 
 @dataclass(frozen=True)
@@ -136,7 +152,7 @@ class StudySpec:
     subsets: tuple[str, ...] = ("WBC_100", "WBC_50", "WBC_10", "WBC_1")
     # The report's three; quick-ssl adds the self-supervised two ("ssl", "ssl_pretrain").
     strategies: tuple[str, ...] = ("scratch", "pretrain", "pretrain_aug")
-    search_trials: int = 3  # Optuna trials per cell
+    search_trials: int = 3  # Optuna trials per cell (per replicate under "replicates")
     startup_trials: int = 2  # random trials before TPE models a cell
     epochs: int = 3
     grace_epochs: int = 1  # ASHA: no trial is stopped before this epoch
@@ -145,8 +161,12 @@ class StudySpec:
     # What each final seed re-runs: "best", the search's best trial; "resampled", the best trial
     # of a bootstrap resample of the search's trials drawn per seed, so that the final seeds'
     # spread includes the search's choice of configuration (which another search might have
-    # made differently), not only training noise. study.tune.search draws them.
-    final_config: Literal["best", "resampled"] = "resampled"
+    # made differently), not only training noise. study.tune.search draws them. "replicates":
+    # each final seed re-runs the best of its own independent search of search_trials random
+    # trials (search_trials is then per replicate; startup_trials does not apply: no search
+    # learns from another's trials) trained with the replicate's own seed, so that the final
+    # seeds are independent replicates of the whole experiment, the search included.
+    final_config: Literal["best", "resampled", "replicates"] = "resampled"
     # The split that picks each run's best epoch (and so each cell's configuration): "full",
     # WBC_100's whole selection split for every budget; "scaled", a stratified part of it as
     # large as the budget (WBC_1: 1%), as a researcher with that budget would have.
@@ -217,7 +237,7 @@ class StudySpec:
         for name in ("search_trials", "epochs", "final_seeds", "grace_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
-        for name, valid in (("final_config", ("best", "resampled")),
+        for name, valid in (("final_config", ("best", "resampled", "replicates")),
                             ("selection", ("full", "scaled")),
                             ("keep_models", ("best", "all", "none"))):
             if getattr(self, name) not in valid:
@@ -296,6 +316,14 @@ class StudySpec:
     def ssl_config(self) -> SSLConfig:
         """The ``SSLConfig`` of the study's self-supervised pretraining."""
         return self.ssl
+
+    @property
+    def cell_search_trials(self) -> int:
+        """Search trials per cell: ``search_trials``, or under ``"replicates"`` that many for
+        each of the ``final_seeds`` replicates."""
+        return cell_search_trials({"search_trials": self.search_trials,
+                                   "final_seeds": self.final_seeds,
+                                   "final_config": self.final_config})
 
     def base_config(self) -> TrainConfig:
         """The TrainConfig every trial starts from."""
@@ -441,8 +469,11 @@ def _typed(name: str, hint: Any, value: Any) -> Any:
 # images, every class present), 691 WBC_100/val images (345 report), the full CAM16 to pretrain
 # on. Its search of three trials a cell chooses between no imbalance handling and a weighted
 # loss: with three trials, class-balanced sampling (which costs the majority class a third of
-# its recall here) was picked by chance often enough to decide a cell.
-_QUICK = StudySpec(space=SearchSpace(imbalance=("none", "weighted")))
+# its recall here) was picked by chance often enough to decide a cell. Each final seed re-runs
+# the best of its own search (final_config "replicates": here one random trial), so that its
+# intervals cover what another run of the study would search (benchmarks/replication.py).
+_QUICK = StudySpec(space=SearchSpace(imbalance=("none", "weighted")),
+                   final_config="replicates", search_trials=1)
 
 # The report at full scale on GPUs: 224 px (the report's resolution), its real tree, 20 trials a
 # cell and 5 seeds. docs/presets.md gives the expected GPU-hours.

@@ -40,6 +40,7 @@ from study.report.summary import (
     paired,
     summarise,
 )
+from study.spec import cell_search_trials
 from wbc.layout import REPORT_TABLE1, WBC_CLASSES
 
 __all__ = ["table1", "terminal_table", "write_report"]
@@ -145,7 +146,7 @@ def _overview(report: Report) -> list[str]:
                 "trials).", ""]
     seeds = spec.get("final_seeds")
     return [f"Preset `{study.get('preset')}` on {source}: {len(report.subsets)} label budgets "
-            f"x {len(report.strategies)} strategies, {spec.get('search_trials')} search trials "
+            f"x {len(report.strategies)} strategies, {_searched_phrase(spec)} "
             f"and {seeds} final seed{'s' * (seeds != 1)} per cell, {spec.get('image_size')} px, "
             f"{spec.get('epochs')} epochs. Read from the {results.source}.", ""]
 
@@ -167,11 +168,37 @@ def _reporting_section(report: Report) -> list[str]:
             f"{100 * base['test_accuracy']:.1f} on it: the tables show it as a row.", ""]
 
 
+def _searched_phrase(spec: dict) -> str:
+    """How a cell was searched, in the spec's own numbers."""
+    if spec.get("final_config") == "replicates":
+        trials = spec.get("search_trials")
+        return (f"{cell_search_trials(spec)} search trials ({trials} random "
+                f"trial{'s' * (trials != 1)} for each replicate)")
+    return f"{spec.get('search_trials')} search trials"
+
+
+def covers(spec: dict) -> str:
+    """One sentence: which sources of variation a Table 1 interval covers, by the spec's
+    ``final_config``."""
+    kept = ("training randomness (initialisation, batch order, augmentation) and which images "
+            "the reporting split holds (see Method)")
+    if spec.get("final_config") == "replicates":
+        return ("Each interval covers the search (every final seed re-ran the best of its own "
+                f"independent search), {kept}; not another sample of cells or other fixed "
+                "settings.")
+    if spec.get("final_config") == "resampled":
+        return (f"Each interval covers {kept}, and the choice among the configurations one "
+                "search tried (each seed re-ran the best of a resample of them), not what "
+                "another search would have tried.")
+    return (f"Each interval covers {kept}, not the search (every seed re-ran one "
+            "configuration).")
+
+
 def _table_section(report: Report) -> list[str]:
     on_report = _on_report_data(report.results.study)
     lines = ["## Table 1: test figures by strategy and label budget", "",
-             "Mean over the final seeds with its 95% interval (seeds and reporting images; "
-             "see Method), in %.", ""]
+             "Mean over the final seeds with its 95% interval, in %. "
+             + covers(report.results.study.get("spec", {})), ""]
     if on_report:
         lines += ["The study ran on the report's dataset (its WBC_100 counts match the report's "
                   "Table 1), so the report's own accuracy stands in brackets. The report scored "

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from study.report.summary import Report, importances
+from study.spec import replicate_seed
 from wbc.layout import WBC_CLASSES
 
 __all__ = ["background_section", "best_section", "histology_phrase", "importance_section",
@@ -189,6 +190,12 @@ def _histology_lines(study: dict[str, Any]) -> list[str]:
 
 def _reran(report: Report) -> str:
     spec = report.results.study.get("spec", {})
+    if spec.get("final_config") == "replicates":
+        return ("Each final seed re-ran the best trial of its own independent search "
+                "(`final_config = \"replicates\"`: the cell's search trials dealt in turn to "
+                "the seeds, sampled at random and trained with the replicate's seed), so the "
+                "final seeds are replicates of the whole experiment; the last column says which "
+                "trials they re-ran.")
     if spec.get("final_config") == "resampled":
         return ("Each final seed re-ran the best trial of its own bootstrap resample of the "
                 "cell's search trials (`final_config = \"resampled\"`), so the final seeds' "
@@ -247,6 +254,26 @@ def importance_section(report: Report) -> list[str]:
     return [*lines, ""]
 
 
+def _search_seeds(spec: dict[str, Any]) -> str:
+    """The search trials' training seeds as ``study.tune.search.search_seed`` gives them."""
+    seed = spec.get("seed")
+    if spec.get("final_config") != "replicates" or not isinstance(seed, int):
+        return str(seed)
+    seeds = [replicate_seed(seed, r) for r in range(int(spec.get("final_seeds") or 0))]
+    return f"{', '.join(map(str, seeds))} (one per replicate)"
+
+
+def _precision_lines(trials: Any) -> list[str]:
+    """What the trials computed in (the setting, and what it meant on their machines)."""
+    if "precision_used" not in trials or trials["precision_used"].isna().all():
+        return []  # rows from before the record kept it
+    used = trials["precision_used"].dropna().value_counts()
+    setting = ", ".join(sorted(set(trials["precision"].dropna()))) if "precision" in trials \
+        else "unrecorded"
+    return [f"- precision: {setting} setting; trials ran in "
+            + ", ".join(f"{name} ({count})" for name, count in sorted(used.items()))]
+
+
 def provenance_section(report: Report) -> list[str]:
     study = report.results.study
     trials = report.results.trials
@@ -266,7 +293,7 @@ def provenance_section(report: Report) -> list[str]:
            if data.get("source") == "synthetic" else f" ({data.get('root')})")
         + f"; fingerprint `{data.get('fingerprint')}`; excluded files "
         f"{data.get('excluded_files', 0)}",
-        f"- seeds: search trials train with seed {study.get('spec', {}).get('seed')}; final "
+        f"- seeds: search trials train with seed {_search_seeds(study.get('spec', {}))}; final "
         f"seeds {sorted({int(s) for s in trials[trials['phase'] == 'final']['seed']})}"
         if len(trials) else "- seeds: –",
         f"- code: git {prov.get('git_commit')}, source digest `{prov.get('code_sha256')}`",
@@ -274,6 +301,7 @@ def provenance_section(report: Report) -> list[str]:
         f"- hardware: {hardware.get('cpu')}, {hardware.get('cpu_count')} CPUs, "
         f"{hardware.get('memory_gib')} GiB, GPUs: {', '.join(hardware.get('gpus') or []) or 'none'}",
     ]
+    lines += _precision_lines(trials)
     lines += _pretrain_lines(study.get("pretrain") or {})
     lines += _histology_lines(study)
     for i, session in enumerate(sessions, 1):
@@ -326,6 +354,13 @@ def _search_caveat(spec: dict[str, Any]) -> str:
     """What the intervals leave out: the search itself, in the spec's own numbers."""
     trials = spec.get("search_trials")
     tried = f"the {trials} configurations" if isinstance(trials, int) else "the configurations"
+    if spec.get("final_config") == "replicates":
+        seeds = spec.get("final_seeds")
+        return ("Every final seed re-ran the best of its own independent search, so the "
+                "intervals include what another search would have tried. What they do not "
+                "include: another sample of cells, and the settings every trial shares. With "
+                f"{seeds} replicates a cell the intervals are wide; a verdict found by two "
+                "studies with different seeds is still worth more than one (`--set seed=1`).")
     if spec.get("final_config") == "resampled":
         part = (f"The final seeds re-ran configurations drawn from a resample of {tried} each "
                 "cell's search tried, so the seed part includes the choice among them; ")

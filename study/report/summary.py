@@ -22,7 +22,7 @@ from study.report.load import Results
 from study.report.stats import Comparison, cell_estimate, compare, holm
 from study.results import failed_trials
 from study.space import SEARCHABLE, searched_names
-from study.spec import SearchSpace
+from study.spec import SearchSpace, cell_search_trials
 from wbc.layout import WBC_CLASSES, subset_percent
 from wbc.metrics import mean_interval
 from wbc.strategies import strategy_names
@@ -177,7 +177,7 @@ def _reporting(trials: pd.DataFrame) -> Reporting | None:
 
 def _cell(trials: pd.DataFrame, spec: dict[str, Any], subset: str, strategy: str,
           searched: tuple[str, ...]) -> Cell:
-    cell = Cell(subset, strategy, search_expected=spec.get("search_trials"),
+    cell = Cell(subset, strategy, search_expected=cell_search_trials(spec) or None,
                 final_expected=spec.get("final_seeds"))
     rows = trials[(trials["subset"] == subset) & (trials["strategy"] == strategy)] \
         if len(trials) else trials
@@ -413,6 +413,8 @@ def importances(report: Report) -> pd.DataFrame:
             continue
         search = search.copy()
         search["rank"] = search.groupby("subset")["objective"].rank(pct=True)
+        if search["rank"].nunique() < 2:
+            continue  # one search trial a cell (or all tied): nothing to attribute
         # A parameter every trial set, to more than one value (a switch-gated one is not
         # set by every trial: it has no importance to measure over all of them).
         names = [n for n in report.searched if n in search and n in dists

@@ -141,7 +141,7 @@ class StudyCallback(Callback):
         self._rows = _RowIndex()
         self._running: set[str] = set()  # as of Tune's last step
         self._announced: set[str] = set()
-        self.progress = Progress(total_search=self.spec.search_trials * len(self.cells),
+        self.progress = Progress(total_search=self.spec.cell_search_trials * len(self.cells),
                                  total_final=self.spec.final_seeds * len(self.cells),
                                  cells=len(self.cells), quiet=self.quiet)
 
@@ -241,7 +241,7 @@ class StudyCallback(Callback):
 
     def _cell_done(self, cell: str) -> bool:
         search = self._cell_rows(cell, "search")
-        if len(search) < self.spec.search_trials:
+        if len(search) < self.spec.cell_search_trials:
             return False
         if all(r["status"] == "error" for r in search):
             return True
@@ -264,7 +264,7 @@ class StudyCallback(Callback):
         """Trials still to run (running ones included): the unfinished cells' searches and
         final seeds."""
         spec = self.spec
-        return sum(max(0, spec.search_trials - self._rows.count(cell, "search"))
+        return sum(max(0, spec.cell_search_trials - self._rows.count(cell, "search"))
                    + max(0, spec.final_seeds - self._rows.count(cell, "final"))
                    for cell in self.cells if cell not in self._announced)
 

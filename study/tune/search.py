@@ -40,10 +40,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study.results.journal import optuna_storage
 from study.space import cell_space
-from study.spec import StudySpec
+from study.spec import StudySpec, replicate_seed
 from wbc.seeding import derive_seed
 
-__all__ = ["CellScheduler", "CellSearcher", "cell_name", "final_seeds"]
+__all__ = ["CellScheduler", "CellSearcher", "cell_name", "final_seeds", "replicate_of",
+           "search_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,23 @@ def cell_name(subset: str, strategy: str) -> str:
 
 
 def final_seeds(spec: StudySpec) -> tuple[int, ...]:
-    """The final phase's seeds: distinct from the search trials' seed (``spec.seed``)."""
+    """The final phase's seeds: distinct from the search trials' seeds (``search_seed``)."""
     return tuple(spec.seed + 1 + k for k in range(spec.final_seeds))
+
+
+def replicate_of(spec: StudySpec, index: int) -> int | None:
+    """Which replicate (0-based: final seed ``final_seeds(spec)[r]``) search trial ``index``
+    belongs to under ``final_config = "replicates"`` (None otherwise): trials are dealt to the
+    replicates in turn, so each replicate's search makes progress from the start."""
+    return index % spec.final_seeds if spec.final_config == "replicates" else None
+
+
+def search_seed(spec: StudySpec, index: int) -> int:
+    """The seed search trial ``index`` trains with: ``spec.seed`` for every trial of a cell (its
+    configurations compared on one initialisation), or under ``"replicates"`` one seed per
+    replicate, apart from the final seeds (``study.spec.replicate_seed``)."""
+    replicate = replicate_of(spec, index)
+    return spec.seed if replicate is None else replicate_seed(spec.seed, replicate)
 
 
 # What a search trial's last report gives its Optuna trial as user attributes.
@@ -158,15 +174,19 @@ class CellSearcher(Searcher):
         memory only)."""
         super().__init__(metric=metric, mode=mode)
         storage = None if results is None else optuna_storage(Path(results))
-        self._budget = spec.search_trials
+        self._budget = spec.cell_search_trials
         self._seed = spec.seed
+        self._spec = spec
         self._study = spec.name
         self._final_config = spec.final_config
         self._cells: dict[str, _Cell] = {}
         for subset, strategy in spec.cells:
             name = cell_name(subset, strategy)
+            # Replicates search at random: a TPE model would learn from other replicates.
+            startup = (spec.cell_search_trials if spec.final_config == "replicates"
+                       else spec.startup_trials)
             sampler = TPESampler(seed=derive_seed(spec.seed, "tpe", name),
-                                 n_startup_trials=spec.startup_trials)
+                                 n_startup_trials=startup)
             self._cells[name] = _Cell(
                 name, subset, strategy,
                 _CellOptuna(cell_space(spec.space, strategy), metric=metric, mode=mode,
@@ -194,9 +214,10 @@ class CellSearcher(Searcher):
                 cell.suggested += 1
                 cell.params[trial_id] = dict(params or {})
                 cell.keys[trial_id] = f"{cell.name}/search-{index:02d}"
-                cell.optuna.mark(trial_id, trial_key=cell.keys[trial_id], seed=self._seed)
+                seed = search_seed(self._spec, index)
+                cell.optuna.mark(trial_id, trial_key=cell.keys[trial_id], seed=seed)
                 self._owner[trial_id] = (cell.name, "search")
-                return {**self._config(cell, "search", f"search-{index:02d}", self._seed,
+                return {**self._config(cell, "search", f"search-{index:02d}", seed,
                                        params or {}), **self._named()}
             if len(cell.finished) < self._budget:
                 waiting = True
@@ -249,7 +270,9 @@ class CellSearcher(Searcher):
         cell.best = dict(cell.params[best_id])
         cell.best_key = cell.keys.get(best_id, "")
         cell.optuna.note_study(chosen_trial_key=cell.best_key, final_config=self._final_config)
-        if self._final_config == "resampled":
+        if self._final_config == "replicates":
+            self._choose_replicates(cell, scored, sign)
+        elif self._final_config == "resampled":
             for seed in cell.finals:
                 # The search as it might have gone: its trials resampled with replacement.
                 rng = np.random.default_rng(derive_seed(self._seed, "final-config", cell.name,
@@ -259,6 +282,23 @@ class CellSearcher(Searcher):
                 cell.final_params[seed] = (cell.keys.get(pick, ""), dict(cell.params[pick]))
             cell.optuna.note_study(final_seed_configs={
                 str(seed): key for seed, (key, _) in cell.final_params.items()})
+
+    def _choose_replicates(self, cell: _Cell, scored: list[str], sign: float) -> None:
+        """Each final seed re-runs the best trial of its own replicate's search; a replicate
+        whose trials all failed has no final seed (the report counts the seeds it has)."""
+        by_key = {cell.keys.get(t, ""): t for t in scored}
+        for r, seed in enumerate(list(cell.finals)):
+            own = [t for key, t in by_key.items()
+                   if replicate_of(self._spec, int(key.rsplit("-", 1)[1])) == r]
+            if not own:
+                cell.finals.remove(seed)
+                logger.warning("cell %s: replicate %d's search trials all failed; final seed "
+                               "%d is left out", cell.name, r, seed)
+                continue
+            pick = max(own, key=lambda t: sign * cell.scores[t])  # first of equals
+            cell.final_params[seed] = (cell.keys.get(pick, ""), dict(cell.params[pick]))
+        cell.optuna.note_study(final_seed_configs={
+            str(seed): key for seed, (key, _) in cell.final_params.items()})
 
     def best_configs(self) -> dict[str, dict[str, Any] | None]:
         """Each cell's chosen hyperparameters (None while searching, or when all failed)."""
@@ -282,10 +322,13 @@ class CellSearcher(Searcher):
 
 
 class CellScheduler(FIFOScheduler):
-    """ASHA per cell on the reported ``epoch`` (restores reset ``training_iteration``)."""
+    """ASHA per cell on the reported ``epoch`` (restores reset ``training_iteration``); under
+    ``final_config = "replicates"`` per replicate of a cell, so that no replicate's trials are
+    stopped for another's."""
 
     def __init__(self, spec: StudySpec, *, metric: str, mode: str = "max") -> None:
         super().__init__()
+        self._spec = spec
         self._metric_name, self._mode_name = metric, mode
         self._max_t = spec.epochs
         self._grace = min(spec.grace_epochs, spec.epochs)
@@ -299,6 +342,9 @@ class CellScheduler(FIFOScheduler):
         if trial.config.get("phase") != "search":
             return None
         cell = trial.config["cell"]
+        if self._spec.final_config == "replicates":
+            index = int(str(trial.config["trial_key"]).rsplit("-", 1)[1])
+            cell = f"{cell}#{replicate_of(self._spec, index)}"
         if cell not in self._asha:
             self._asha[cell] = ASHAScheduler(
                 time_attr="epoch", metric=self._metric_name, mode=self._mode_name,

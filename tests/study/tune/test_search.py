@@ -9,8 +9,14 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from study.spec import StudySpec
-from study.tune.search import CellScheduler, CellSearcher, cell_name, final_seeds
+from study.spec import StudySpec, replicate_seed
+from study.tune.search import (
+    CellScheduler,
+    CellSearcher,
+    cell_name,
+    final_seeds,
+    search_seed,
+)
 
 SPEC = StudySpec(subsets=("WBC_100", "WBC_1"), strategies=("scratch", "pretrain_aug"),
                  search_trials=3, final_seeds=2, startup_trials=1, epochs=4, grace_epochs=1,
@@ -106,6 +112,61 @@ def test_resampled_finals_rerun_the_best_of_a_bootstrap_of_the_search_per_seed()
     for trial_id, score in scores.items():
         again.on_trial_complete(trial_id, {"best_val_macro_f1": score})
     assert [c["config_from"] for _, c in _drain(again, start=100)[:-1]] == sources  # seeded
+
+
+def test_replicate_finals_each_rerun_the_best_of_their_own_independent_search() -> None:
+    spec = SPEC.replace(subsets=["WBC_100"], strategies=["scratch"], search_trials=2,
+                        final_seeds=3, final_config="replicates")
+    assert spec.cell_search_trials == 6  # search_trials is per replicate
+    searcher = _searcher(spec)
+    suggested = dict(_drain(searcher)[:-1])
+    assert len(suggested) == 6
+    # Dealt in turn: trials 0 and 3 are replicate 0's search, 1 and 4 replicate 1's, ...
+    seeds = [suggested[f"t{i}"]["seed"] for i in range(6)]
+    assert seeds == [replicate_seed(0, r) for r in (0, 1, 2, 0, 1, 2)] == [1000, 2000, 3000] * 2
+    assert not set(seeds) & set(final_seeds(spec))  # no replicate trains with a final seed
+    assert [search_seed(spec, i) for i in range(6)] == seeds
+    scores = {"t0": 0.2, "t3": 0.4, "t1": 0.9, "t4": 0.1, "t2": 0.3, "t5": 0.3}
+    for trial_id, score in scores.items():
+        searcher.on_trial_complete(trial_id, {"best_val_macro_f1": score})
+    finals = [c for _, c in _drain(searcher, start=100)[:-1]]
+    assert [c["seed"] for c in finals] == list(final_seeds(spec))
+    # Each its own search's best (the first of equals in replicate 2), never another's.
+    assert [c["config_from"] for c in finals] == [suggested[t]["trial_key"]
+                                                   for t in ("t3", "t1", "t2")]
+    for config, trial in zip(finals, ("t3", "t1", "t2"), strict=True):
+        assert config["lr"] == suggested[trial]["lr"]
+
+
+def test_a_replicate_whose_search_failed_loses_only_its_own_final_seed() -> None:
+    spec = SPEC.replace(subsets=["WBC_100"], strategies=["scratch"], search_trials=1,
+                        final_seeds=3, final_config="replicates")
+    searcher = _searcher(spec)
+    _drain(searcher)
+    searcher.on_trial_complete("t0", {"best_val_macro_f1": 0.5})
+    searcher.on_trial_complete("t1", None, error=True)
+    searcher.on_trial_complete("t2", {"best_val_macro_f1": 0.7})
+    finals = [c for _, c in _drain(searcher, start=100)[:-1]]
+    assert [c["seed"] for c in finals] == [1, 3]
+
+
+def test_replicate_trials_are_scheduled_apart_from_other_replicates() -> None:
+    spec = SPEC.replace(subsets=["WBC_100"], strategies=["scratch"], search_trials=2,
+                        final_seeds=2, final_config="replicates")
+    scheduler = CellScheduler(spec, metric="best_val_macro_f1", mode="max")
+    trials = [SimpleNamespace(config={"cell": "WBC_100-scratch", "phase": "search",
+                                      "trial_key": f"WBC_100-scratch/search-{i:02d}"})
+              for i in range(4)]
+    assert scheduler._for(trials[0]) is scheduler._for(trials[2])
+    assert scheduler._for(trials[0]) is not scheduler._for(trials[1])
+
+
+def test_more_replicates_bring_their_own_searches_and_search_at_random() -> None:
+    spec = SPEC.replace(subsets=["WBC_100"], strategies=["scratch"], search_trials=1,
+                        startup_trials=0, final_seeds=5, final_config="replicates")
+    searcher = _searcher(spec)
+    suggested = [c for _, c in _drain(searcher)[:-1]]
+    assert [c["seed"] for c in suggested] == [1000, 2000, 3000, 4000, 5000]
 
 
 def test_a_cell_whose_trials_all_fail_gets_no_final_phase_and_the_study_finishes() -> None:
