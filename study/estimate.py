@@ -119,7 +119,8 @@ def estimate(spec: StudySpec, tree: Tree, slots: int, *, rate: float | None = No
     if spec.resources.gpus_per_trial > 0:
         return None
     threads = max(1, int(spec.resources.cpus_per_trial))
-    precision, why = spec.train.precision, ""
+    precision: str = spec.train.precision
+    why = ""
     if precision == "auto":
         precision, why = cpu_precision(threads)
     if rate is None:

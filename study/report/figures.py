@@ -84,7 +84,9 @@ def by_budget(report: Report, folder: Path, formats: Sequence[str]) -> list[Path
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle("Final seeds by label budget: mean and 95% interval (seeds and reporting "
+    replicates = report.results.study.get("spec", {}).get("final_config") == "replicates"
+    fig.suptitle("Final seeds by label budget: mean and 95% interval ("
+                 + ("each seed its own search; " if replicates else "") + "seeds and reporting "
                  "images)")
     return _save(fig, folder, "by_budget", formats)
 

@@ -92,7 +92,10 @@ def terminal_table(report: Report) -> str:
     """The main table (macro-F1, %, mean [95% CI]) for the terminal."""
     width = max(12, *(len(s) for s in report.strategies)) + 2
     col = 22
-    lines = ["test macro-F1, % (mean [95% CI] over final seeds and reporting images)",
+    lines = ["test macro-F1, % (mean [95% CI] over final seeds and reporting images"
+             + ("; each seed its own search)"
+                if report.results.study.get("spec", {}).get("final_config") == "replicates"
+                else ")"),
              " " * width + "".join(f"{s:>{col}}" for s in report.subsets)]
     for strategy in report.strategies:
         row = f"{strategy:<{width}}"
