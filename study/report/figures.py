@@ -209,8 +209,12 @@ def learning_curves(report: Report, folder: Path, formats: Sequence[str]) -> lis
 
 
 def search_history(report: Report, folder: Path, formats: Sequence[str]) -> list[Path]:
-    """Each cell's search: the objective of every trial in order, and the best so far."""
+    """Each cell's search: the objective of every trial in order, and the best so far (per
+    replicate under ``final_config = "replicates"``: trial i is replicate i mod final_seeds's)."""
     trials = report.results.trials
+    spec = report.results.study.get("spec", {})
+    replicates = int(spec.get("final_seeds") or 1) \
+        if spec.get("final_config") == "replicates" else 0
 
     def draw(ax: Any, subset: str, strategy: str) -> None:
         search = trials[(trials["subset"] == subset) & (trials["strategy"] == strategy)
@@ -220,13 +224,18 @@ def search_history(report: Report, folder: Path, formats: Sequence[str]) -> list
         order = np.arange(1, len(values) + 1)
         stopped = search["status"].to_numpy() != "completed" if len(search) else []
         ax.scatter(order, values, c=["C3" if s else "C0" for s in stopped], s=18)
-        if len(values):
-            best = np.fmax.accumulate(np.nan_to_num(values, nan=-np.inf))
-            ax.step(order, np.where(np.isfinite(best), best, np.nan), where="post", color="C2")
+        for own in ([np.arange(len(values))] if not replicates else
+                    [np.arange(r, len(values), replicates) for r in range(replicates)]):
+            if len(own) and (not replicates or len(own) > 1):
+                best = np.fmax.accumulate(np.nan_to_num(values[own], nan=-np.inf))
+                ax.step(order[own], np.where(np.isfinite(best), best, np.nan), where="post",
+                        color="C2")
         _selection_axes(ax, report, "search trial")
 
     fig = _each_cell(report, draw, width=3.2, height=2.6)
-    fig.suptitle("Search history (red: stopped early or failed; green: best so far)")
+    fig.suptitle("Search history (red: stopped early or failed; green: best so far"
+                 + (", per replicate; each final seed re-ran its replicate's best)" if replicates
+                    else ")"))
     return _save(fig, folder, "search_history", formats)
 
 
