@@ -24,11 +24,12 @@ import pandas as pd
 import pytest
 
 from study.results import ResultsStore
-from study.spec import StudySpec
+from study.spec import StudySpec, preset
 
 CHAOS: dict[str, Any] = {
     "subsets": ["WBC_100", "WBC_10"], "strategies": ["scratch", "pretrain"],
-    "search_trials": 2, "startup_trials": 1, "epochs": 2, "grace_epochs": 2, "final_seeds": 2,
+    # The quick preset's replicates: 1 search trial for each of the 2 final seeds, 2 a cell.
+    "search_trials": 1, "startup_trials": 1, "epochs": 2, "grace_epochs": 2, "final_seeds": 2,
     "pretrain_epochs": 2, "checkpoint_every": 1,
     "train": {"batch_size": 16, "bn_recalibrate": 32, "min_epoch_images": 32,
               "color_jitter": 0.0, "warmup_epochs": 0.5},
@@ -83,10 +84,11 @@ def test_random_sigkills_then_resume_keep_every_trial_once_and_the_record_consis
     finally:
         _kill_group(final)
 
-    spec = StudySpec.from_dict({**StudySpec().to_dict(), **CHAOS, "name": "chaos",
+    spec = StudySpec.from_dict({**preset("quick").to_dict(), **CHAOS, "name": "chaos",
                                 "data": str(tiny_root)})
     trials = pd.read_parquet(results / "trials.parquet")
     epochs = pd.read_parquet(results / "epochs.parquet")
+    assert spec.final_config == "replicates" and spec.cell_search_trials == 2
     expected = {f"{s}-{g}/search-{i:02d}" for s, g in spec.cells for i in range(2)}
     expected |= {f"{s}-{g}/final-seed{k}" for s, g in spec.cells for k in (1, 2)}
     assert sorted(trials["trial_id"]) == sorted(expected)  # each exactly once
