@@ -432,6 +432,8 @@ def test_sigkill_of_the_driver_then_resume_keeps_every_trial_exactly_once(
     sets = [f"--set={name}={json.dumps(value)}" for name, value in SMALL.items()
             if name not in ("train", "name")]
     sets += [f"--set=train.{name}={json.dumps(value)}" for name, value in SMALL["train"].items()]
+    # The spec _spec builds (one search a cell), not the quick preset's replicates.
+    sets.append('--set=final_config="resampled"')
     driver = _start(["--data", str(tiny_root), "--results", str(results), "--quiet", *sets], log)
     try:
         deadline = time.monotonic() + 240
