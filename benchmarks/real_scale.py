@@ -26,7 +26,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import harness
@@ -36,6 +35,7 @@ from wbc.cache import decode_samples
 from wbc.config import TrainConfig
 from wbc.data import plan_wbc, wbc_decode_set
 from wbc.datasets import Tree, scan_tree
+from wbc.hardware import train_step_seconds
 from wbc.run import train_run
 
 _TURNS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
@@ -69,29 +69,6 @@ def _children_peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
 
 
-def _model_only(steps: int, batch: int, size: int) -> float:
-    """Images a second of ResNet-18 training steps on batches already in memory, with the
-    training loop's optimiser."""
-    import torch
-    import torch.nn.functional as F
-
-    from wbc.config import OptimConfig
-    from wbc.model import build_resnet18
-    from wbc.train import build_optimizer
-
-    model = build_resnet18(5).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, OptimConfig())  # the loop's own (fused AdamW)
-    x = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 5, (batch,))
-    for step in range(steps + 1):
-        if step == 1:
-            started = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    return steps * batch / (time.perf_counter() - started)
-
-
 def _epoch(tree: Tree, cache: Path, size: int, threads: int) -> dict[str, float]:
     """One epoch of every WBC_100 training image through the training loop, and the model alone
     on as many steps; the trial's set-up, loop and the rest."""
@@ -100,7 +77,7 @@ def _epoch(tree: Tree, cache: Path, size: int, threads: int) -> dict[str, float]
     result = train_run(plan_wbc(tree, config), config, cache_dir=cache, threads=threads)
     [epoch] = result.fit.history
     steps = int(epoch["train_images"]) // 64
-    model_only = _model_only(min(steps, 60), 64, size)
+    model_only = 64 / train_step_seconds(size, 64, steps=min(steps, 60))
     setup = float(result.record["setup_seconds"])
     return {"train_images": float(epoch["train_images"]),
             "images_per_second": float(epoch["images_per_second"]),

@@ -11,12 +11,11 @@ shorter than said, not longer. A GPU study is not measured from the driver: none
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from study.spec import StudySpec
 from wbc.datasets import Tree
-from wbc.hardware import cpu_precision
+from wbc.hardware import cpu_precision, train_step_seconds
 from wbc.layout import subset_percent
 from wbc.strategies import get_strategy
 from wbc.train import epoch_images
@@ -82,32 +81,14 @@ def training_images(spec: StudySpec, tree: Tree) -> tuple[int, int]:
 def measure_rate(image_size: int, batch_size: int, threads: int, *, steps: int = 3,
                  precision: str = "fp32") -> float:
     """Training images a second of ResNet-18 on this CPU at ``image_size``, ``batch_size`` and
-    ``threads`` torch threads, in ``precision`` (``steps`` timed after one warm-up step)."""
+    ``threads`` torch threads, in ``precision`` (``wbc.hardware.train_step_seconds``)."""
     import torch
-    import torch.nn.functional as F
-
-    from wbc.config import OptimConfig
-    from wbc.model import build_resnet18
-    from wbc.train import build_optimizer
 
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
-        model = build_resnet18(5).to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(model, OptimConfig())  # the loop's own (fused AdamW)
-        x = torch.randn(batch_size, 3, image_size, image_size).to(
-            memory_format=torch.channels_last)
-        y = torch.randint(0, 5, (batch_size,))
-        started = 0.0
-        for step in range(steps + 1):
-            if step == 1:
-                started = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                logits = model(x)
-            F.cross_entropy(logits.float(), y).backward()
-            optimizer.step()
-        return steps * batch_size / (time.perf_counter() - started)
+        return batch_size / train_step_seconds(image_size, batch_size, precision=precision,
+                                               steps=steps)
     finally:
         torch.set_num_threads(before)
 
