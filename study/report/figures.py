@@ -230,12 +230,16 @@ def search_history(report: Report, folder: Path, formats: Sequence[str]) -> list
                 best = np.fmax.accumulate(np.nan_to_num(values[own], nan=-np.inf))
                 ax.step(order[own], np.where(np.isfinite(best), best, np.nan), where="post",
                         color="C2")
+            if replicates and len(own) and np.isfinite(values[own]).any():
+                pick = own[int(np.nanargmax(values[own]))]  # the trial its final seed re-ran
+                ax.scatter([order[pick]], [values[pick]], s=90, facecolors="none",
+                           edgecolors="C2", linewidths=1.8)
         _selection_axes(ax, report, "search trial")
 
     fig = _each_cell(report, draw, width=3.2, height=2.6)
     fig.suptitle("Search history (red: stopped early or failed; green: best so far"
-                 + (", per replicate; each final seed re-ran its replicate's best)" if replicates
-                    else ")"))
+                 + (", per replicate; green ring: the trial its final seed re-ran)"
+                    if replicates else ")"))
     return _save(fig, folder, "search_history", formats)
 
 
