@@ -34,6 +34,8 @@ def cell_search_trials(spec: dict[str, Any]) -> int:
     """Search trials per cell of a spec as ``StudySpec.to_dict`` (or ``study.json``) gives it:
     ``search_trials``, times ``final_seeds`` under ``final_config = "replicates"``."""
     trials = int(spec.get("search_trials") or 0)
+    if spec.get("final_config") == "fixed":
+        return 0
     if spec.get("final_config") == "replicates":
         return trials * int(spec.get("final_seeds") or 0)
     return trials
@@ -166,7 +168,16 @@ class StudySpec:
     # trials (search_trials is then per replicate; startup_trials does not apply: no search
     # learns from another's trials) trained with the replicate's own seed, so that the final
     # seeds are independent replicates of the whole experiment, the search included.
-    final_config: Literal["best", "resampled", "replicates"] = "resampled"
+    # "fixed": no search; every final seed trains the spec's train settings as they are (a
+    # good default chosen beforehand), so that nothing of a search varies between runs.
+    final_config: Literal["best", "resampled", "replicates", "fixed"] = "resampled"
+    # Sequential seeds (study.sequential): a label budget whose strategy comparisons are still
+    # undecided after final_seeds gets seeds_per_look more seeds in each of its cells, looked at
+    # again, until decided, out of reach, or max_final_seeds is spent; the looks' p-values are
+    # corrected by alpha spending (spending_power: rho of alpha * t**rho). 0: final_seeds only.
+    max_final_seeds: int = 0
+    seeds_per_look: int = 1
+    spending_power: float = 3.0
     # The split that picks each run's best epoch (and so each cell's configuration): "full",
     # WBC_100's whole selection split for every budget; "scaled", a stratified part of it as
     # large as the budget (WBC_1: 1%), as a researcher with that budget would have.
@@ -234,10 +245,11 @@ class StudySpec:
             raise ValueError(f"image_size={self.image_size!r} must be in [8, 2048] pixels")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every={self.checkpoint_every!r} must be at least 0")
-        for name in ("search_trials", "epochs", "final_seeds", "grace_epochs"):
+        self._check_seed_plan()
+        for name in ("epochs", "final_seeds", "grace_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
-        for name, valid in (("final_config", ("best", "resampled", "replicates")),
+        for name, valid in (("final_config", ("best", "resampled", "replicates", "fixed")),
                             ("selection", ("full", "scaled")),
                             ("keep_models", ("best", "all", "none"))):
             if getattr(self, name) not in valid:
@@ -283,6 +295,27 @@ class StudySpec:
             if getattr(self, name) is not None and not getattr(self, name).strip():
                 raise ValueError(f"{name}={getattr(self, name)!r}: give a folder that holds "
                                  f"{dataset}/, or leave {name} unset for the tree's own")
+
+    def _check_seed_plan(self) -> None:
+        fixed = self.final_config == "fixed"
+        if fixed and self.search_trials != 0:
+            raise ValueError(f"search_trials={self.search_trials!r}: final_config \"fixed\" runs "
+                             "no search; set search_trials=0, or choose best, resampled or "
+                             "replicates")
+        if not fixed and self.search_trials < 1:
+            raise ValueError(f"search_trials={self.search_trials!r} must be at least 1 (or set "
+                             "final_config=\"fixed\" to run no search)")
+        if self.max_final_seeds and self.max_final_seeds < self.final_seeds:
+            raise ValueError(f"max_final_seeds={self.max_final_seeds!r} must be 0 (no sequential"
+                             f" seeds) or at least final_seeds={self.final_seeds!r}")
+        if self.max_final_seeds > self.final_seeds and self.final_config == "replicates":
+            raise ValueError("max_final_seeds: sequential seeds re-run a cell's chosen "
+                             "configuration, but under final_config \"replicates\" each seed "
+                             "needs a search of its own; use best, resampled or fixed, or set "
+                             "max_final_seeds=0")
+        if self.seeds_per_look < 1 or not 0 < self.spending_power <= 10:
+            raise ValueError(f"seeds_per_look={self.seeds_per_look!r} must be at least 1 and "
+                             f"spending_power={self.spending_power!r} in (0, 10]")
 
     @property
     def cells(self) -> tuple[tuple[str, str], ...]:
@@ -464,16 +497,18 @@ def _typed(name: str, hint: Any, value: Any) -> Any:
 
 
 # The quick preset is sized to finish within 10 minutes on a 2-core CPU from a fresh cache, Ray
-# start-up included (docs/benchmarks.md, "The quick study"): 12 cells x (3 search + 3 final)
-# trials of 3 epochs at 32 px; a synthetic training set at 15% of the report's counts (WBC_1: 13
-# images, every class present), 691 WBC_100/val images (345 report), the full CAM16 to pretrain
-# on. Its search of three trials a cell chooses between no imbalance handling and a weighted
-# loss: with three trials, class-balanced sampling (which costs the majority class a third of
-# its recall here) was picked by chance often enough to decide a cell. Each final seed re-runs
-# the best of its own search (final_config "replicates": here one random trial), so that its
-# intervals cover what another run of the study would search (benchmarks/replication.py).
+# start-up included (docs/benchmarks.md, "The quick study"): 12 cells of 3 epochs at 32 px; a
+# synthetic training set at 15% of the report's counts (WBC_1: 13 images, every class present),
+# 691 WBC_100/val images (345 report), the full CAM16 to pretrain on. It runs no search: every
+# seed trains one fixed configuration (final_config "fixed"), the AdamW learning rate of 1e-3
+# that the quick searches found best (benchmarks/fixed_default.py, over 216 trials of three
+# searched quick studies), no imbalance handling and the report's aug_factor of 5, so that
+# nothing of a search varies between runs (benchmarks/replication.py measured both designs).
+# 3 seeds a cell, and 3 more at a label budget whose comparisons are still undecided after them.
 _QUICK = StudySpec(space=SearchSpace(imbalance=("none", "weighted")),
-                   final_config="replicates", search_trials=1)
+                   final_config="fixed", search_trials=0, max_final_seeds=6, seeds_per_look=3,
+                   train=TrainConfig().replace(lr=1e-3, batch_size=64, bn_recalibrate=128,
+                                               min_epoch_images=512, warmup_epochs=0.5))
 
 # The report at full scale on GPUs: 224 px (the report's resolution), its real tree, 20 trials a
 # cell and 5 seeds. docs/presets.md gives the expected GPU-hours.

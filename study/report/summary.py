@@ -11,7 +11,7 @@ a Student-t interval over seeds alone, and says so.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ import pandas as pd
 from study.report.load import Results
 from study.report.stats import Comparison, cell_estimate, compare, holm
 from study.results import failed_trials
+from study.sequential import ALPHA, Plan, status
 from study.space import SEARCHABLE, searched_names
 from study.spec import SearchSpace, cell_search_trials
 from wbc.layout import WBC_CLASSES, subset_percent
@@ -120,6 +121,11 @@ class Report:
     reporting: Reporting | None = None
     # Intervals computed once: tables, the terminal and the figures ask for the same cells.
     estimates: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    @property
+    def plan(self) -> Plan:
+        """The study's seed plan: when its comparisons were looked at (``study.sequential``)."""
+        return Plan.of(self.results.study.get("spec", {}))
 
 
 @dataclass(frozen=True)
@@ -269,19 +275,27 @@ def _pair(a: Cell, b: Cell, metric: str) -> tuple[list[int], np.ndarray | None,
     return (seeds, pa[[index_a[s] for s in seeds]], pb[[index_b[s] for s in seeds]], diff)
 
 
-def _comparison_row(report: Report, a: Cell, b: Cell, metric: str) -> dict[str, Any] | None:
-    seeds, pa, pb, diff = _pair(a, b, metric)
-    if not seeds:
-        return None
-    targets = report.reporting.targets if report.reporting else None
-    name = metric.removeprefix("test_")
-    if pa is not None and pb is not None and targets is not None and pa.shape[1] == targets.size:
-        c: Comparison = compare(targets, pa, pb, name, len(WBC_CLASSES), replicates=REPLICATES,
-                                target=TARGET)
-        return {"seeds": c.seeds, "difference": c.difference, "low": c.low, "high": c.high,
-                "p": c.p, "prob_improvement": c.prob_improvement,
-                "min_detectable": c.min_detectable, "seeds_needed": c.seeds_needed,
-                "seed_sd": c.seed_sd, "image_sd": c.image_sd, "images_counted": True}
+def compare_runs(targets: Any, pa: np.ndarray, pb: np.ndarray, metric: str) -> Comparison:
+    """Runs of A against runs of B (paired by seed) on the reporting images, as the report's
+    comparison tables compare them (the searcher's sequential looks too)."""
+    return compare(targets, pa, pb, metric, len(WBC_CLASSES), replicates=REPLICATES,
+                   target=TARGET)
+
+
+@dataclass(frozen=True)
+class _SeedsOnly:
+    """A comparison from the seeds' metric values alone (runs that recorded no predictions)."""
+
+    seeds: int
+    difference: float
+    low: float
+    high: float
+    p: float
+    seed_sd: float = math.nan
+    image_sd: float = math.nan
+
+
+def _seeds_only(diff: np.ndarray) -> _SeedsOnly:
     from scipy import stats
 
     mean, low, high = mean_interval(diff)
@@ -290,20 +304,55 @@ def _comparison_row(report: Report, a: Cell, b: Cell, metric: str) -> dict[str, 
         p = float(stats.ttest_1samp(diff, 0.0).pvalue)
     elif len(diff) >= 2:
         p = 0.0 if abs(mean) > 0 else 1.0
-    return {"seeds": len(seeds), "difference": mean, "low": low, "high": high, "p": p,
+    return _SeedsOnly(len(diff), mean, low, high, p)
+
+
+def _comparison_row(report: Report, a: Cell, b: Cell, metric: str, *, most: int | None = None
+                    ) -> tuple[dict[str, Any], Callable[[int], Any]] | None:
+    """A table row over the seeds both cells ran (the first ``most`` of them), and the
+    comparison on their first n seeds (for the sequential looks)."""
+    seeds, pa, pb, diff = _pair(a, b, metric)
+    if most is not None and len(seeds) > most:
+        seeds, diff = seeds[:most], diff[:most]
+        pa, pb = (None, None) if pa is None or pb is None else (pa[:most], pb[:most])
+    if not seeds:
+        return None
+    targets = report.reporting.targets if report.reporting else None
+    name = metric.removeprefix("test_")
+    if pa is not None and pb is not None and targets is not None and pa.shape[1] == targets.size:
+        c = compare_runs(targets, pa, pb, name)
+
+        def at(n: int) -> Any:
+            return c if n == len(seeds) else compare_runs(targets, pa[:n], pb[:n], name)
+
+        return {"seeds": c.seeds, "difference": c.difference, "low": c.low, "high": c.high,
+                "p": c.p, "prob_improvement": c.prob_improvement,
+                "min_detectable": c.min_detectable, "seeds_needed": c.seeds_needed,
+                "seed_sd": c.seed_sd, "image_sd": c.image_sd, "images_counted": True}, at
+    only = _seeds_only(diff)
+    return {"seeds": only.seeds, "difference": only.difference, "low": only.low,
+            "high": only.high, "p": only.p,
             "prob_improvement": float(np.mean((diff > 0) + 0.5 * (diff == 0))),
             "min_detectable": math.nan, "seeds_needed": None, "seed_sd": math.nan,
-            "image_sd": math.nan, "images_counted": False}
+            "image_sd": math.nan, "images_counted": False}, lambda n: _seeds_only(diff[:n])
 
 
-def _evidence(table: pd.DataFrame) -> pd.DataFrame:
-    """Holm over the table's rows, and a word for each: strong, some or none."""
+def _evidence(table: pd.DataFrame, looks: list[Callable[[int], Any]], plan: Plan
+              ) -> pd.DataFrame:
+    """The sequential p-value of each row (``study.sequential``: the p-value itself when the
+    study planned one look), Holm over the table's rows, and a word for each: strong, some or
+    none."""
     if not len(table):
         return table
+    statuses = [status(at, int(seeds), plan, len(table))
+                for at, seeds in zip(looks, table["seeds"], strict=True)]
+    table["p"] = [st.p for st in statuses]
+    table["looks"] = [st.looks for st in statuses]
+    table["stopped"] = [st.why() for st in statuses]
     table["p_holm"] = holm(table["p"].to_numpy(dtype=float))
-    table["significant"] = table["p_holm"] < 0.05
+    table["significant"] = table["p_holm"] < ALPHA
     table["evidence"] = np.where(table["significant"], "strong",
-                                 np.where(table["p"] < 0.05, "some", "none"))
+                                 np.where(table["p"] < ALPHA, "some", "none"))
     return table
 
 
@@ -312,33 +361,40 @@ def paired(report: Report, metric: str = "test_macro_f1") -> pd.DataFrame:
     both ran, its 95% interval, p, the probability of improvement, the smallest difference the
     design could detect and the seeds a half-point difference would need; Holm-adjusted p over
     every row and the strength of evidence."""
-    rows = []
+    rows, looks = [], []
     for subset in report.subsets:
         for better, base, question in COMPARISONS:
             a, b = report.cells.get((subset, better)), report.cells.get((subset, base))
             if a is None or b is None or not len(a.finals) or not len(b.finals):
                 continue
-            row = _comparison_row(report, a, b, metric)
-            if row is not None:
+            made = _comparison_row(report, a, b, metric)
+            if made is not None:
                 rows.append({"subset": subset, "comparison": f"{better} - {base}",
-                             "question": question, **row})
-    return _evidence(pd.DataFrame(rows))
+                             "question": question, **made[0]})
+                looks.append(made[1])
+    return _evidence(pd.DataFrame(rows), looks, report.plan)
 
 
 def budget_effects(report: Report, metric: str = "test_macro_f1") -> pd.DataFrame:
-    """Per strategy: the largest label budget minus the smallest (same seeds, same images)."""
+    """Per strategy: the largest label budget minus the smallest (same seeds, same images).
+
+    Over the planned final seeds only: seeds a budget got later were spent on its strategy
+    comparisons, so counting them here would let those looks choose this test's seeds; on the
+    planned ones it is a test of a fixed design, one look at full alpha."""
     if len(report.subsets) < 2:
         return pd.DataFrame()
     high, low = report.subsets[0], report.subsets[-1]
-    rows = []
+    planned = report.plan.planned
+    rows, looks = [], []
     for strategy in report.strategies:
         a, b = report.cells.get((high, strategy)), report.cells.get((low, strategy))
         if a is None or b is None or not len(a.finals) or not len(b.finals):
             continue
-        row = _comparison_row(report, a, b, metric)
-        if row is not None:
-            rows.append({"strategy": strategy, "comparison": f"{high} - {low}", **row})
-    return _evidence(pd.DataFrame(rows))
+        made = _comparison_row(report, a, b, metric, most=planned)
+        if made is not None:
+            rows.append({"strategy": strategy, "comparison": f"{high} - {low}", **made[0]})
+            looks.append(made[1])
+    return _evidence(pd.DataFrame(rows), looks, Plan(planned, planned))
 
 
 def _journal_search(report: Report, strategy: str) -> tuple[pd.DataFrame, dict[str, Any]]:

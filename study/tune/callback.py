@@ -27,6 +27,7 @@ from ray.tune import Callback
 
 from study.results import ResultsStore, epoch_row, resolved_config, trial_row
 from study.results.models import place_model, settle_models, tune_model_files
+from study.sequential import Plan
 from study.space import cell_space
 from study.spec import StudySpec
 from study.tune.progress import Progress, cell_summary, format_params
@@ -141,8 +142,12 @@ class StudyCallback(Callback):
         self._rows = _RowIndex()
         self._running: set[str] = set()  # as of Tune's last step
         self._announced: set[str] = set()
+        self._announced_at: dict[str, int] = {}  # cell -> its final seeds when last announced
+        self._looks = set(Plan.of(self.spec.to_dict()).looks())
         self.progress = Progress(total_search=self.spec.cell_search_trials * len(self.cells),
                                  total_final=self.spec.final_seeds * len(self.cells),
+                                 most_final=max(self.spec.final_seeds, self.spec.max_final_seeds)
+                                 * len(self.cells),
                                  cells=len(self.cells), quiet=self.quiet)
 
     # Tune pickles its callbacks with the experiment and restores them on ``Tuner.restore``:
@@ -227,8 +232,12 @@ class StudyCallback(Callback):
                 self.progress.say(f"trial {row['trial_id']} failed: "
                                   f"{(row.get('error') or '').strip().splitlines()[-1:]}")
         cell = trial.config.get("cell")
-        if cell and cell not in self._announced and self._cell_done(cell):
+        finals = len(self._cell_rows(cell, "final")) if cell else 0
+        # Announced when done, and again at each later look's seeds (sequential seeds).
+        if cell and self._cell_done(cell) and (cell not in self._announced or (
+                finals > self._announced_at.get(cell, finals) and finals in self._looks)):
             self._announced.add(cell)
+            self._announced_at[cell] = finals
             self._announce(cell)
             # After the cell's rows (the writer keeps order): keep_models applied to it.
             self._writer.submit(functools.partial(
@@ -243,7 +252,7 @@ class StudyCallback(Callback):
         search = self._cell_rows(cell, "search")
         if len(search) < self.spec.cell_search_trials:
             return False
-        if all(r["status"] == "error" for r in search):
+        if search and all(r["status"] == "error" for r in search):
             return True
         return len(self._cell_rows(cell, "final")) >= self.spec.final_seeds
 

@@ -83,9 +83,10 @@ def format_eta(seconds: float) -> str:
 class Progress:
     """The status line and the messages of a running study, on standard error."""
 
-    def __init__(self, *, total_search: int, total_final: int, cells: int, quiet: bool = False
-                 ) -> None:
+    def __init__(self, *, total_search: int, total_final: int, cells: int, quiet: bool = False,
+                 most_final: int = 0) -> None:
         self.total_search, self.total_final, self.cells = total_search, total_final, cells
+        self.most_final = most_final  # final trials at most, with sequential seeds
         self.quiet = quiet
         self._started = time.monotonic()
         self._last_line = 0.0
@@ -122,7 +123,9 @@ class Progress:
         elapsed = int(now - self._started)
         eta = self.eta(remaining) if remaining else None
         line = (f"[{elapsed // 60:02d}:{elapsed % 60:02d}] search {search}/{self.total_search}"
-                f"  final {final}/{self.total_final}  running {running}  cells done "
+                f"  final {final}/{self.total_final}"
+                + (f" (up to {self.most_final})" if self.most_final > self.total_final else "")
+                + f"  running {running}  cells done "
                 f"{cells_done}/{self.cells}" + (f"  failed {failed}" if failed else "")
                 + (f"  {format_eta(eta)}" if eta is not None else ""))
         sys.stderr.write("\r\033[K" + line if tty else line + "\n")

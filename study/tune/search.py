@@ -23,6 +23,7 @@ restore replaces its row instead of adding one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import pickle
@@ -38,7 +39,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from study.report.summary import COMPARISONS, compare_runs
 from study.results.journal import optuna_storage
+from study.sequential import Plan, Status, budget_open, status
 from study.space import cell_space
 from study.spec import StudySpec, replicate_seed
 from wbc.seeding import derive_seed
@@ -71,6 +74,11 @@ def search_seed(spec: StudySpec, index: int) -> int:
     replicate, apart from the final seeds (``study.spec.replicate_seed``)."""
     replicate = replicate_of(spec, index)
     return spec.seed if replicate is None else replicate_seed(spec.seed, replicate)
+
+
+def _first_seeds(targets: list[int], pa: np.ndarray, pb: np.ndarray, n: int) -> Any:
+    """The report's comparison of two cells' final runs, on their first ``n`` seeds."""
+    return compare_runs(targets, pa[:n], pb[:n], "macro_f1")
 
 
 # What a search trial's last report gives its Optuna trial as user attributes.
@@ -161,6 +169,10 @@ class _Cell:
     final_params: dict[int, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)  # search trial id -> its trial key
     failed: bool = False  # every search trial failed: no final phase
+    # Final seeds handed out, and those that ended: seed -> (test predictions, targets), None
+    # for one that failed or recorded none (sequential seeds compare them).
+    handed: set[int] = field(default_factory=set)
+    ended: dict[int, tuple[list[int], list[int]] | None] = field(default_factory=dict)
 
 
 class CellSearcher(Searcher):
@@ -193,6 +205,19 @@ class CellSearcher(Searcher):
                             sampler=sampler, study_name=name, storage=storage),
                 finals=list(final_seeds(spec)))
         self._owner: dict[str, tuple[str, str]] = {}  # Tune trial id -> (cell, phase)
+        self._final_of: dict[str, int] = {}  # Tune trial id of a final trial -> its seed
+        self._plan = Plan.of(spec.to_dict())
+        # The report's strategy comparisons this study can make, at each label budget.
+        self._pairs = [(a, b) for a, b, _ in COMPARISONS
+                       if a in spec.strategies and b in spec.strategies]
+        self._family = len(self._pairs) * len(spec.subsets)  # rows of the report's table
+        # Sequential seeds: seeds each label budget's cells run to for now, and the budgets
+        # whose last look decided that they need no more.
+        self._target = dict.fromkeys(spec.subsets, spec.final_seeds)
+        self._closed: set[str] = set() if self._plan.sequential else set(spec.subsets)
+        if spec.final_config == "fixed":  # no search: the train settings as they are
+            for cell in self._cells.values():
+                cell.best, cell.best_key = {}, "fixed"
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
                               **spec: Any) -> bool:
@@ -204,6 +229,8 @@ class CellSearcher(Searcher):
             if cell.best is not None and cell.finals:
                 seed = cell.finals.pop(0)
                 self._owner[trial_id] = (cell.name, "final")
+                self._final_of[trial_id] = seed
+                cell.handed.add(seed)
                 source, chosen = cell.final_params.get(seed, (cell.best_key, cell.best))
                 return {**self._config(cell, "final", f"final-seed{seed}", seed, chosen),
                         "config_from": source, **self._named()}
@@ -221,6 +248,8 @@ class CellSearcher(Searcher):
                                        params or {}), **self._named()}
             if len(cell.finished) < self._budget:
                 waiting = True
+        # A label budget still to be looked at may get more seeds: wait for its look.
+        waiting = waiting or len(self._closed) < len(self._target)
         return None if waiting else Searcher.FINISHED  # type: ignore[return-value]
 
     def _named(self) -> dict[str, str]:
@@ -243,6 +272,9 @@ class CellSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         owner = self._owner.get(trial_id)
+        if owner is not None and owner[1] == "final":
+            self._final_ended(self._cells[owner[0]], trial_id, result, error)
+            return
         if owner is None or owner[1] != "search":
             return
         cell = self._cells[owner[0]]
@@ -273,15 +305,68 @@ class CellSearcher(Searcher):
         if self._final_config == "replicates":
             self._choose_replicates(cell, scored, sign)
         elif self._final_config == "resampled":
-            for seed in cell.finals:
-                # The search as it might have gone: its trials resampled with replacement.
-                rng = np.random.default_rng(derive_seed(self._seed, "final-config", cell.name,
-                                                        seed))
-                drawn = [scored[i] for i in rng.integers(0, len(scored), len(scored))]
-                pick = max(drawn, key=lambda t: sign * cell.scores[t])
-                cell.final_params[seed] = (cell.keys.get(pick, ""), dict(cell.params[pick]))
-            cell.optuna.note_study(final_seed_configs={
-                str(seed): key for seed, (key, _) in cell.final_params.items()})
+            self._resample(cell, list(cell.finals))
+
+    def _resample(self, cell: _Cell, seeds: list[int]) -> None:
+        """Per final seed, the best trial of a bootstrap resample of the cell's search: the
+        search as it might have gone."""
+        sign = 1.0 if self.mode == "max" else -1.0
+        scored = sorted(cell.scores, key=lambda t: cell.keys.get(t, t))
+        for seed in seeds:
+            rng = np.random.default_rng(derive_seed(self._seed, "final-config", cell.name, seed))
+            drawn = [scored[i] for i in rng.integers(0, len(scored), len(scored))]
+            pick = max(drawn, key=lambda t: sign * cell.scores[t])
+            cell.final_params[seed] = (cell.keys.get(pick, ""), dict(cell.params[pick]))
+        cell.optuna.note_study(final_seed_configs={
+            str(seed): key for seed, (key, _) in cell.final_params.items()})
+
+    def _final_ended(self, cell: _Cell, trial_id: str, result: dict | None, error: bool) -> None:
+        """Note a final seed's predictions; once its label budget's seeds have all ended,
+        look at its comparisons (sequential seeds)."""
+        seed = self._final_of.get(trial_id)
+        if seed is None or seed in cell.ended:
+            return
+        predictions = None if error or not result else result.get("test_predictions")
+        targets = None if error or not result else result.get("test_targets")
+        cell.ended[seed] = (None if predictions is None or targets is None
+                            else (list(predictions), list(targets)))
+        subset = cell.subset
+        if subset in self._closed:
+            return
+        cells = [c for c in self._cells.values() if c.subset == subset and not c.failed]
+        if any(c.finals or not c.handed <= set(c.ended) for c in cells):
+            return  # seeds of this budget still to run
+        if budget_open(self._look(subset, cells)) and self._target[subset] < self._plan.most:
+            old = self._target[subset]
+            self._target[subset] = new = self._plan.next_seeds(old)
+            seeds = [self._spec.seed + 1 + k for k in range(old, new)]
+            logger.info("%s: a comparison is undecided after %d seeds; %d more in each of its "
+                        "cells", subset, old, new - old)
+            for c in cells:
+                c.finals.extend(seeds)
+                if self._final_config == "resampled":
+                    self._resample(c, seeds)
+        else:
+            self._closed.add(subset)
+
+    def _look(self, subset: str, cells: list[_Cell]) -> list[Status]:
+        """The sequential status of every strategy comparison at ``subset``."""
+        by_strategy = {c.strategy: c for c in cells}
+        looks = []
+        for better, base in self._pairs:
+            a, b = by_strategy.get(better), by_strategy.get(base)
+            if a is None or b is None:
+                continue
+            seeds = sorted(s for s in set(a.ended) & set(b.ended)
+                           if a.ended[s] is not None and b.ended[s] is not None)
+            if not seeds:
+                continue
+            targets = a.ended[seeds[0]][1]  # type: ignore[index]
+            pa = np.array([a.ended[s][0] for s in seeds])  # type: ignore[index]
+            pb = np.array([b.ended[s][0] for s in seeds])  # type: ignore[index]
+            looks.append(status(functools.partial(_first_seeds, targets, pa, pb), len(seeds),
+                                self._plan, self._family))
+        return looks
 
     def _choose_replicates(self, cell: _Cell, scored: list[str], sign: float) -> None:
         """Each final seed re-runs the best trial of its own replicate's search; a replicate
