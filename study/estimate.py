@@ -55,7 +55,8 @@ def _duration(seconds: float) -> str:
 def training_images(spec: StudySpec, tree: Tree) -> tuple[int, int]:
     """(images the study's trials and pretraining train on, trials)."""
     images = trials = 0
-    per_cell = spec.cell_search_trials + spec.final_seeds
+    # At most: every label budget given its sequential seeds up to max_final_seeds.
+    per_cell = spec.cell_search_trials + max(spec.final_seeds, spec.max_final_seeds)
     for subset, strategy in spec.cells:
         percent = subset_percent(subset) or 100
         n = len(tree.wbc.subset(percent)) or round(len(tree.wbc.subset(100)) * percent / 100)

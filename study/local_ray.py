@@ -51,10 +51,12 @@ def quiet_ray(*, verbose: bool = False) -> None:
     before ``ray`` is imported: Ray reads some of these settings at import."""
     global _verbose
     _verbose = verbose
-    if os.environ.get("RAY_ADDRESS", "local") == "local":
+    if os.environ.get("RAY_ADDRESS", "local") == "local" and "ray" not in sys.modules:
         # A private Ray (start_ray): its token auth said, not left to Ray's default, which is
         # the same auth with a warning on every run that Ray turned it on. Ray reads the mode
-        # at import, hence here.
+        # at import, hence here; once a caller has imported Ray (a notebook, a script), this
+        # process keeps the mode Ray read then, and so must the cluster it starts, which takes
+        # its settings from this environment: a mode set now would be the cluster's alone.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # "(pid=...)" prefixes uncoloured

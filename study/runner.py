@@ -150,7 +150,9 @@ def _open_record(spec: StudySpec | None, store: ResultsStore, *, resume: bool,
     except FileExistsError:
         raise _occupied(results) from None
     say(f"study {spec.name!r} ({spec.preset} preset): {len(spec.cells)} cells x "
-        f"({spec.cell_search_trials} search + {spec.final_seeds} final) trials -> {results}")
+        f"({spec.cell_search_trials} search + {spec.final_seeds} final"
+        + (f", up to {spec.max_final_seeds} where undecided" if spec.max_final_seeds
+           > spec.final_seeds else "") + f") trials -> {results}")
     return spec, record
 
 

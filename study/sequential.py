@@ -125,12 +125,13 @@ def status(compare_at: Callable[[int], Any], seeds: int, plan: Plan, family: int
         if k and looks[k - 1] >= seeds:
             break
         # The last look takes every seed there is (a plan of one look: all of them).
-        last = compare_at(seeds if k == len(looks) - 1 else min(n, seeds))
+        used = seeds if k == len(looks) - 1 else min(n, seeds)
+        last = compare_at(used)
         taken += 1
         if math.isfinite(last.p):
             p_seq = min(p_seq, last.p / weights[k])
         if decided_at is None and p_seq * family < ALPHA:
-            decided_at = min(n, seeds)
+            decided_at = used
     p = min(1.0, p_seq) if math.isfinite(p_seq) else math.nan
     if decided_at is not None:
         reason = DECIDED

@@ -25,7 +25,7 @@ from wbc.layout import subset_percent
 from wbc.strategies import get_strategy, strategy_names
 
 __all__ = ["PRESETS", "Resources", "SearchSpace", "StudySpec", "cell_search_trials",
-           "load_spec", "preset", "replicate_seed"]
+           "load_spec", "no_search", "preset", "replicate_seed"]
 
 Execution = Literal["auto", "inline", "train"]
 
@@ -34,11 +34,15 @@ def cell_search_trials(spec: dict[str, Any]) -> int:
     """Search trials per cell of a spec as ``StudySpec.to_dict`` (or ``study.json``) gives it:
     ``search_trials``, times ``final_seeds`` under ``final_config = "replicates"``."""
     trials = int(spec.get("search_trials") or 0)
-    if spec.get("final_config") == "fixed":
-        return 0
     if spec.get("final_config") == "replicates":
         return trials * int(spec.get("final_seeds") or 0)
     return trials
+
+
+def no_search(spec: dict[str, Any]) -> bool:
+    """Whether a spec as ``StudySpec.to_dict`` (or ``study.json``) gives it runs no search
+    (``search_trials = 0``): every final seed trains the train settings as they are."""
+    return int(spec.get("search_trials", 1) or 0) == 0
 
 
 def replicate_seed(seed: int, replicate: int) -> int:
@@ -154,7 +158,10 @@ class StudySpec:
     subsets: tuple[str, ...] = ("WBC_100", "WBC_50", "WBC_10", "WBC_1")
     # The report's three; quick-ssl adds the self-supervised two ("ssl", "ssl_pretrain").
     strategies: tuple[str, ...] = ("scratch", "pretrain", "pretrain_aug")
-    search_trials: int = 3  # Optuna trials per cell (per replicate under "replicates")
+    # Optuna trials per cell (per replicate under "replicates"). 0: no search; every final seed
+    # trains the train settings as they are (a default chosen beforehand), so that nothing of a
+    # search varies between two runs of the study; final_config does not apply.
+    search_trials: int = 3
     startup_trials: int = 2  # random trials before TPE models a cell
     epochs: int = 3
     grace_epochs: int = 1  # ASHA: no trial is stopped before this epoch
@@ -168,9 +175,7 @@ class StudySpec:
     # trials (search_trials is then per replicate; startup_trials does not apply: no search
     # learns from another's trials) trained with the replicate's own seed, so that the final
     # seeds are independent replicates of the whole experiment, the search included.
-    # "fixed": no search; every final seed trains the spec's train settings as they are (a
-    # good default chosen beforehand), so that nothing of a search varies between runs.
-    final_config: Literal["best", "resampled", "replicates", "fixed"] = "resampled"
+    final_config: Literal["best", "resampled", "replicates"] = "resampled"
     # Sequential seeds (study.sequential): a label budget whose strategy comparisons are still
     # undecided after final_seeds gets seeds_per_look more seeds in each of its cells, looked at
     # again, until decided, out of reach, or max_final_seeds is spent; the looks' p-values are
@@ -249,7 +254,7 @@ class StudySpec:
         for name in ("epochs", "final_seeds", "grace_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
-        for name, valid in (("final_config", ("best", "resampled", "replicates", "fixed")),
+        for name, valid in (("final_config", ("best", "resampled", "replicates")),
                             ("selection", ("full", "scaled")),
                             ("keep_models", ("best", "all", "none"))):
             if getattr(self, name) not in valid:
@@ -297,21 +302,17 @@ class StudySpec:
                                  f"{dataset}/, or leave {name} unset for the tree's own")
 
     def _check_seed_plan(self) -> None:
-        fixed = self.final_config == "fixed"
-        if fixed and self.search_trials != 0:
-            raise ValueError(f"search_trials={self.search_trials!r}: final_config \"fixed\" runs "
-                             "no search; set search_trials=0, or choose best, resampled or "
-                             "replicates")
-        if not fixed and self.search_trials < 1:
-            raise ValueError(f"search_trials={self.search_trials!r} must be at least 1 (or set "
-                             "final_config=\"fixed\" to run no search)")
+        if self.search_trials < 0:
+            raise ValueError(f"search_trials={self.search_trials!r} must be at least 0 (0: no "
+                             "search, every seed trains the train settings)")
         if self.max_final_seeds and self.max_final_seeds < self.final_seeds:
             raise ValueError(f"max_final_seeds={self.max_final_seeds!r} must be 0 (no sequential"
                              f" seeds) or at least final_seeds={self.final_seeds!r}")
-        if self.max_final_seeds > self.final_seeds and self.final_config == "replicates":
+        if self.max_final_seeds > self.final_seeds and self.final_config == "replicates" \
+                and self.search_trials:
             raise ValueError("max_final_seeds: sequential seeds re-run a cell's chosen "
                              "configuration, but under final_config \"replicates\" each seed "
-                             "needs a search of its own; use best, resampled or fixed, or set "
+                             "needs a search of its own; use best or resampled, or set "
                              "max_final_seeds=0")
         if self.seeds_per_look < 1 or not 0 < self.spending_power <= 10:
             raise ValueError(f"seeds_per_look={self.seeds_per_look!r} must be at least 1 and "
@@ -500,13 +501,13 @@ def _typed(name: str, hint: Any, value: Any) -> Any:
 # start-up included (docs/benchmarks.md, "The quick study"): 12 cells of 3 epochs at 32 px; a
 # synthetic training set at 15% of the report's counts (WBC_1: 13 images, every class present),
 # 691 WBC_100/val images (345 report), the full CAM16 to pretrain on. It runs no search: every
-# seed trains one fixed configuration (final_config "fixed"), the AdamW learning rate of 1e-3
+# seed trains one fixed configuration (search_trials 0), the AdamW learning rate of 1e-3
 # that the quick searches found best (benchmarks/fixed_default.py, over 216 trials of three
 # searched quick studies), no imbalance handling and the report's aug_factor of 5, so that
 # nothing of a search varies between runs (benchmarks/replication.py measured both designs).
 # 3 seeds a cell, and 3 more at a label budget whose comparisons are still undecided after them.
 _QUICK = StudySpec(space=SearchSpace(imbalance=("none", "weighted")),
-                   final_config="fixed", search_trials=0, max_final_seeds=6, seeds_per_look=3,
+                   search_trials=0, max_final_seeds=6, seeds_per_look=3,
                    train=TrainConfig().replace(lr=1e-3, batch_size=64, bn_recalibrate=128,
                                                min_epoch_images=512, warmup_epochs=0.5))
 

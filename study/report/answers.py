@@ -17,6 +17,7 @@ import pandas as pd
 
 from study.report.sections import histology_phrase
 from study.report.summary import Report, budget_effects
+from wbc.strategies import get_strategy
 
 __all__ = ["answers", "segmenter_quality"]
 
@@ -36,6 +37,12 @@ def _points(x: float) -> str:
 def _effect(row: Any) -> str:
     """``+3.1 points [-2.0, +8.2] at WBC_1 (P(improvement) 0.71)``."""
     text = f"{_points(row.difference)} [{_points(row.low)}, {_points(row.high)}] at {row.subset}"
+    if row.difference == 0 and row.low == 0 and row.high == 0:
+        # Every seed predicted alike: the first strategy added nothing here (the augmentation
+        # with no image that has a mask at this budget ran as plain pretraining).
+        return text + " (identical runs: nothing to paste, no training image here has a mask)" \
+            if get_strategy(row.comparison.split(" - ")[0]).mask_augment \
+            else text + " (identical runs)"
     if math.isfinite(row.prob_improvement):
         text += f" (P(improvement) {row.prob_improvement:.2f})"
     return text

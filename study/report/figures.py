@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from study.report.summary import METRICS, Report, cell_estimate_of
+from study.spec import no_search
 from wbc.datasets import Sample
 from wbc.layout import WBC_CLASSES, subset_percent
 
@@ -213,6 +214,8 @@ def search_history(report: Report, folder: Path, formats: Sequence[str]) -> list
     replicate under ``final_config = "replicates"``: trial i is replicate i mod final_seeds's)."""
     trials = report.results.trials
     spec = report.results.study.get("spec", {})
+    if no_search(spec):
+        return []  # no search to draw
     replicates = int(spec.get("final_seeds") or 1) \
         if spec.get("final_config") == "replicates" else 0
 

@@ -40,7 +40,7 @@ from study.report.summary import (
     paired,
     summarise,
 )
-from study.spec import cell_search_trials
+from study.spec import cell_search_trials, no_search
 from wbc.layout import REPORT_TABLE1, WBC_CLASSES
 
 __all__ = ["table1", "terminal_table", "write_report"]
@@ -148,9 +148,13 @@ def _overview(report: Report) -> list[str]:
         return [f"Read from the {results.source} (no study.json: the spec is inferred from the "
                 "trials).", ""]
     seeds = spec.get("final_seeds")
+    plan = report.plan
+    more = (f" ({plan.most} at a label budget still undecided after them)" if plan.sequential
+            else "")
     return [f"Preset `{study.get('preset')}` on {source}: {len(report.subsets)} label budgets "
             f"x {len(report.strategies)} strategies, {_searched_phrase(spec)} "
-            f"and {seeds} final seed{'s' * (seeds != 1)} per cell, {spec.get('image_size')} px, "
+            f"and {seeds} final seed{'s' * (seeds != 1)} per cell{more}, "
+            f"{spec.get('image_size')} px, "
             f"{spec.get('epochs')} epochs. Read from the {results.source}.", ""]
 
 
@@ -163,9 +167,13 @@ def _reporting_section(report: Report) -> list[str]:
     trials = report.results.trials
     selection = trials["selection_split"].dropna().iloc[0] if "selection_split" in trials \
         and trials["selection_split"].notna().any() else "the selection split"
+    part = ("It took no part in any choice: epochs and configurations were picked on "
+            f"{selection}." if not report.plan.sequential else
+            f"It picked no epoch or configuration (those were picked on {selection}); its "
+            "comparisons decided how many seeds a label budget ran, which the sequential "
+            "p-values correct for (Paired comparisons).")
     return ["## The reporting split", "",
-            f"Every figure is from {rep.name}: {rep.n} images ({support}). It took no part in "
-            f"any choice: epochs and configurations were picked on {selection}. Always "
+            f"Every figure is from {rep.name}: {rep.n} images ({support}). {part} Always "
             f"answering {rep.majority} scores macro-F1 {100 * base['test_macro_f1']:.1f}, "
             f"balanced accuracy {100 * base['test_balanced_accuracy']:.1f} and accuracy "
             f"{100 * base['test_accuracy']:.1f} on it: the tables show it as a row.", ""]
@@ -173,6 +181,8 @@ def _reporting_section(report: Report) -> list[str]:
 
 def _searched_phrase(spec: dict) -> str:
     """How a cell was searched, in the spec's own numbers."""
+    if no_search(spec):
+        return "no search (one fixed configuration)"
     if spec.get("final_config") == "replicates":
         trials = spec.get("search_trials")
         return (f"{cell_search_trials(spec)} search trials ({trials} random "
@@ -189,6 +199,10 @@ def covers(spec: dict) -> str:
         return ("Each interval covers the search (every final seed re-ran the best of its own "
                 f"independent search), {kept}; not another sample of cells or other fixed "
                 "settings.")
+    if no_search(spec):
+        return (f"Each interval covers {kept}; there is no search to cover: every seed trained "
+                "the spec's one fixed configuration, which another run of the study trains "
+                "too.")
     if spec.get("final_config") == "resampled":
         return (f"Each interval covers {kept}, and the choice among the configurations one "
                 "search tried (each seed re-ran the best of a resample of them), not what "
@@ -215,10 +229,11 @@ def _table_section(report: Report) -> list[str]:
     return lines
 
 
-def _comparison_lines(table: pd.DataFrame, key: str) -> list[str]:
+def _comparison_lines(table: pd.DataFrame, key: str, *, stopped: bool = False) -> list[str]:
+    """The table; ``stopped`` adds why each comparison stopped (sequential seeds)."""
     lines = [f"| {key} | comparison | seeds | difference [95% CI] | P(improvement) | p | "
-             "p (Holm) | evidence | detectable | seeds for 0.5 pt |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "p (Holm) | evidence | detectable | seeds for 0.5 pt |" + (" stopped |" * stopped),
+             "|---|---|---|---|---|---|---|---|---|---|" + "---|" * stopped]
     for row in table.itertuples():
         interval = f"{_pm(row.difference)} [{_pm(row.low)}, {_pm(row.high)}]"
         needed = "–" if row.seeds_needed is None or (
@@ -228,8 +243,26 @@ def _comparison_lines(table: pd.DataFrame, key: str) -> list[str]:
             f"{100 * row.min_detectable:.1f}"
         lines.append(f"| {getattr(row, key)} | {row.comparison} | {row.seeds} | {interval} | "
                      f"{row.prob_improvement:.2f} | {_fmt_p(row.p)} | {_fmt_p(row.p_holm)} | "
-                     f"{row.evidence} | {detect} | {needed} |")
+                     f"{row.evidence} | {detect} | {needed} |"
+                     + (f" {row.stopped} |" if stopped else ""))
     return [*lines, ""]
+
+
+def _sequential_lines(report: Report) -> list[str]:
+    plan = report.plan
+    if not plan.sequential:
+        return []
+    looks = ", ".join(map(str, plan.looks()))
+    return [f"Seeds were spent where they decide: every label budget ran {plan.planned} seeds a "
+            f"cell, and one whose comparisons were still open got {plan.step} more in each of "
+            f"its cells, looked at again, up to {plan.most} (looks at {looks} seeds). A "
+            "comparison stops when decided (strong even after Bonferroni over the table), when "
+            f"even {plan.most} seeds could not decide it at its present difference (out of "
+            "reach), or when the budget is spent. Its p is sequential: the smallest p over its "
+            "looks, each divided by that look's share of alpha (alpha spending "
+            f"alpha t^{plan.rho:g}, t = seeds / {plan.most}), so looking several times does "
+            "not inflate the error rate. The label-budget table uses the planned seeds only, "
+            "one look: the seeds added later were bought for the strategy comparisons.", ""]
 
 
 def _comparisons_section(report: Report, table: pd.DataFrame) -> list[str]:
@@ -244,7 +277,8 @@ def _comparisons_section(report: Report, table: pd.DataFrame) -> list[str]:
              "could have found.", ""]
     if not len(table):
         return [*lines, "No subset has final runs of two strategies yet.", ""]
-    lines += _comparison_lines(table, "subset")
+    lines += _sequential_lines(report)
+    lines += _comparison_lines(table, "subset", stopped=report.plan.sequential)
     budgets = budget_effects(report)
     if len(budgets):
         lines += ["The label budget itself, per strategy (largest minus smallest budget, the "

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from study.report.summary import Report, importances
-from study.spec import replicate_seed
+from study.spec import no_search, replicate_seed
 from wbc.layout import WBC_CLASSES
 
 __all__ = ["background_section", "best_section", "histology_phrase", "importance_section",
@@ -204,7 +204,29 @@ def _reran(report: Report) -> str:
     return "The final seeds re-ran this configuration."
 
 
+def _fixed_section(report: Report) -> list[str]:
+    """A study without a search: the one configuration every seed trained."""
+    trials = report.results.trials
+    finals = trials[trials["phase"] == "final"] if len(trials) else trials
+    if not len(finals):
+        return []
+    first = finals.sort_values("trial_id").iloc[0]
+    shown = [f"{name} {first[name]:.3g}" if isinstance(first[name], float) else
+             f"{name} {first[name]}" for name in ("lr", "weight_decay", "imbalance")
+             if name in first and first[name] is not None]
+    pasting = finals[finals["aug_factor"].notna()] if "aug_factor" in finals else finals[:0]
+    if len(pasting):
+        row = pasting.iloc[0]
+        shown.append(f"and for the strategies that paste aug_factor {int(row['aug_factor'])}, "
+                     f"background {row['background']}")
+    return ["## The configuration", "",
+            "No search (`search_trials = 0`): every seed of every cell trained the "
+            f"spec's one configuration, {', '.join(shown)}.", ""]
+
+
 def best_section(report: Report) -> list[str]:
+    if no_search(report.results.study.get("spec", {})):
+        return _fixed_section(report)
     lines = ["## Best configuration per cell", "",
              f"The search trial with the highest selection macro-F1. {_reran(report)}", "",
              "| cell | val macro-F1 | " + " | ".join(report.searched) + " | final seeds re-ran |",
@@ -238,6 +260,8 @@ def _sources(cell: Any) -> str:
 
 
 def importance_section(report: Report) -> list[str]:
+    if no_search(report.results.study.get("spec", {})):
+        return []  # nothing was searched
     table = importances(report)
     lines = ["## Which hyperparameters mattered", ""]
     if not len(table):
@@ -257,10 +281,12 @@ def importance_section(report: Report) -> list[str]:
 def _search_seeds(spec: dict[str, Any]) -> str:
     """The search trials' training seeds as ``study.tune.search.search_seed`` gives them."""
     seed = spec.get("seed")
+    if no_search(spec):
+        return "no search"
     if spec.get("final_config") != "replicates" or not isinstance(seed, int):
-        return str(seed)
+        return f"search trials train with seed {seed}"
     seeds = [replicate_seed(seed, r) for r in range(int(spec.get("final_seeds") or 0))]
-    return f"{', '.join(map(str, seeds))} (one per replicate)"
+    return f"search trials train with seed {', '.join(map(str, seeds))} (one per replicate)"
 
 
 def _precision_lines(trials: Any) -> list[str]:
@@ -293,7 +319,7 @@ def provenance_section(report: Report) -> list[str]:
            if data.get("source") == "synthetic" else f" ({data.get('root')})")
         + f"; fingerprint `{data.get('fingerprint')}`; excluded files "
         f"{data.get('excluded_files', 0)}",
-        f"- seeds: search trials train with seed {_search_seeds(study.get('spec', {}))}; final "
+        f"- seeds: {_search_seeds(study.get('spec', {}))}; final "
         f"seeds {sorted({int(s) for s in trials[trials['phase'] == 'final']['seed']})}"
         if len(trials) else "- seeds: –",
         f"- code: git {prov.get('git_commit')}, source digest `{prov.get('code_sha256')}`",
@@ -354,6 +380,13 @@ def _search_caveat(spec: dict[str, Any]) -> str:
     """What the intervals leave out: the search itself, in the spec's own numbers."""
     trials = spec.get("search_trials")
     tried = f"the {trials} configurations" if isinstance(trials, int) else "the configurations"
+    if no_search(spec):
+        return ("There was no search: every seed trained the spec's fixed configuration, which "
+                "another run of the study trains too, so what varies between two runs (the "
+                "training seeds) is in every interval. What no interval says is whether another "
+                "configuration would change a verdict; a searched design asks that "
+                "(`--set final_config=replicates --set search_trials=1 --set "
+                "max_final_seeds=0`).")
     if spec.get("final_config") == "replicates":
         seeds = spec.get("final_seeds")
         return ("Every final seed re-ran the best of its own independent search, so the "

@@ -215,7 +215,7 @@ class CellSearcher(Searcher):
         # whose last look decided that they need no more.
         self._target = dict.fromkeys(spec.subsets, spec.final_seeds)
         self._closed: set[str] = set() if self._plan.sequential else set(spec.subsets)
-        if spec.final_config == "fixed":  # no search: the train settings as they are
+        if spec.search_trials == 0:  # no search: the train settings as they are
             for cell in self._cells.values():
                 cell.best, cell.best_key = {}, "fixed"
 
@@ -344,7 +344,7 @@ class CellSearcher(Searcher):
                         "cells", subset, old, new - old)
             for c in cells:
                 c.finals.extend(seeds)
-                if self._final_config == "resampled":
+                if self._final_config == "resampled" and c.scores:  # a search to resample
                     self._resample(c, seeds)
         else:
             self._closed.add(subset)

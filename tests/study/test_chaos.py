@@ -28,7 +28,9 @@ from study.spec import StudySpec, preset
 
 CHAOS: dict[str, Any] = {
     "subsets": ["WBC_100", "WBC_10"], "strategies": ["scratch", "pretrain"],
-    # The quick preset's replicates: 1 search trial for each of the 2 final seeds, 2 a cell.
+    # Replicates: 1 search trial for each of the 2 final seeds, 2 a cell; no sequential seeds
+    # (the quick preset's), whose count would depend on the runs.
+    "final_config": "replicates", "max_final_seeds": 0,
     "search_trials": 1, "startup_trials": 1, "epochs": 2, "grace_epochs": 2, "final_seeds": 2,
     "pretrain_epochs": 2, "checkpoint_every": 1,
     "train": {"batch_size": 16, "bn_recalibrate": 32, "min_epoch_images": 32,

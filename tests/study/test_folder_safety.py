@@ -27,7 +27,7 @@ from wbc.pretrain import WeightsStore
 TINY: dict[str, Any] = {
     "name": "tiny", "image_size": 32, "subsets": ["WBC_100"], "strategies": ["scratch"],
     "search_trials": 1, "startup_trials": 1, "epochs": 1, "grace_epochs": 1,
-    "final_seeds": 1, "pretrain_epochs": 1,
+    "final_seeds": 1, "max_final_seeds": 0, "pretrain_epochs": 1,
     "train": {"batch_size": 16, "bn_recalibrate": 16, "min_epoch_images": 16,
               "color_jitter": 0.0, "warmup_epochs": 0.0},
 }

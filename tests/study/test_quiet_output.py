@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 SMALL = {"subsets": ["WBC_100"], "strategies": ["pretrain"], "search_trials": 1,
+         "max_final_seeds": 0,
          "startup_trials": 1, "epochs": 1, "final_seeds": 1, "pretrain_epochs": 2,
          "image_size": 32, "train.batch_size": 16, "train.bn_recalibrate": 32,
          "train.min_epoch_images": 32, "train.color_jitter": 0.0}

@@ -31,7 +31,8 @@ from wbc.pretrain import WeightsStore, pretrain_config, pretrain_key
 SMALL: dict[str, Any] = {
     "name": "small", "image_size": 32, "subsets": ["WBC_100", "WBC_10"],
     "strategies": ["scratch", "pretrain_aug"], "search_trials": 2, "startup_trials": 1,
-    "epochs": 2, "grace_epochs": 1, "final_seeds": 2, "pretrain_epochs": 1,
+    "epochs": 2, "grace_epochs": 1, "final_seeds": 2, "max_final_seeds": 0,
+    "pretrain_epochs": 1,
     "train": {"batch_size": 16, "bn_recalibrate": 32, "min_epoch_images": 32,
               "color_jitter": 0.0, "warmup_epochs": 0.5},
 }

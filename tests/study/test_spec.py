@@ -407,3 +407,22 @@ def test_eval_data_needs_kept_models_and_keep_models_defaults_to_best() -> None:
     assert preset("quick").with_overrides(["eval_data=[/a,/b]"]).eval_data == ("/a", "/b")
     with pytest.raises(ValueError, match='scores the kept models, but keep_models is "none"'):
         preset("quick").with_overrides(["keep_models=none", "eval_data=/a"])
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"search_trials": -1}, "search_trials=-1 must be at least 0"),
+    ({"final_seeds": 3, "max_final_seeds": 2}, "at least final_seeds=3"),
+    ({"final_config": "replicates", "search_trials": 1, "max_final_seeds": 6},
+     "each seed needs a search of its own"),
+    ({"seeds_per_look": 0}, "seeds_per_look=0"),
+])
+def test_seed_plans_that_cannot_run_are_refused_by_name(fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        StudySpec(**fields)
+
+
+def test_the_quick_preset_runs_a_fixed_configuration_with_sequential_seeds() -> None:
+    quick = preset("quick")
+    assert quick.search_trials == 0 and quick.cell_search_trials == 0
+    assert (quick.final_seeds, quick.max_final_seeds, quick.seeds_per_look) == (3, 6, 3)
+    assert quick.train.to_flat()["lr"] == 1e-3

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 SPEC: dict[str, Any] = {
     "name": "two-nodes", "image_size": 32, "subsets": ["WBC_10"],
     "strategies": ["scratch", "pretrain"], "search_trials": 2, "startup_trials": 1,
-    "epochs": 6, "grace_epochs": 6, "final_seeds": 1, "pretrain_epochs": 1,
+    "max_final_seeds": 0, "epochs": 6, "grace_epochs": 6, "final_seeds": 1, "pretrain_epochs": 1,
     "train": {"batch_size": 16, "bn_recalibrate": 32, "min_epoch_images": 32,
               "color_jitter": 0.0, "warmup_epochs": 0.5},
 }

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -349,3 +350,55 @@ def test_a_searcher_saved_before_the_journal_restores_and_goes_on(tmp_path: Path
     assert config["trial_key"] == "WBC_100-scratch/search-01" and "study" not in config
     restored.on_trial_result("t1", {"epoch": 1, "best_val_macro_f1": 0.5})
     restored.on_trial_complete("t1", {"best_val_macro_f1": 0.5, "epoch": 1})
+
+
+FIXED = StudySpec(subsets=("WBC_10", "WBC_1"), strategies=("scratch", "pretrain"),
+                  search_trials=0, final_seeds=2, max_final_seeds=4,
+                  seeds_per_look=2)
+
+
+def _finish(searcher: CellSearcher, suggested: list[tuple[str, Any]]) -> None:
+    """End final trials: WBC_10's pretrain runs predict every image right, every other run
+    predicts every image as class 0."""
+    targets = [0, 1, 2, 3, 4] * 4
+    for trial_id, config in suggested:
+        if isinstance(config, dict):
+            right = config["cell"] == "WBC_10-pretrain"
+            searcher.on_trial_complete(trial_id, {
+                "best_val_macro_f1": 0.5, "test_targets": targets,
+                "test_predictions": targets if right else [0] * len(targets)})
+
+
+def test_a_fixed_study_runs_finals_only_with_the_train_settings() -> None:
+    searcher = _searcher(dataclasses.replace(FIXED, max_final_seeds=0))
+    suggested = _drain(searcher)
+    configs = [c for _, c in suggested[:-1]]
+    assert suggested[-1][1] == Searcher.FINISHED  # nothing to wait for: no search, one look
+    assert len(configs) == 8 and all(c["phase"] == "final" for c in configs)
+    assert all(c["config_from"] == "fixed" and "lr" not in c for c in configs)
+    assert {c["seed"] for c in configs} == set(final_seeds(FIXED))
+
+
+def test_an_undecided_budget_gets_more_seeds_and_a_decided_one_does_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import study.tune.search as search
+    from study.sequential import DECIDED, OPEN, Status
+
+    def fake_status(compare_at: Any, seeds: int, plan: Any, family: int) -> Status:
+        # The real comparison of the runs: WBC_10 differs (decided), WBC_1 does not (open).
+        difference = compare_at(seeds).difference
+        return Status(seeds, 1, 0.5, None, DECIDED if difference else OPEN)
+
+    monkeypatch.setattr(search, "status", fake_status)
+    searcher = _searcher(FIXED)
+    first = _drain(searcher)
+    assert first[-1][1] is None  # waits for the looks, does not finish
+    assert len(first) - 1 == 8  # 2 budgets x 2 strategies x 2 planned seeds
+    _finish(searcher, first[:-1])
+    more = _drain(searcher, start=100)
+    # WBC_1 was open after 2 seeds: 2 more seeds in each of its cells; WBC_10 was decided.
+    assert sorted(c["trial_key"] for _, c in more[:-1]) == sorted(
+        f"WBC_1-{t}/final-seed{k}" for t in ("scratch", "pretrain") for k in (3, 4))
+    assert more[-1][1] is None  # and waits for their look
+    _finish(searcher, more[:-1])
+    assert searcher.suggest("t999") == Searcher.FINISHED  # 4 seeds: the budget is spent
