@@ -63,14 +63,11 @@ def _key_list(keys: Iterable[str], limit: int = 6) -> str:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain model inside DistributedDataParallel and/or ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod  # type: ignore[assignment]
-        else:
-            return model
+    """The plain model inside a DistributedDataParallel wrapper (the training loop compiles in
+    place, ``nn.Module.compile``, which adds no wrapper)."""
+    while isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    return model
 
 
 def _strip_wrapper_prefixes(state: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -70,6 +70,8 @@ __all__ = [
 # the others (a fixed affine map the first convolution absorbs).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The BatchNorm layers whose running statistics recalibration replaces (torch's public classes).
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 EpochCallback = Callable[[dict[str, Any], dict[str, Any] | None], None]
 
@@ -231,7 +233,7 @@ def recalibrate_bn(model: nn.Module, images: Tensor, *, count: int, seed: int,
     ranks end with the same statistics without communicating.
     """
     plain = unwrap_model(model)
-    norms = [m for m in plain.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in plain.modules() if isinstance(m, _BATCH_NORMS)]
     if count <= 0 or not norms or images.shape[0] < 2:
         return
     generator = torch.Generator().manual_seed(seed)
@@ -422,9 +424,9 @@ def _setup(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Mo
     if device.type == "cuda" and not config.deterministic:
         # Fixed input shapes: let cuDNN time its convolution algorithms once and keep the best.
         torch.backends.cudnn.benchmark = True
-    # The compiled module shares parameters with ``model``: state dicts, evaluation and
-    # checkpoints keep using ``model`` itself.
-    return torch.compile(model) if config.model.compile else model  # type: ignore[return-value]
+    if config.model.compile:
+        model.compile()  # in place (nn.Module.compile): no wrapper, the state dict's keys kept
+    return model
 
 
 def fit(

@@ -3,7 +3,7 @@
 Ray runs one Tuner per cluster at a time, yet each (subset x strategy) cell needs its own Optuna
 study (a TPE model fitted to WBC_1's noisy objective must not steer WBC_100's) and its own ASHA
 rungs (WBC_1's macro-F1 is not comparable with WBC_100's). ``CellSearcher`` holds one seeded
-``OptunaSearch`` per cell and hands out their suggestions, largest cells first so the long
+Optuna study per cell and hands out their suggestions, largest cells first so the long
 trials start early; as soon as a cell's search trials have all finished it hands out that cell's
 final phase (its best configuration, once per seed) while other cells are still searching. So
 the cluster stays busy across cells and phases, with one Tuner and one experiment folder that
@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 from optuna.samplers import TPESampler
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from study.report.summary import COMPARISONS, compare_runs
 from study.results.journal import optuna_storage
@@ -87,33 +87,39 @@ _FIGURES = ("epoch", "best_epoch", "val_accuracy", "val_macro_f1", "val_balanced
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-class _CellOptuna(OptunaSearch):
-    """Ray's ``OptunaSearch``, writing onto each Optuna trial what the study knows of it: its
-    trial key and seed when asked, the objective per epoch, the selection figures of its last
-    report before it is told. It reaches into ``_ot_trials``, the searcher's own map from Tune
-    trial ids to the Optuna trials it asked: Ray offers no public way to them."""
+class _CellStudy:
+    """One cell's Optuna study, asked and told through Optuna's public interface (``ask``,
+    ``tell``, ``report``, user attributes), writing onto each trial what the study knows of it:
+    its trial key and seed when asked, the objective per epoch, the selection figures of its
+    last report before it is told. ``asked`` maps Tune's trial ids to the Optuna trials."""
 
-    @property
-    def _study(self) -> Any:
-        return self._ot_study  # set up in __init__: never None here
+    def __init__(self, space: dict[str, Any], *, metric: str, mode: str, sampler: Any,
+                 study_name: str, storage: Any) -> None:
+        self.space, self.metric = space, metric
+        self.study = optuna.create_study(
+            study_name=study_name, storage=storage, sampler=sampler, load_if_exists=True,
+            direction="maximize" if mode == "max" else "minimize")
+        self.asked: dict[str, optuna.Trial] = {}
+        self.told: set[str] = set()  # Tune trial ids told
 
-    def _trial(self, trial_id: str) -> Any:
-        return self._ot_trials.get(trial_id)
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        trial = self.study.ask(fixed_distributions=self.space)
+        self.asked[trial_id] = trial
+        return dict(trial.params)
 
-    def _told(self, trial: Any) -> bool:
-        study = self._study
+    def _told(self, trial: optuna.Trial) -> bool:
         return any(t.number == trial.number
-                   for t in study.get_trials(deepcopy=False, states=_FINISHED))
+                   for t in self.study.get_trials(deepcopy=False, states=_FINISHED))
 
     def mark(self, trial_id: str, **attrs: Any) -> None:
-        trial = self._trial(trial_id)
+        trial = self.asked.get(trial_id)
         if trial is not None:
             for name, value in attrs.items():
                 trial.set_user_attr(name, value)
 
     def report(self, trial_id: str, result: dict[str, Any]) -> None:
         """The objective at this epoch, as an Optuna intermediate value."""
-        trial, value = self._trial(trial_id), result.get(self.metric)
+        trial, value = self.asked.get(trial_id), result.get(self.metric)
         if trial is None or not isinstance(value, int | float) or not math.isfinite(value):
             return
         with warnings.catch_warnings():  # an epoch reported again after a restore: kept once
@@ -122,33 +128,41 @@ class _CellOptuna(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        trial = self._trial(trial_id)
-        if trial is not None and self._told(trial):  # told before a restore: once is enough
-            self._completed_trials.add(trial_id)
+        """Tell the trial: complete with its objective, failed (an error, or no finite
+        objective), or pruned (stopped without one)."""
+        trial = self.asked.get(trial_id)
+        if trial is None or trial_id in self.told:
             return
-        if trial is not None and result:
+        self.told.add(trial_id)
+        if self._told(trial):  # told before a restore: once is enough
+            return
+        if result:
             if "epoch" in result and not result.get("replayed"):
                 self.report(trial_id, result)  # Tune gives the last report here, not above
             for name in _FIGURES:
                 value = result.get(name)
                 if isinstance(value, int | float) and math.isfinite(value):
                     trial.set_user_attr(name, value)
-        super().on_trial_complete(trial_id, result, error=error)
+        value = result.get(self.metric) if result else None
+        if isinstance(value, int | float) and math.isfinite(value):
+            self.study.tell(trial, float(value))
+        else:
+            self.study.tell(trial, state=TrialState.FAIL if error or value is not None
+                            else TrialState.PRUNED)
 
     def note_study(self, **attrs: Any) -> None:
         for name, value in attrs.items():
-            self._study.set_user_attr(name, value)
+            self.study.set_user_attr(name, value)
 
     def abandon_orphans(self) -> int:
         """Fail the trials asked before a crash that this (restored) searcher does not hold:
         Tune asks for them again under new ids. Returns how many."""
-        study = self._study
-        held = {t.number for t in self._ot_trials.values()}
-        orphans = [t.number for t in study.get_trials(deepcopy=False,
-                                                      states=(TrialState.RUNNING,))
+        held = {t.number for t in self.asked.values()}
+        orphans = [t.number for t in self.study.get_trials(deepcopy=False,
+                                                           states=(TrialState.RUNNING,))
                    if t.number not in held]
         for number in orphans:
-            study.tell(number, state=TrialState.FAIL)
+            self.study.tell(number, state=TrialState.FAIL)
         return len(orphans)
 
 
@@ -157,7 +171,7 @@ class _Cell:
     name: str
     subset: str
     strategy: str
-    optuna: _CellOptuna
+    optuna: _CellStudy
     suggested: int = 0  # search trials handed out
     finals: list[int] = field(default_factory=list)  # seeds still to hand out
     scores: dict[str, float] = field(default_factory=dict)  # finished search trial -> objective
@@ -177,8 +191,6 @@ class _Cell:
 
 class CellSearcher(Searcher):
     """Per-cell Optuna TPE searches, then per-cell final re-runs, behind one ``Searcher``."""
-
-    _study: str | None = None  # the study's name; None in a searcher saved before it was kept
 
     def __init__(self, spec: StudySpec, *, metric: str, mode: str = "max",
                  results: Path | str | None = None) -> None:
@@ -201,7 +213,7 @@ class CellSearcher(Searcher):
                                  n_startup_trials=startup)
             self._cells[name] = _Cell(
                 name, subset, strategy,
-                _CellOptuna(cell_space(spec.space, strategy), metric=metric, mode=mode,
+                _CellStudy(cell_space(spec.space, strategy), metric=metric, mode=mode,
                             sampler=sampler, study_name=name, storage=storage),
                 finals=list(final_seeds(spec)))
         self._owner: dict[str, tuple[str, str]] = {}  # Tune trial id -> (cell, phase)
@@ -255,7 +267,7 @@ class CellSearcher(Searcher):
     def _named(self) -> dict[str, str]:
         """The study's name for a trial's config (a report from the Tune folder alone reads
         it)."""
-        return {} if self._study is None else {"study": self._study}
+        return {"study": self._study}
 
     @staticmethod
     def _config(cell: _Cell, phase: str, key: str, seed: int, params: dict[str, Any]
@@ -397,8 +409,6 @@ class CellSearcher(Searcher):
         with Path(checkpoint_path).open("rb") as handle:
             self.__dict__.update(pickle.load(handle))
         for cell in self._cells.values():
-            if not isinstance(cell.optuna, _CellOptuna):  # saved before the journal existed
-                cell.optuna.__class__ = _CellOptuna  # same state, the methods above added
             abandoned = cell.optuna.abandon_orphans()
             if abandoned:
                     logger.info("cell %s: %d search trial(s) asked before the stop are "

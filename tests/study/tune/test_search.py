@@ -66,7 +66,7 @@ def test_each_cell_has_its_own_seeded_optuna_study() -> None:
     assert len({tuple(v) for v in lrs.values()}) == len(lrs)  # cells do not share a sampler
     searcher = _searcher()
     _drain(searcher)
-    studies = {id(cell.optuna._ot_study) for cell in searcher._cells.values()}
+    studies = {id(cell.optuna.study) for cell in searcher._cells.values()}
     assert len(studies) == 4
 
 
@@ -331,25 +331,6 @@ def test_optuna_storage_refuses_a_path_that_is_no_results_folder(tmp_path: Path)
     with pytest.raises(FileNotFoundError, match=r"nope: neither a study's results folder"):
         optuna_storage(tmp_path / "nope")
     assert not (tmp_path / "nope").exists()  # nothing made where nothing was meant
-
-
-def test_a_searcher_saved_before_the_journal_restores_and_goes_on(tmp_path: Path) -> None:
-    """A study started by an earlier version: its pickled searcher has plain OptunaSearch
-    cells in memory and no study name; resumed, it hands out the rest as before."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    searcher = _searcher()
-    searcher.suggest("t0")
-    del searcher.__dict__["_study"]
-    for cell in searcher._cells.values():
-        cell.optuna.__class__ = OptunaSearch
-    searcher.save(str(tmp_path / "old.pkl"))
-    restored = CellSearcher.__new__(CellSearcher)
-    restored.restore(str(tmp_path / "old.pkl"))
-    config = restored.suggest("t1")
-    assert config["trial_key"] == "WBC_100-scratch/search-01" and "study" not in config
-    restored.on_trial_result("t1", {"epoch": 1, "best_val_macro_f1": 0.5})
-    restored.on_trial_complete("t1", {"best_val_macro_f1": 0.5, "epoch": 1})
 
 
 FIXED = StudySpec(subsets=("WBC_10", "WBC_1"), strategies=("scratch", "pretrain"),
