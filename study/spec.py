@@ -548,11 +548,12 @@ _QUICK_MASKS = dataclasses.replace(
 # tree's own training images. An epoch is at most 2,048 images (a fresh random part of a larger
 # set each epoch), so a tree of 10k cells costs what one of 2k does. Imbalance is handled by
 # a class-weighted loss (real sets are skewed: BCCD has 207 neutrophils and 3 basophils), and
-# the narrow search spends its trials on the learning rate; the seeds carry the answer.
+# the narrow search spends its trials on the learning rate; the seeds carry the answer: 3 a
+# cell, and 3 more at a label budget whose comparisons are still undecided (sequential seeds).
 _REAL = StudySpec(
     name="real", preset="real", image_size=32, epochs=3, search_trials=2, startup_trials=2,
     strategies=("scratch", "pretrain", "ssl_wbc", "pretrain_aug_predicted"),
-    final_seeds=3,
+    final_seeds=3, max_final_seeds=6, seeds_per_look=3,
     ssl=SSLConfig(epochs=12, batch_size=64, lr=2e-3, warmup_epochs=1.0, probe_steps=50),
     ssl_min_epoch_images=0,
     train=TrainConfig().replace(batch_size=64, bn_recalibrate=128, min_epoch_images=512,

@@ -383,3 +383,24 @@ def test_an_undecided_budget_gets_more_seeds_and_a_decided_one_does_not(
     assert more[-1][1] is None  # and waits for their look
     _finish(searcher, more[:-1])
     assert searcher.suggest("t999") == Searcher.FINISHED  # 4 seeds: the budget is spent
+
+
+def test_more_seeds_of_a_searched_cell_rerun_resampled_choices(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import study.tune.search as search
+    from study.sequential import OPEN, Status
+
+    monkeypatch.setattr(search, "status", lambda at, seeds, plan, family: Status(
+        seeds, 1, 0.5, None, OPEN))
+    spec = dataclasses.replace(FIXED, subsets=("WBC_1",), search_trials=2,
+                               final_config="resampled")
+    searcher = _searcher(spec)
+    searched = _drain(searcher)[:-1]
+    for n, (trial_id, _) in enumerate(searched):
+        searcher.on_trial_complete(trial_id, {"best_val_macro_f1": 0.1 * n})
+    finals = _drain(searcher, start=100)
+    _finish(searcher, finals[:-1])
+    more = [c for _, c in _drain(searcher, start=200)[:-1]]
+    assert sorted(c["seed"] for c in more) == [3, 3, 4, 4]
+    keys = {c["cell"]: {f"{c['cell']}/search-00", f"{c['cell']}/search-01"} for c in more}
+    assert all(c["config_from"] in keys[c["cell"]] and "lr" in c for c in more)
