@@ -497,15 +497,12 @@ def _typed(name: str, hint: Any, value: Any) -> Any:
     raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
-# The quick preset is sized to finish within 10 minutes on a 2-core CPU from a fresh cache, Ray
-# start-up included (docs/benchmarks.md, "The quick study"): 12 cells of 3 epochs at 32 px; a
-# synthetic training set at 15% of the report's counts (WBC_1: 13 images, every class present),
-# 691 WBC_100/val images (345 report), the full CAM16 to pretrain on. It runs no search: every
-# seed trains one fixed configuration (search_trials 0), the AdamW learning rate of 1e-3
-# that the quick searches found best (benchmarks/fixed_default.py, over 216 trials of three
-# searched quick studies), no imbalance handling and the report's aug_factor of 5, so that
-# nothing of a search varies between runs (benchmarks/replication.py measured both designs).
-# 3 seeds a cell, and 3 more at a label budget whose comparisons are still undecided after them.
+# The quick preset is sized to finish within 10 minutes on a 2-core CPU from a fresh cache (Ray
+# start-up included; docs/benchmarks.md): 12 cells of 3 epochs at 32 px, a synthetic training set
+# at 15% of the report's counts (WBC_1: 13 images), 691 WBC_100/val images (345 report), the full
+# CAM16 to pretrain on. No search: every seed trains one configuration, AdamW at the lr of 1e-3
+# that searched quick studies favoured (benchmarks/fixed_default.py), no imbalance handling, the
+# report's aug_factor of 5; 3 seeds a cell, 6 at a budget still undecided after them.
 _QUICK = StudySpec(space=SearchSpace(imbalance=("none", "weighted")),
                    search_trials=0, max_final_seeds=6, seeds_per_look=3,
                    train=TrainConfig().replace(lr=1e-3, batch_size=64, bn_recalibrate=128,
