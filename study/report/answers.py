@@ -17,6 +17,7 @@ import pandas as pd
 
 from study.report.sections import histology_phrase
 from study.report.summary import Report, budget_effects
+from study.spec import no_search
 from wbc.strategies import get_strategy
 
 __all__ = ["answers", "segmenter_quality"]
@@ -149,8 +150,10 @@ def _background_sentence(report: Report) -> str:
     search = trials[(trials["phase"] == "search") & trials["val_macro_f1"].notna()
                     & trials["aug_factor"].fillna(0).gt(0)]
     if not len(search):
-        return ("- **Which background for the pasted cells?** Not answered: no search trial "
-                "pasted cells.")
+        why = ("the study ran no search, every pasting run used the spec's one background "
+               "(`--set search_trials=2` searches it)" if no_search(report.results.study.get(
+                   "spec", {})) else "no search trial pasted cells")
+        return f"- **Which background for the pasted cells?** Not answered: {why}."
     chosen: dict[str, int] = {}
     for cell in report.cells.values():
         if cell.best and cell.best.get("background") and cell.best.get("aug_factor"):
