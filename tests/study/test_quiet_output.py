@@ -88,6 +88,8 @@ def test_quiet_leaves_standard_error_to_errors_and_warnings(
 def test_ray_output_settings_follow_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
+    import ray  # noqa: F401  (imported, as a notebook may have before the study)
+
     from study import local_ray
 
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_"))}
@@ -97,8 +99,14 @@ def test_ray_output_settings_follow_the_terminal(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(tbx, "level", tbx.level)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     local_ray.quiet_ray()
+    # Ray is imported: this process keeps the auth mode Ray read
+    # then, so the private cluster must get the same, not a mode set now.
+    assert "RAY_AUTH_MODE" not in os.environ
+    with monkeypatch.context() as before_ray:
+        before_ray.delitem(sys.modules, "ray")  # as the commands call it, before Ray's import
+        local_ray.quiet_ray()
+        assert os.environ.pop("RAY_AUTH_MODE") == "token"  # the private Ray's auth, said
     assert os.environ["RAY_COLOR_PREFIX"] == "0"
-    assert os.environ["RAY_AUTH_MODE"] == "token"  # the private Ray's auth, said
     assert float(os.environ["TUNE_WARN_THRESHOLD_S"]) > 3600
     assert tbx.level == logging.ERROR
     assert "RAY_DEDUP_LOGS" not in os.environ
