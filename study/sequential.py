@@ -83,7 +83,8 @@ class Status:
     """Where one comparison stands after the seeds it has."""
 
     seeds: int  # the seeds both cells ran
-    looks: int  # looks taken (each at the seeds the plan names, the last at ``seeds``)
+    looks: int  # looks taken (each at the seeds the plan names, the last at ``seeds``), up to
+    # the one that decided it
     p: float  # sequential p-value: min over looks of p / (that look's share of alpha)
     decided_at: int | None  # seeds at the first look that decided it
     reason: str  # decided, open, out of reach, budget spent, planned seeds
@@ -130,8 +131,9 @@ def status(compare_at: Callable[[int], Any], seeds: int, plan: Plan, family: int
         taken += 1
         if math.isfinite(last.p):
             p_seq = min(p_seq, last.p / weights[k])
-        if decided_at is None and p_seq * family < ALPHA:
+        if p_seq * family < ALPHA:
             decided_at = used
+            break  # decided: a comparison stops at the look that decides it
     p = min(1.0, p_seq) if math.isfinite(p_seq) else math.nan
     if decided_at is not None:
         reason = DECIDED

@@ -307,6 +307,14 @@ def _seeds_only(diff: np.ndarray) -> _SeedsOnly:
     return _SeedsOnly(len(diff), mean, low, high, p)
 
 
+def _figures(c: Comparison) -> dict[str, Any]:
+    """A comparison's figures as a table row holds them."""
+    return {"seeds": c.seeds, "difference": c.difference, "low": c.low, "high": c.high,
+            "p": c.p, "prob_improvement": c.prob_improvement,
+            "min_detectable": c.min_detectable, "seeds_needed": c.seeds_needed,
+            "seed_sd": c.seed_sd, "image_sd": c.image_sd, "images_counted": True}
+
+
 def _comparison_row(report: Report, a: Cell, b: Cell, metric: str, *, most: int | None = None
                     ) -> tuple[dict[str, Any], Callable[[int], Any]] | None:
     """A table row over the seeds both cells ran (the first ``most`` of them), and the
@@ -325,10 +333,7 @@ def _comparison_row(report: Report, a: Cell, b: Cell, metric: str, *, most: int 
         def at(n: int) -> Any:
             return c if n == len(seeds) else compare_runs(targets, pa[:n], pb[:n], name)
 
-        return {"seeds": c.seeds, "difference": c.difference, "low": c.low, "high": c.high,
-                "p": c.p, "prob_improvement": c.prob_improvement,
-                "min_detectable": c.min_detectable, "seeds_needed": c.seeds_needed,
-                "seed_sd": c.seed_sd, "image_sd": c.image_sd, "images_counted": True}, at
+        return _figures(c), at
     only = _seeds_only(diff)
     return {"seeds": only.seeds, "difference": only.difference, "low": only.low,
             "high": only.high, "p": only.p,
@@ -346,6 +351,13 @@ def _evidence(table: pd.DataFrame, looks: list[Callable[[int], Any]], plan: Plan
         return table
     statuses = [status(at, int(seeds), plan, len(table))
                 for at, seeds in zip(looks, table["seeds"], strict=True)]
+    for i, (st, at) in enumerate(zip(statuses, looks, strict=True)):
+        if st.decided_at is not None and st.decided_at < st.seeds \
+                and bool(table["images_counted"].iloc[i]):
+            # Decided at an earlier look: its figures are that look's (the seeds its budget
+            # ran after were bought for other comparisons).
+            for name, value in _figures(at(st.decided_at)).items():
+                table.at[table.index[i], name] = value
     table["p"] = [st.p for st in statuses]
     table["looks"] = [st.looks for st in statuses]
     table["stopped"] = [st.why() for st in statuses]
