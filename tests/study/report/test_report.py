@@ -3,6 +3,7 @@ include the reporting images, the majority-class baseline, and figures with data
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,33 @@ def test_a_real_tree_study_is_asked_its_own_questions(tmp_path: Path) -> None:
     assert "Macro-F1 of pretrain_aug_predicted minus pretrain" in answers
     assert "did not run pretrain_aug;" not in answers
     assert "- WBC self-supervised pretraining (SimCLR) on WBC_100's training images" in text
+
+
+def test_a_sequential_study_says_per_comparison_its_seeds_and_why_it_stopped(
+        tmp_path: Path) -> None:
+    """WBC_100 ran 6 seeds (its budget looked again), WBC_1 the planned 3: the perfect-vs-poor
+    comparison at WBC_100 is decided at the first look, the poor-vs-poor one at WBC_1 out of
+    reach."""
+    cells = {**QUALITY, ("WBC_100", "scratch"): "poor"}
+    root = _study(tmp_path / "r", seeds=(1, 2, 3), cells=cells)
+    store = ResultsStore(root)
+    for seed in (4, 5, 6):
+        for strategy in ("scratch", "pretrain"):
+            quality = cells[("WBC_100", strategy)]
+            store.write_trial(_row("WBC_100", strategy, "final", 1, seed,
+                                   _predictions(quality, seed, strategy)), [])
+    study = json.loads((root / "study.json").read_text())
+    study["spec"].update(search_trials=0, final_seeds=3, max_final_seeds=6, seeds_per_look=3)
+    store.write_study(study)
+    text = write_report(root)[0].read_text()
+    assert "no search (one fixed configuration) and 3 final seeds per cell (6 at a label " \
+           "budget still undecided after them)" in text
+    paired_section = text.split("## Paired comparisons")[1].split("\n## ")[0]
+    assert "Seeds were spent where they decide" in paired_section
+    rows = {line.split(" | ")[0].strip("| "): line for line in paired_section.splitlines()
+            if line.startswith("| WBC")}
+    assert rows["WBC_100"].endswith("| decided at 3 seeds |")  # its figures: that look's
+    assert "| 3 |" in rows["WBC_100"]
+    assert rows["WBC_1"].endswith("| out of reach of the seed budget |")
+    assert "## Best configuration per cell" not in text and "## The configuration" in text
+    assert "seeds: no search; final seeds [1, 2, 3, 4, 5, 6]" in text
