@@ -62,6 +62,18 @@ def run_studies(args: Any) -> list[Path]:
     return folders
 
 
+def _design(spec: dict[str, Any]) -> str:
+    """``no search, sequential seeds 3-6``, ``replicates``, ``resampled``, ...: how a run chose
+    and spent its seeds."""
+    from study.sequential import Plan
+    from study.spec import no_search
+
+    plan = Plan.of(spec)
+    seeds = (f", sequential seeds {plan.planned}-{plan.most}" if plan.sequential
+             else f", {plan.planned} seeds")
+    return ("no search" if no_search(spec) else str(spec.get("final_config"))) + seeds
+
+
 def claims(folder: Path) -> dict[str, Any]:
     """What one run's report says: Table 1 macro-F1 per cell with its interval, and every
     comparison's difference and evidence."""
@@ -84,7 +96,7 @@ def claims(folder: Path) -> dict[str, Any]:
                 "low": float(row["low"]), "high": float(row["high"])}
     spec = report.results.study.get("spec", {})
     return {"folder": str(folder), "seed": spec.get("seed"), "cells": cells,
-            "verdicts": verdicts, "final_config": spec.get("final_config")}
+            "verdicts": verdicts, "design": _design(spec)}
 
 
 def _se(cell: dict[str, float]) -> float:
@@ -161,7 +173,7 @@ def main() -> None:
     strong = held(runs)
     for i, run in enumerate(runs):
         mine = [s for s in strong if s["run"] == i]
-        print(f"run {i} (seed {run['seed']}, {run['final_config']}): {len(mine)} strong "
+        print(f"run {i} (seed {run['seed']}, {run['design']}): {len(mine)} strong "
               f"verdicts, {sum(s['at_least_some_elsewhere'] for s in mine)} at least some in "
               f"every other run, {sum(s['strong_everywhere'] for s in mine)} strong in all")
         for s in mine:
