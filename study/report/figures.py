@@ -204,8 +204,9 @@ def learning_curves(report: Report, folder: Path, formats: Sequence[str]) -> lis
         _selection_axes(ax, report, "epoch")
 
     fig = _each_cell(report, draw, width=3.2, height=2.6)
-    fig.suptitle("Learning curves (orange: final seeds; blue: search trials; dashed: always "
-                 "the majority class)")
+    searched = "" if no_search(report.results.study.get("spec", {})) else "blue: search trials; "
+    fig.suptitle(f"Learning curves (orange: final seeds; {searched}dashed: always the majority "
+                 "class)")
     return _save(fig, folder, "learning_curves", formats)
 
 

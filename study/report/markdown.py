@@ -272,7 +272,9 @@ def _comparisons_section(report: Report, table: pd.DataFrame) -> list[str]:
              "ran and the same reporting images, with the 95% interval, P(improvement), p and "
              f"Holm's p over the table ({len(table)} rows). *strong*: the interval excludes 0 "
              "after Holm; *some*: only before; *none*: it does not. With "
-             f"{seeds} final seed{'s' * (seeds != 1)} per cell, *none* says the study cannot "
+             + (f"{seeds} to {report.plan.most} final seeds" if report.plan.sequential
+                else f"{seeds} final seed{'s' * (seeds != 1)}")
+             + " per cell, *none* says the study cannot "
              "tell, not that there is no effect: *detectable* is the smallest difference it "
              "could have found.", ""]
     if not len(table):
