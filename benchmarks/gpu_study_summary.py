@@ -1,6 +1,6 @@
 """What a ``benchmarks/gpu_study.sh`` study cost: time split, trials, GPU utilisation and memory.
 
-Reads the study's own record (``study/study.json``: each session's wall time split into data,
+Reads the study's own record (its ``study.json``: each session's wall time split into data,
 Ray start-up, pretraining and trials; the fraction of slot time inside training loops), its
 ``trials.parquet`` (trials by status, training images a second) and the GPU samples the script
 took every half second (``gpu_samples.csv``: utilisation %, memory used MiB); prints one block

@@ -1,6 +1,6 @@
 """Learning curves on a tree: selection macro-F1 per epoch at several resolutions and budgets.
 
-What a preset for a real tree is chosen from (docs/presets.md): for each resolution, label
+What a preset for a real tree is chosen from (docs/study-run.md, "The real preset"): for each resolution, label
 budget and seed, one ``scratch`` run with the quick preset's shared settings (AdamW, batch 64,
 an epoch of at least 512 images, warm-up half an epoch) at a fixed learning rate, through
 ``wbc.run.train_run``. It prints per run the selection macro-F1 after each epoch, the epoch's

@@ -509,7 +509,7 @@ _QUICK = StudySpec(space=SearchSpace(imbalance=("none", "weighted")),
                                                min_epoch_images=512, warmup_epochs=0.5))
 
 # The report at full scale on GPUs: 224 px (the report's resolution), its real tree, 20 trials a
-# cell and 5 seeds. docs/presets.md gives the expected GPU-hours.
+# cell and 5 seeds. docs/study.md gives the expected GPU time.
 _PAPER = StudySpec(
     name="paper", preset="paper", synthetic_scale=1.0, synthetic_val_scale=None,
     synthetic_tissue_scale=None, image_size=224, search_trials=20,

@@ -1,7 +1,7 @@
 """Classification metrics that stay honest under the WBC class imbalance.
 
 Neutrophils are 61% of the validation set, so a constant "Neutrophil" predictor scores 61%
-accuracy (DESIGN.md, "Science"). Accuracy is therefore always reported with macro-F1, balanced
+accuracy. Accuracy is therefore always reported with macro-F1, balanced
 accuracy, per-class recall and the confusion matrix, and with a Wilson interval that shows how
 little a one-run difference of half a point means on 1,728 images.
 """

@@ -263,7 +263,7 @@ def to_channels_last(model: ModuleT) -> ModuleT:
     """Convert ``model`` to channels-last memory format in place, and return it.
 
     Channels-last is what cuDNN's tensor-core convolutions and oneDNN on CPU prefer (about
-    +20% on the development CPU, see DESIGN.md); feed it inputs made with
+    +20% on the development CPU); feed it inputs made with
     ``x.contiguous(memory_format=torch.channels_last)``.
     """
     return model.to(memory_format=torch.channels_last)

@@ -1,7 +1,7 @@
 """Optimisers and learning-rate schedules, shared by supervised and self-supervised training.
 
 A schedule is computed once per run from its optimisation settings and the number of steps an
-epoch takes, and is then a pure function of the step (house style 5, nanoGPT's ``get_lr``).
+epoch takes, and is then a pure function of the step (as nanoGPT's ``get_lr``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The training loop: ``train_one_epoch``, ``evaluate`` and ``fit``, data resident on the device.
 
-Design for the GPU case (DESIGN.md, performance facts): the decoded uint8 images live on the
+Design for the GPU case: the decoded uint8 images live on the
 training device for the whole run; a batch is an index gather, a cast and a few batched tensor
 ops; augmentation never leaves the device; losses and counts accumulate as tensors and reach the
 host once per epoch. On the 2-core CPU the model dominates anyway, and this path keeps the data

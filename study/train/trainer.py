@@ -1,11 +1,11 @@
 """Ray Train runs: one training (or self-supervised pretraining) on Ray Train workers.
 
-The per-worker functions are thin (house style 3): they turn their config into typed objects
+The per-worker functions are thin: they turn their config into typed objects
 and call ``wbc.run`` with the worker's device and ``prepare_model`` (DDP across workers, gloo on
 CPU, NCCL on GPU), and hand its epochs to ``ray.train.report`` with checkpoints on rank 0.
 ``ray.train.get_checkpoint`` resumes them.
 
-Ray Train V2 costs about a second per report (DESIGN.md), so a run reports every
+Ray Train V2 costs about a second per report, so a run reports every
 ``report_every`` epochs, and the last report carries the final record.
 """
 

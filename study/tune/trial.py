@@ -1,4 +1,4 @@
-"""The Tune trainable: one trial of one cell, thin by design (house style 3).
+"""The Tune trainable: one trial of one cell, thin by design.
 
 It turns Tune's flat ``config`` into a ``TrainConfig`` (here, and only here: ``trial_config``)
 and trains through ``wbc.run`` in one of two ways:

@@ -97,7 +97,7 @@ def test_bad_inputs(y_true: list[float], y_pred: list[int], match: str) -> None:
 
 
 def test_wilson_interval_at_report_scale() -> None:
-    # DESIGN.md: a 95% interval at 97% on 1,728 images is about +-0.8 points.
+    # A 95% interval at 97% on 1,728 images is about +-0.8 points.
     successes = round(0.97 * 1728)
     lo, hi = wilson_interval(successes, 1728)
     assert lo < successes / 1728 < hi
