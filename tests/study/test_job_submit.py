@@ -101,8 +101,8 @@ def test_job_submit_runs_wbc_train(ray_head: HeadNode, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_job_submit_runs_the_quick_study_and_it_replicates(ray_head: HeadNode, tmp_path: Path
                                                            ) -> None:
-    """The README's command through the head, from a fresh cache: the quick preset (12 cells,
-    search + final) with seed 1, in about the time the README gives; its verdicts must not contradict those of
+    """The README's command through the head, from a fresh cache: the quick preset (12 cells, 3
+    seeds each, 6 where undecided) with seed 1, in about the time the README gives; its verdicts must not contradict those of
     the committed reference run (seed 0): no difference significant in both with opposite
     signs."""
     results, cache = tmp_path / "results" / "quick-seed1", tmp_path / "cache"
@@ -118,7 +118,7 @@ def test_job_submit_runs_the_quick_study_and_it_replicates(ray_head: HeadNode, t
     assert ray_head.get_json(f"/api/jobs/{job_id}")["status"] == "SUCCEEDED"
     record = json.loads((results / "study.json").read_text())
     assert record["status"] == "complete"
-    # docs/benchmarks.md measures 425 s on the development machine; 900 s catches a gross slowdown
+    # docs/benchmarks.md measures 541-567 s on a 2-core Xeon; 900 s catches a gross slowdown
     # (a hang, a lost slot) without making a slower CI machine's CPU a test failure.
     assert record["sessions"][-1]["wall_seconds"] < 900
     import pandas as pd
@@ -127,10 +127,12 @@ def test_job_submit_runs_the_quick_study_and_it_replicates(ray_head: HeadNode, t
     assert trials["cell"].nunique() == 12
     assert set(record["pretrain"]) == {"cam16"}
     assert not trials["trial_id"].duplicated().any()
-    assert (trials[trials["phase"] == "final"].groupby("cell").size() == 3).all()
-    # One summary line per finished cell reached the job's log.
+    # 3 seeds a cell, 6 in every cell of a label budget whose comparisons stayed open.
+    seeds = trials[trials["phase"] == "final"].groupby(["subset", "cell"]).size()
+    assert set(seeds) <= {3, 6} and (seeds.groupby(level="subset").nunique() == 1).all()
+    # A summary line per finished cell reached the job's log, again at its budget's second look.
     assert sum(" -> test accuracy " in line for line in submit.stdout.splitlines()
-               + submit.stderr.splitlines()) == 12
+               + submit.stderr.splitlines()) == 12 + int((seeds == 6).sum())
     _no_contradiction(results, REPO_ROOT / "results" / "quick")
 
 
