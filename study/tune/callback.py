@@ -257,6 +257,10 @@ class StudyCallback(Callback):
         return len(self._cell_rows(cell, "final")) >= self.spec.final_seeds
 
     def _announce(self, cell: str) -> None:
+        if self.spec.search_trials == 0:  # no search: the one configuration's seeds
+            self.progress.say(f"{cell:<24} fixed configuration -> "
+                              f"{cell_summary(self._cell_rows(cell, 'final'))}")
+            return
         search = self._cell_rows(cell, "search")
         scored = [r for r in search if isinstance(r.get("val_macro_f1"), float)]
         if not scored:
