@@ -53,3 +53,22 @@ def test_a_cell_line_leaves_out_the_settings_its_run_never_read(
     line = capsys.readouterr().err
     assert "mask_augment=False" in line and "lr=0.001" in line
     assert "aug_factor" not in line and "background" not in line
+
+
+def test_a_cell_is_announced_when_done_and_again_at_its_budgets_next_look(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No search, 2 seeds, 4 where undecided: a line at 2 seeds and one at 4, none at 3."""
+    from types import SimpleNamespace
+
+    spec = StudySpec().replace(subsets=("WBC_1",), strategies=("scratch",), search_trials=0,
+                               final_seeds=2, max_final_seeds=4, seeds_per_look=2)
+    callback = StudyCallback(spec, str(tmp_path))
+    lines = []
+    for seed in (1, 2, 3, 4):
+        key = f"WBC_1-scratch/final-seed{seed}"
+        row = {"cell": "WBC_1-scratch", "phase": "final", "trial_id": key, "seed": seed,
+               "status": "completed", "test_accuracy": 0.8, "test_macro_f1": 0.5}
+        callback._finish(SimpleNamespace(trial_id=key, config={"cell": "WBC_1-scratch"}), row)
+        lines.append(capsys.readouterr().err.count("fixed configuration -> "))
+    callback.flush()
+    assert lines == [0, 1, 0, 1]
