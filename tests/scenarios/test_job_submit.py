@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.study import headnode
-from tests.study.headnode import HeadNode, running_head, started_by, still_running
+from tests.scenarios import headnode
+from tests.scenarios.headnode import HeadNode, running_head, started_by, still_running
 from wbc.synth import synthesize
 
 ray_head = headnode.ray_head  # the module-scoped head-node fixture, for the tests below

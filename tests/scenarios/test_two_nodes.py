@@ -29,8 +29,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.study.headnode import HeadNode, WorkerNode, running_head, running_worker
-from tests.study.test_job_submit import REPO_ROOT, UPLOAD_EXCLUDES, _output
+from tests.scenarios.headnode import HeadNode, WorkerNode, running_head, running_worker
+from tests.scenarios.test_job_submit import REPO_ROOT, UPLOAD_EXCLUDES, _output
 
 pytestmark = pytest.mark.slow
 
