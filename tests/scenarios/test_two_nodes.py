@@ -51,7 +51,7 @@ def head() -> Iterator[HeadNode]:
 
 @pytest.fixture(scope="module")
 def tree(tiny_root: Path) -> Path:
-    """WBC with masks, CAM16 and pRCC (tests/study/conftest.py)."""
+    """WBC with masks, CAM16 and pRCC (tests/conftest.py)."""
     return tiny_root
 
 
