@@ -115,9 +115,3 @@ def test_train_workers_and_decode_workers_are_two_options() -> None:
     assert (default.train_workers, default.decode_workers) == (1, None)
 
 
-def test_the_old_workers_option_still_works_and_says_what_replaced_it(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    args = wbc_parser().parse_args(["train", "--workers", "2"])
-    assert (args.train_workers, args.decode_workers) == (2, 2)
-    err = capsys.readouterr().err
-    assert "deprecated" in err and "--train-workers" in err and "--decode-workers" in err

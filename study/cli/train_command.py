@@ -4,10 +4,10 @@ Registered as a ``wbc`` subcommand through the ``wbc.commands`` entry point, so 
 package itself never imports Ray. Its training options are made from ``wbc.config.TrainConfig``
 (``wbc.options``); pretraining goes through the same orchestration as a study's
 (``study.pretraining``), its weights kept in the cache. ``--train-workers`` are the run's Ray
-Train (DDP) workers, ``--decode-workers`` the processes that check the tree; the old
-``--workers`` still sets both, with a deprecation message. It prints a line per report of each
-run (from the Ray Train controller, ``study.pretraining.run_training_with_reports``) and none of
-Ray's own output unless ``--verbose``.
+Train (DDP) workers, ``--decode-workers`` the processes that check the tree. It prints a line per
+report of each run (from the Ray Train controller,
+``study.pretraining.run_training_with_reports``) and none of Ray's own output unless
+``--verbose``.
 """
 
 from __future__ import annotations
@@ -31,17 +31,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
-
-
-class _OldWorkers(argparse.Action):
-    """``--workers N``, as before: N Ray Train workers and N decoding processes."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        say("wbc train: --workers is deprecated; it set both --train-workers (Ray Train DDP "
-             "workers) and --decode-workers (decoding processes), as it still does: give those "
-             "instead")
-        namespace.train_workers = namespace.decode_workers = values
 
 
 _EXAMPLES = ("wbc train --data data --strategy pretrain_aug --subset WBC_10 --epochs 10",
@@ -80,7 +69,6 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-workers", type=_positive_int, default=None, metavar="N",
                    help="processes that decode the tree's images to check them (default: all "
                         "cores)")
-    p.add_argument("--workers", type=_positive_int, action=_OldWorkers, help=argparse.SUPPRESS)
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0,
                    help="CPUs each Ray Train worker holds (also its torch threads)")
