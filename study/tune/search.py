@@ -305,6 +305,7 @@ class CellSearcher(Searcher):
             cell.failed = True
             cell.finals.clear()
             logger.warning("cell %s: every search trial failed; no final phase", cell.name)
+            self._maybe_look(cell.subset)  # its budget may have waited for it alone
             return
         sign = 1.0 if self.mode == "max" else -1.0
         # In trial-key order, so that of equal scores the first asked wins whatever order the
@@ -342,13 +343,18 @@ class CellSearcher(Searcher):
         targets = None if error or not result else result.get("test_targets")
         cell.ended[seed] = (None if predictions is None or targets is None
                             else (list(predictions), list(targets)))
-        subset = cell.subset
+        self._maybe_look(cell.subset)
+
+    def _maybe_look(self, subset: str) -> None:
+        """Once every seed of a label budget has ended, look at its comparisons: more seeds in
+        each of its cells while one is open, else the budget is closed."""
         if subset in self._closed:
             return
         cells = [c for c in self._cells.values() if c.subset == subset and not c.failed]
         if any(c.finals or not c.handed <= set(c.ended) for c in cells):
             return  # seeds of this budget still to run
-        if budget_open(self._look(subset, cells)) and self._target[subset] < self._plan.most:
+        if cells and budget_open(self._look(subset, cells)) \
+                and self._target[subset] < self._plan.most:
             old = self._target[subset]
             self._target[subset] = new = self._plan.next_seeds(old)
             seeds = [self._spec.seed + 1 + k for k in range(old, new)]

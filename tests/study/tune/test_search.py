@@ -404,3 +404,20 @@ def test_more_seeds_of_a_searched_cell_rerun_resampled_choices(
     assert sorted(c["seed"] for c in more) == [3, 3, 4, 4]
     keys = {c["cell"]: {f"{c['cell']}/search-00", f"{c['cell']}/search-01"} for c in more}
     assert all(c["config_from"] in keys[c["cell"]] and "lr" in c for c in more)
+
+
+def test_a_budget_whose_other_cell_failed_its_search_is_still_closed() -> None:
+    """WBC_1-scratch's seeds end before WBC_1-pretrain's only search trial fails: the budget's
+    look happens then (it waited for that cell), and the study finishes instead of waiting."""
+    spec = dataclasses.replace(FIXED, subsets=("WBC_1",), search_trials=1,
+                               final_config="resampled")
+    searcher = _searcher(spec)
+    searched = dict(_drain(searcher)[:-1])
+    scratch = next(t for t, c in searched.items() if c["strategy"] == "scratch")
+    pretrain = next(t for t, c in searched.items() if c["strategy"] == "pretrain")
+    searcher.on_trial_complete(scratch, {"best_val_macro_f1": 0.5})
+    finals = _drain(searcher, start=100)
+    assert finals[-1][1] is None  # pretrain's search still runs
+    _finish(searcher, finals[:-1])
+    searcher.on_trial_complete(pretrain, None, error=True)
+    assert searcher.suggest("t999") == Searcher.FINISHED
