@@ -300,6 +300,17 @@ class CellSearcher(Searcher):
         if len(cell.finished) >= self._budget:
             self._choose_best(cell)
 
+    @property
+    def _sign(self) -> float:
+        return 1.0 if self.mode == "max" else -1.0
+
+    @staticmethod
+    def _scored(cell: _Cell) -> list[str]:
+        """The cell's scored search trials in trial-key order, so that of equal scores the first
+        asked wins whatever order the trials ended in (and Tune's analysis finds the same one:
+        study.tune.analysis)."""
+        return sorted(cell.scores, key=lambda t: cell.keys.get(t, t))
+
     def _choose_best(self, cell: _Cell) -> None:
         if not cell.scores:
             cell.failed = True
@@ -307,10 +318,7 @@ class CellSearcher(Searcher):
             logger.warning("cell %s: every search trial failed; no final phase", cell.name)
             self._maybe_look(cell.subset)  # its budget may have waited for it alone
             return
-        sign = 1.0 if self.mode == "max" else -1.0
-        # In trial-key order, so that of equal scores the first asked wins whatever order the
-        # trials ended in (and Tune's analysis finds the same one: study.tune.analysis).
-        scored = sorted(cell.scores, key=lambda t: cell.keys.get(t, t))
+        sign, scored = self._sign, self._scored(cell)
         best_id = max(scored, key=lambda t: sign * cell.scores[t])  # first of equals
         cell.best = dict(cell.params[best_id])
         cell.best_key = cell.keys.get(best_id, "")
@@ -323,8 +331,7 @@ class CellSearcher(Searcher):
     def _resample(self, cell: _Cell, seeds: list[int]) -> None:
         """Per final seed, the best trial of a bootstrap resample of the cell's search: the
         search as it might have gone."""
-        sign = 1.0 if self.mode == "max" else -1.0
-        scored = sorted(cell.scores, key=lambda t: cell.keys.get(t, t))
+        sign, scored = self._sign, self._scored(cell)
         for seed in seeds:
             rng = np.random.default_rng(derive_seed(self._seed, "final-config", cell.name, seed))
             drawn = [scored[i] for i in rng.integers(0, len(scored), len(scored))]
