@@ -14,7 +14,7 @@ def _churn(kept: list[bytes]) -> None:
     """What a trial's thread does to the allocator: many mid-sized blocks (above pymalloc's,
     below malloc's mmap threshold) allocated in a thread of its own, then freed but the last
     (which, on top of the heap, keeps glibc from trimming the free space below it)."""
-    blocks = [b"x" * 100_000 for _ in range(2000)]  # 200 MB, every page touched
+    blocks = [b"x" * 100_000 for _ in range(4000)]  # 400 MB, every page touched
     kept.append(blocks[-1])
     del blocks
 
@@ -36,4 +36,7 @@ def test_freed_memory_goes_back_to_the_system_unless_kept(monkeypatch: pytest.Mo
     monkeypatch.delenv(KEEP_FREED_ENV)
     release_memory()
     after = rss_mib()
+    # Not all 400 MB comes back (a heap that holds a live block keeps its pages, and what
+    # earlier tests in the process left decides where blocks land: 131 of 200 MB came back
+    # once after the whole suite), so the test asks for well over a third of it.
     assert after is not None and after < kept - 150, (before, kept, after)
