@@ -424,5 +424,5 @@ def test_seed_plans_that_cannot_run_are_refused_by_name(fields: dict, message: s
 def test_the_quick_preset_runs_a_fixed_configuration_with_sequential_seeds() -> None:
     quick = preset("quick")
     assert quick.search_trials == 0 and quick.cell_search_trials == 0
-    assert (quick.final_seeds, quick.max_final_seeds, quick.seeds_per_look) == (3, 6, 3)
+    assert (quick.final_seeds, quick.max_final_seeds, quick.seeds_per_look) == (3, 9, 3)
     assert quick.train.to_flat()["lr"] == 1e-3
