@@ -4,7 +4,9 @@
 starts a private Ray for this driver alone: ``address="local"``, so a ``ray_current_cluster``
 file left in Ray's temp dir by another (possibly dead, possibly someone else's) head is never
 followed, and every server on the node IP ``127.0.0.1``, so nothing listens beyond loopback
-(GCS, raylet, object manager, dashboard and its agents, metrics). Token auth, which Ray 2.60
+(GCS, raylet, object manager, dashboard and its agents, metrics): ``quiet_ray`` sets Ray's
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before Ray is imported (a process that imported Ray
+first is told how to keep it on loopback). Token auth, which Ray 2.60
 turns on for a local cluster, keeps its token in ``~/.ray/auth_token``; Ray writes that file with
 the process umask (often 0644), so it is created 0600 here first, and tightened when found
 readable by others.
@@ -31,9 +33,8 @@ import secrets
 import stat
 import sys
 from pathlib import Path
-from typing import Any
 
-__all__ = ["TOKEN_FILE", "quiet_ray", "start_ray", "untrusted", "worker_setup"]
+__all__ = ["LOOPBACK", "TOKEN_FILE", "quiet_ray", "start_ray", "untrusted", "worker_setup"]
 
 TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 # Read by Ray when ray.tune is imported: Tune's warn_if_slow threshold, whose "may be a
@@ -42,6 +43,9 @@ _SLOW_WARNING_ENV = "TUNE_WARN_THRESHOLD_S"
 # Warns once that a list-valued result (confusion matrix, epoch history, excluded files) is no
 # TensorBoard histogram; the results folder keeps every value.
 _TBX_LOGGER = "ray.tune.logger.tensorboardx"
+# Ray's switch for clusters of one machine: "0" keeps every address it hands out loopback.
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK = "127.0.0.1"
 _verbose = False
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -58,6 +62,10 @@ def quiet_ray(*, verbose: bool = False) -> None:
         # process keeps the mode Ray read then, and so must the cluster it starts, which takes
         # its settings from this environment: a mode set now would be the cluster's alone.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Every server of a private Ray on 127.0.0.1: Ray otherwise swaps a loopback node
+        # address for the machine's routable one (this switch, meant for one-machine clusters
+        # on macOS and Windows, keeps the addresses it hands out loopback), read at import.
+        os.environ.setdefault(_LOOPBACK_ENV, "0")
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # "(pid=...)" prefixes uncoloured
         if verbose:
@@ -108,10 +116,6 @@ def _private_token() -> None:
         handle.write(secrets.token_hex(32))
 
 
-def _as_given(host: str) -> Any:
-    return host
-
-
 def start_ray(*, log_to_driver: bool | None = None) -> None:
     """Connect to ``RAY_ADDRESS``'s cluster, or start a private one on loopback.
     ``log_to_driver`` (default: as ``quiet_ray`` set, off unless verbose): print the workers'
@@ -132,17 +136,17 @@ def start_ray(*, log_to_driver: bool | None = None) -> None:
                  include_dashboard=None)
         return
     _private_token()
-    import ray._private.services as services
+    import ray.util
 
-    # Ray swaps 127.0.0.1 for the machine's routable address unless told the IP is meant.
-    resolve = services.resolve_ip_for_localhost
-    services.resolve_ip_for_localhost = _as_given
-    try:
-        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-                 logging_level=level, log_to_driver=log_to_driver, include_dashboard=None,
-                 runtime_env={"worker_process_setup_hook": f"{__name__}.worker_setup"})
-    finally:
-        services.resolve_ip_for_localhost = resolve
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip != LOOPBACK:
+        print(f"Ray was imported before study, so this private Ray listens on {node_ip}, not "
+              f"on {LOOPBACK} alone (it reads {_LOOPBACK_ENV} at import): import study.cli, or "
+              f"call study.local_ray.quiet_ray(), before ray, or set {_LOOPBACK_ENV}=0 in the "
+              "environment", file=sys.stderr)
+    ray.init(address="local", dashboard_host=LOOPBACK, logging_level=level,
+             log_to_driver=log_to_driver, include_dashboard=None,
+             runtime_env={"worker_process_setup_hook": f"{__name__}.worker_setup"})
 
 
 def _loose(path: Path, info: os.stat_result) -> str | None:

@@ -29,7 +29,6 @@ OWN = {"wbc", "study", "tests", "benchmarks"} | {
 PUBLIC = {"os._exit", "sys._getframe"}
 # Still to be replaced (file, the private name as written): this list may only shrink.
 KNOWN = {
-    ("study/local_ray.py", "ray._private.services"),
     ("tests/study/test_cluster_yaml.py", "ray.autoscaler._private.util"),
     ("tests/test_cli_conventions.py", "argparse._SubParsersAction"),
     ("tests/test_cli_conventions.py", "argparse._HelpAction"),

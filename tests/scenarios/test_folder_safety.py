@@ -381,8 +381,9 @@ def test_resume_refuses_a_folder_others_can_write(done_study: Path, tmp_path: Pa
 _LISTENING = r"""
 import json, os, socket, struct
 from pathlib import Path
+from study.local_ray import quiet_ray, start_ray
+quiet_ray()  # as every command does, before Ray is imported
 import ray
-from study.local_ray import start_ray
 
 def listening_ips():
     # Every TCP port this process and its descendants (Ray's daemons, workers) listen on.

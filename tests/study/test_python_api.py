@@ -49,6 +49,12 @@ def test_a_study_started_after_import_ray_runs(tiny_root: Path, tmp_path: Path) 
     text = output.decode(errors="replace")
     assert process.returncode == 0, text[-3000:]
     assert "InvalidAuthToken" not in text and "Traceback" not in text
+    # Ray read its address switch at import, before study could set it: the driver says so
+    # where that leaves the private Ray on a routable address (a machine with a network).
+    ip = subprocess.run([sys.executable, "-c", "import ray.util; print(ray.util."
+                         "get_node_ip_address())"], capture_output=True, text=True, env=env,
+                        check=True).stdout.strip()
+    assert ("Ray was imported before study" in text) == (ip != "127.0.0.1"), text[-3000:]
     trials = pd.read_parquet(results / "trials.parquet")
     assert sorted(trials["trial_id"]) == ["WBC_100-scratch/final-seed1",
                                           "WBC_100-scratch/final-seed2"]
