@@ -11,55 +11,59 @@ import pytest
 
 from study.cli import build_parser as study_parser
 from study.spec import PRESETS
+from wbc.cli import CommandParser
 from wbc.cli import build_parser as wbc_parser
 
-PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {"wbc": wbc_parser,
-                                                             "study": study_parser}
+PARSERS: dict[str, Callable[[], CommandParser]] = {"wbc": wbc_parser, "study": study_parser}
 MAIN = {"wbc": ("synth", "check", "import", "decode", "segment", "predict", "evaluate", "export",
                 "train"),
         "study": ("run", "report")}
 
 
-def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+def _parsers(parser: CommandParser) -> Iterator[CommandParser]:
     yield parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                yield from _parsers(sub)
+    for sub, _ in parser.commands.values():
+        yield from _parsers(sub)
 
 
-def _all() -> Iterator[argparse.ArgumentParser]:
+def _all() -> Iterator[CommandParser]:
     for build in PARSERS.values():
         yield from _parsers(build())
 
 
-def _options(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
-    for action in parser._actions:
-        if not isinstance(action, argparse._HelpAction | argparse._SubParsersAction) \
-                and action.help != argparse.SUPPRESS:
+def _options(parser: CommandParser) -> Iterator[argparse.Action]:
+    for action in parser.options:
+        if action.option_strings != ["-h", "--help"] and action.help != argparse.SUPPRESS:
             yield action
+
+
+def test_every_parser_knows_its_options_and_commands() -> None:
+    # What the tests below read is what --help prints: every option and command, no more.
+    for parser in _all():
+        text = parser.format_help()
+        for action in parser.options:
+            assert all(flag in text for flag in action.option_strings), (parser.prog, action)
+        assert all(name in text for name in parser.commands), parser.prog
+    assert sum(1 for _ in _all()) > len(MAIN["wbc"]) + len(MAIN["study"])
+    assert any(a.option_strings == ["--lr"] for a in wbc_parser().commands["train"][0].options)
 
 
 def test_every_option_and_command_has_help() -> None:
     missing = [f"{p.prog} {a.option_strings or a.dest}" for p in _all() for a in _options(p)
                if not (a.help or "").strip()]
-    for parser in _all():
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                missing += [f"{parser.prog} {c.dest}" for c in action._choices_actions
-                            if not (c.help or "").strip()]
+    missing += [f"{p.prog} {name}" for p in _all() for name, (_, text) in p.commands.items()
+                if not (text or "").strip()]
     assert missing == []
 
 
 def test_help_shows_every_default_worth_showing() -> None:
     unsaid = []
     for parser in _all():
-        formatter = parser._get_formatter()
         for action in _options(parser):
             default = action.default
             if not action.option_strings or default in (None, False, [], argparse.SUPPRESS):
                 continue
-            if "default" not in formatter._expand_help(action):
+            if "default" not in (action.help or "") % {**vars(action), "default": default}:
                 unsaid.append(f"{parser.prog} {action.option_strings[-1]}")
     assert unsaid == []
 
@@ -75,8 +79,7 @@ def test_help_text_has_no_none_default_or_rest_markup() -> None:
 def test_commands_and_main_subcommands_show_examples() -> None:
     for name, build in PARSERS.items():
         top = build()
-        subs = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
-        for parser in (top, *(subs.choices[c] for c in MAIN[name])):
+        for parser in (top, *(top.commands[c][0] for c in MAIN[name])):
             epilog = parser.epilog or ""
             lines = [x for x in epilog.splitlines()[1:] if x.startswith("  ")]
             assert epilog.startswith("examples:") and 2 <= len(lines) <= 4, parser.prog
@@ -85,8 +88,7 @@ def test_commands_and_main_subcommands_show_examples() -> None:
 
 
 def test_preset_choices_are_listed() -> None:
-    subs = next(a for a in study_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    text = subs.choices["run"].format_help()
+    text = study_parser().commands["run"][0].format_help()
     assert "{" + ",".join(PRESETS) + "}" in text
 
 

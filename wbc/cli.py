@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -21,7 +23,7 @@ from typing import Any
 from wbc.imageio import MAX_PIXELS_ENV, ImageError, max_image_pixels, parse_pixel_count
 from wbc.options import UserError, examples
 
-__all__ = ["CommandParser", "HelpFormatter", "UserError", "examples", "main",
+__all__ = ["CommandParser", "UserError", "examples", "main",
            "output_options", "package_version"]
 
 
@@ -253,10 +255,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _add_model_commands(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """``predict``, ``evaluate`` and ``export``: the commands that use a trained model."""
-    model = argparse.ArgumentParser(add_help=False)
+    model = CommandParser(add_help=False)
     model.add_argument("--model", type=Path, required=True, metavar="M",
                        help="model file (.safetensors) or a folder holding model.safetensors")
-    device = argparse.ArgumentParser(add_help=False)
+    device = CommandParser(add_help=False)
     device.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the model runs; auto: cuda when a GPU is visible (default: "
                              "%(default)s)")
@@ -317,38 +319,79 @@ def package_version() -> str:
         return "unknown (not installed)"
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` of ``wbc`` and ``study``: every option's default where it has one worth
-    saying (not None, False or an empty list, and not when its help already says it), and the
-    examples of a description or epilog (a paragraph with indented lines) kept as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        switch = isinstance(action, argparse.BooleanOptionalAction)  # which side is on
-        if default is None or (default is False and not switch) or (
-                isinstance(default, list | tuple) and not default):
-            return text.replace(" (default: %(default)s)", "")
-        if "default" in text:
-            return text
-        return super()._get_help_string(action) or ""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        paragraphs = []
-        for paragraph in text.split("\n\n"):
-            if "\n " in paragraph:
-                paragraphs.append("\n".join(indent + line for line in paragraph.splitlines()))
-            else:
-                paragraphs.append(super()._fill_text(paragraph, width, indent))
-        return "\n\n".join(paragraphs)
+def _wrapped(text: str) -> str:
+    """A description or epilog as ``--help`` prints it: each prose paragraph filled to the
+    terminal's width (as argparse fills), a paragraph with indented lines (examples) as written."""
+    width = max(shutil.get_terminal_size().columns - 2, 11)
+    return "\n\n".join(paragraph if "\n " in paragraph else
+                       textwrap.fill(" ".join(paragraph.split()), width)
+                       for paragraph in text.split("\n\n"))
 
 
 class CommandParser(argparse.ArgumentParser):
-    """The parser of ``wbc``, ``study`` and each of their commands: with ``HelpFormatter``."""
+    """The parser of ``wbc``, ``study``, each of their commands and the option sets they share.
+
+    Every option's help says its default where it has one worth saying (not None, False or an
+    empty list, and not when its help already says it), in argparse's own ``%(default)s``; a
+    description or epilog keeps its examples (a paragraph with indented lines) as written.
+    ``options`` and ``commands`` are what it was given (parents' options included), for the
+    conventions tests to read."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", HelpFormatter)
+        self.options: list[argparse.Action] = []
+        self.commands: dict[str, tuple[CommandParser, str | None]] = {}  # name: parser, help
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        for key in ("description", "epilog"):
+            if kwargs.get(key):
+                kwargs[key] = _wrapped(kwargs[key])
         super().__init__(*args, **kwargs)
+        for parent in kwargs.get("parents", ()):
+            self.options += parent.options
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        return self._noted(super().add_argument(*args, **kwargs))
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
+        return self._watched(super().add_argument_group(*args, **kwargs))
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        return self._watched(super().add_mutually_exclusive_group(**kwargs))
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("parser_class", CommandParser)
+        subparsers: Any = super().add_subparsers(**kwargs)
+        add = subparsers.add_parser
+
+        def add_parser(name: str, **options: Any) -> CommandParser:
+            parser: CommandParser = add(name, **options)
+            self.commands[name] = (parser, options.get("help"))
+            return parser
+
+        subparsers.add_parser = add_parser
+        return subparsers
+
+    def _watched(self, group: Any) -> Any:
+        add = group.add_argument
+
+        def add_argument(*args: Any, **kwargs: Any) -> argparse.Action:
+            return self._noted(add(*args, **kwargs))
+
+        group.add_argument = add_argument
+        return group
+
+    def _noted(self, action: argparse.Action) -> argparse.Action:
+        self.options.append(action)
+        text, default = action.help, action.default
+        if not text or text == argparse.SUPPRESS or not (
+                action.option_strings or action.nargs in ("?", "*")):
+            return action
+        switch = isinstance(action, argparse.BooleanOptionalAction)  # which side is on
+        if default is None or default is argparse.SUPPRESS or (default is False and not switch) \
+                or (isinstance(default, list | tuple) and not default):
+            action.help = text.replace(" (default: %(default)s)", "")
+        elif "default" not in text:
+            action.help = f"{text} (default: %(default)s)"
+        return action
 
 
 def output_options(*, verbose: bool) -> argparse.ArgumentParser:
@@ -356,7 +399,7 @@ def output_options(*, verbose: bool) -> argparse.ArgumentParser:
     meaning everywhere: quiet leaves standard error to errors and warnings (no progress), the
     result on standard output as ever; verbose adds what Ray, Ray Train and Ray Tune say,
     worker processes included."""
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = CommandParser(add_help=False)
     group = parent.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true",
                        help="no progress messages: only errors and warnings besides the result")
@@ -445,13 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "wbc train --data data --strategy pretrain_aug --epochs 10",
                         "wbc predict --model runs/NAME cells/ > predictions.csv"))
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=CommandParser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     quiet = output_options(verbose=False)
-    common = argparse.ArgumentParser(add_help=False, parents=[quiet])
+    common = CommandParser(add_help=False, parents=[quiet])
     common.add_argument("--workers", type=int, default=None, metavar="N",
                         help="processes that decode images (default: all cores)")
-    limits = argparse.ArgumentParser(add_help=False)
+    limits = CommandParser(add_help=False)
     limits.add_argument("--max-image-pixels", type=_pixel_count, default=None, metavar="N",
                         help="refuse images whose header declares more pixels (default: "
                              f"${MAX_PIXELS_ENV} or 8192x8192); a count or WxH")

@@ -46,8 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=examples("study run", "study run --preset quick-ssl --data data",
                         "study report results/quick-20250101-120000"))
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    sub: Any = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=CommandParser)
+    sub: Any = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("run", parents=[output_options(verbose=True)],
                        help="run (or --resume) a study; no arguments: the quick preset on a "
                             "synthetic tree",

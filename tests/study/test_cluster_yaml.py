@@ -1,13 +1,15 @@
 """cluster.yaml: a valid Ray cluster-launcher config that keeps the dashboard private, turns token
 auth on, has GPU workers and installs the project as pyproject.toml pins it.
 
-Validation is Ray's own, offline: ``prepare_config`` merges the AWS defaults file and
-``validate_config`` checks ``ray/autoscaler/ray-schema.json``; neither calls AWS.
+Validation is offline, through Ray's public autoscaler SDK and schema: ``fillout_defaults``
+merges the AWS defaults file and the result is checked against ``ray/autoscaler/ray-schema.json``
+(the schema ``ray up`` checks), the head type against the node types; nothing calls AWS.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 import socket
@@ -17,11 +19,13 @@ from typing import Any
 
 import jsonschema
 import pytest
+import ray.autoscaler
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.autoscaler.sdk import fillout_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = REPO_ROOT / "cluster.yaml"
+SCHEMA = Path(ray.autoscaler.__file__).with_name("ray-schema.json")
 
 
 @pytest.fixture
@@ -37,8 +41,10 @@ def config(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 
 def _validate(config: dict[str, Any]) -> dict[str, Any]:
-    prepared = prepare_config(copy.deepcopy(config))
-    validate_config(prepared)
+    prepared = fillout_defaults(copy.deepcopy(config))
+    jsonschema.validate(prepared, json.loads(SCHEMA.read_text()))
+    if prepared["head_node_type"] not in prepared["available_node_types"]:
+        raise ValueError(f"head_node_type {prepared['head_node_type']!r} is not a node type")
     return prepared
 
 
@@ -62,7 +68,8 @@ def _flag(args: list[str], name: str) -> str | None:
 def test_cluster_yaml_validates_offline(config: dict[str, Any]) -> None:
     prepared = _validate(config)
     assert prepared["provider"]["type"] == "aws"
-    assert prepared["available_node_types"][prepared["head_node_type"]]["max_workers"] == 0
+    assert prepared["available_node_types"][prepared["head_node_type"]].get("max_workers",
+                                                                            0) == 0
 
 
 def test_dashboard_listens_on_loopback_only(config: dict[str, Any]) -> None:
