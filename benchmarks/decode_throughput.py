@@ -1,8 +1,8 @@
 """Decode throughput: building the memory-mapped cache, opening it again, and a per-epoch
 PIL decode for comparison, all on a generated tree (or ``--root``).
 
-``wbc.cache.decode_samples`` on every WBC sample of the tree, into an empty cache (cold: every
-distinct file decoded and resized, ``--workers`` processes), then again (warm: the cache only
+``wbc.datasets.cache.decode_samples`` on every WBC sample of the tree, into an empty cache (cold:
+every distinct file decoded and resized, ``--workers`` processes), then again (warm: the cache only
 opened; reading every pixel once more is timed apart), against what a loader without a cache
 pays each epoch: PIL open, convert and resize of the WBC_100 training files in one process. It
 prints the counts, the cold build, the warm open, the naive rate, and last ``decode throughput
@@ -19,7 +19,7 @@ import harness
 import numpy as np
 from PIL import Image
 
-from wbc.cache import decode_samples
+from wbc.datasets.cache import decode_samples
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ import harness
 from study.results import ResultsStore
 from study.spec import preset
 from study.tune.callback import StudyCallback
-from wbc.layout import WBC_CLASSES
+from wbc.datasets.layout import WBC_CLASSES
 
 CHECKPOINTS = (1000, 5000, 10000)
 

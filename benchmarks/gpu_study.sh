@@ -27,7 +27,7 @@ started=$(date +%s)
   git -C "$here/.." rev-parse HEAD 2>/dev/null | sed 's/^/commit: /'
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true
   echo "cpu cores: $(nproc)"
-  $py -c "from wbc.hardware import describe; print(describe())"
+  $py -c "from wbc.training.hardware import describe; print(describe())"
 } | tee "$out/machine.txt"
 
 # (a) The throughput suite: model only, the full data path and its fast paths, bf16 against

@@ -1,6 +1,6 @@
 """What the benchmarks share: the machine line, a temporary synthetic tree, a timer, JSON with
 provenance, the options several scripts take, a local Ray, and one training run through
-``wbc.run.train_run``.
+``wbc.training.run.train_run``.
 
 Each script imports it as ``import harness``: ``python benchmarks/<script>.py`` puts
 ``benchmarks/`` first on ``sys.path``. ``wbc`` and ``study`` come from the installed package
@@ -19,8 +19,8 @@ by value (it is defined in ``__main__``), and refers to nothing here.
   after every measurement and a time limit keeps what was done.
 - ``add_device``, ``add_tree``, ``add_json``, ``add_run_arguments`` + ``run_config``: the
   options, and the fixed recipe of the scripts that train whole runs.
-- ``train(work, config, device=...)``: one run via ``wbc.run.train_run`` on the workspace's tree
-  and cache (the WBC plan of ``config`` unless a plan is given).
+- ``train(work, config, device=...)``: one run via ``wbc.training.run.train_run`` on the workspace's
+  tree and cache (the WBC plan of ``config`` unless a plan is given).
 - ``local_ray(cpus)``: a local Ray for the length of a ``with`` block.
 
     python benchmarks/harness.py      # prints the machine line and the provenance record
@@ -47,12 +47,12 @@ import torch
 from study.provenance import git_commit
 from study.provenance import provenance as study_provenance
 from wbc.config import TrainConfig
-from wbc.data import SplitPlan, plan_wbc
 from wbc.datasets import Tree, scan_tree
 from wbc.fileio import atomic_write_text
-from wbc.hardware import cpu_model, describe, gpu_name, pick_device
-from wbc.run import RunResult, train_run
 from wbc.synth import synthesize
+from wbc.training.hardware import cpu_model, describe, gpu_name, pick_device
+from wbc.training.inputs import SplitPlan, plan_wbc
+from wbc.training.run import RunResult, train_run
 
 __all__ = [
     "Timer",
@@ -202,7 +202,7 @@ class Workspace:
     """Where a benchmark's data is: the tree, the decode cache, a folder for anything else."""
 
     root: Path  # the tree, in the report's layout
-    cache: Path  # the decode cache (``wbc.cache``): never the user's own
+    cache: Path  # the decode cache (``wbc.datasets.cache``): never the user's own
     folder: Path  # scratch space, removed at the end unless given
     _tree: Tree | None = field(default=None, repr=False)
 
@@ -250,7 +250,7 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 
 
 def device(args: argparse.Namespace) -> torch.device:
-    """``--device`` resolved (``wbc.hardware.pick_device``)."""
+    """``--device`` resolved (``wbc.training.hardware.pick_device``)."""
     return torch.device(pick_device(args.device))
 
 
@@ -306,8 +306,8 @@ def run_config(args: argparse.Namespace, **flat: Any) -> TrainConfig:
 def train(work: Workspace, config: TrainConfig, *, device: torch.device | str,
           plan: SplitPlan | None = None, weights: Path | None = None,
           threads: int | None = None) -> RunResult:
-    """One run through the project's run API (``wbc.run.train_run``): ``plan`` (default the WBC
-    plan of ``config`` on the workspace's tree) with the workspace's decode cache; ``weights``:
+    """One run through the project's run API (``wbc.training.run.train_run``): ``plan`` (default the
+    WBC plan of ``config`` on the workspace's tree) with the workspace's decode cache; ``weights``:
     the starting weights of a pretrained strategy. ``result.fit.wall_seconds`` is the training
     alone, without decoding or moving the data."""
     plan = plan_wbc(work.tree, config) if plan is None else plan

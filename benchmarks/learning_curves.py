@@ -3,8 +3,8 @@
 What a preset for a real tree is chosen from (docs/study-run.md, "The real preset"): for each resolution, label
 budget and seed, one ``scratch`` run with the quick preset's shared settings (AdamW, batch 64,
 an epoch of at least 512 images, warm-up half an epoch) at a fixed learning rate, through
-``wbc.run.train_run``. It prints per run the selection macro-F1 after each epoch, the epoch's
-seconds (training and scoring), and the best epoch's reporting macro-F1; then per resolution
+``wbc.training.run.train_run``. It prints per run the selection macro-F1 after each epoch, the
+epoch's seconds (training and scoring), and the best epoch's reporting macro-F1; then per resolution
 and budget the mean curve over seeds, so that the epochs after which the curve stops rising and
 the cost of each epoch can be read off together. ``--json`` writes every run's history with
 the provenance.

@@ -2,7 +2,7 @@
 
 bf16 autocast is the default on a GPU (``precision = "auto"``). This trains ``--seeds`` seeds of
 one configuration (``--subset``, from random init) in each precision, each run through
-``wbc.run.train_run``, and prints per run its test accuracy, macro-F1, training seconds and
+``wbc.training.run.train_run``, and prints per run its test accuracy, macro-F1, training seconds and
 images per second, then per precision test accuracy and macro-F1 (means over seeds), the mean
 paired difference bf16 - fp32 with its 95% t-interval, and the training images per second. On a
 CPU without bf16 hardware bf16 is far slower; keep the image small there. ``--json`` writes the

@@ -10,8 +10,8 @@ counts, the import seconds, per resolution the cold and warm seconds, images a s
 cache's size on disk, and the peak resident memory of this process and of the decode workers.
 
 Then one training epoch over all of WBC_100/train at ``--epoch-size`` px (every image once,
-batch 64, the training loop's own path: ``wbc.run.train_run`` from the warm cache) against the
-model alone on the same number of random batches already in memory (model-only), same run,
+batch 64, the training loop's own path: ``wbc.training.run.train_run`` from the warm cache) against
+the model alone on the same number of random batches already in memory (model-only), same run,
 same threads; and a trial's time split on the big tree: set-up (the cache opened, the model
 built), the training loop, and the rest (BatchNorm recalibration and the evaluations of the
 selection and reporting splits).
@@ -31,12 +31,12 @@ from pathlib import Path
 import harness
 from PIL import Image
 
-from wbc.cache import decode_samples
 from wbc.config import TrainConfig
-from wbc.data import plan_wbc, wbc_decode_set
 from wbc.datasets import Tree, scan_tree
-from wbc.hardware import train_step_seconds
-from wbc.run import train_run
+from wbc.datasets.cache import decode_samples
+from wbc.training.hardware import train_step_seconds
+from wbc.training.inputs import plan_wbc, wbc_decode_set
+from wbc.training.run import train_run
 
 _TURNS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
           Image.Transpose.ROTATE_270, Image.Transpose.FLIP_LEFT_RIGHT,

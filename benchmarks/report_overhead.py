@@ -12,8 +12,8 @@ twice: with Ray's own controller poll, and with the study's (``study.train.train
 
 It prints a line per kind (the run with one report, the run with ``--reports``, the cost of one
 report), then ``per-report cost: <kind> <ms> ms, ...``. Nothing trains: the trials only report,
-so no run goes through ``wbc.run``. The trials are defined here, in ``__main__``, so that Ray
-ships them by value and its workers need nothing from ``benchmarks/``.
+so no run goes through ``wbc.training.run``. The trials are defined here, in ``__main__``, so that
+Ray ships them by value and its workers need nothing from ``benchmarks/``.
 
     python benchmarks/report_overhead.py --reports 40
 """

@@ -5,13 +5,13 @@ seeds, at each label budget, so that the only difference is where the backbone s
 
 - ``scratch``: random init;
 - ``pretrain``: the CAM16 tumour/normal classifier (supervised, from random init);
-- ``ssl``: SimCLR on the unlabelled pRCC images (``wbc.ssl``);
+- ``ssl``: SimCLR on the unlabelled pRCC images (``wbc.training.ssl``);
 - ``ssl_pretrain``: the CAM16 classifier trained from the SimCLR backbone.
 
-The pretraining runs once each: SimCLR through ``wbc.run.ssl_run``, the CAM16 classifiers and
-every WBC run through ``wbc.run.train_run`` (a pretrained strategy starts from the saved state
-dict of its pretraining). It prints the SimCLR run's loss and its CAM16 probe accuracies (k-NN
-and linear, against the random-init backbone), then per budget and strategy the test accuracy
+The pretraining runs once each: SimCLR through ``wbc.training.run.ssl_run``, the CAM16 classifiers
+and every WBC run through ``wbc.training.run.train_run`` (a pretrained strategy starts from the
+saved state dict of its pretraining). It prints the SimCLR run's loss and its CAM16 probe accuracies
+(k-NN and linear, against the random-init backbone), then per budget and strategy the test accuracy
 and macro-F1 (mean and 95% t-interval over seeds), then the paired differences against
 ``scratch`` (and ``ssl_pretrain`` against ``pretrain``) on the same seeds. The mask-based
 augmentation is off throughout: this isolates the starting point. The study (``study run``)
@@ -34,10 +34,10 @@ import harness
 import torch
 
 from wbc.config import SSLConfig, TrainConfig
-from wbc.data import plan_cam16
 from wbc.metrics import mean_interval
-from wbc.pretrain import pretrain_config
-from wbc.run import ssl_run
+from wbc.training.inputs import plan_cam16
+from wbc.training.pretrain import pretrain_config
+from wbc.training.run import ssl_run
 
 STRATEGIES = ("scratch", "pretrain", "ssl", "ssl_pretrain")
 SUBSETS = ("WBC_100", "WBC_50", "WBC_10", "WBC_1")

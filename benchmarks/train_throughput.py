@@ -4,7 +4,7 @@ Measured in one run, on the CPU or a GPU (``--device``), at each ``--image-size`
 
 - ``model only``: the training step on a batch that is already a normalised float tensor on the
   device: what the hardware can do, the ceiling for any data path;
-- ``full path``: the project's ``wbc.train.train_one_epoch`` on uint8 images resident on the
+- ``full path``: the project's ``wbc.training.loop.train_one_epoch`` on uint8 images resident on the
   device: index gather, flips and rotations, colour jitter and normalisation batched on the
   device, then the step; its share of the model-only rate is the data path's cost;
 - on a GPU, the fast paths one at a time against the default (bf16 autocast, channels_last,
@@ -22,8 +22,9 @@ per-epoch count is fine, a per-step one is not). Last come the ratio lines: on t
 only`` and the images per second. ``--json`` writes every figure with the hardware and the
 provenance (``harness.write_json``).
 
-These are micro-benchmarks of single epochs and steps: they call ``wbc.train.train_one_epoch``
-(and, for the model alone and the baseline, the optimiser step) directly, not ``wbc.run``.
+These are micro-benchmarks of single epochs and steps: they call
+``wbc.training.loop.train_one_epoch`` (and, for the model alone and the baseline, the optimiser
+step) directly, not ``wbc.training.run``.
 
     python benchmarks/train_throughput.py --image-size 128            # the 2-core CPU
     python benchmarks/train_throughput.py --device cuda --image-size 224 --batch-size 256 --compile
@@ -47,13 +48,13 @@ from torchvision import datasets, transforms
 
 from wbc.augment import make_pastes
 from wbc.config import TrainConfig
-from wbc.data import PreparedData, load_plan, plan_wbc
-from wbc.distributed import autocast
-from wbc.hardware import cpu_model, gpu_name
-from wbc.model import build_resnet18
-from wbc.schedule import Schedule, build_optimizer
-from wbc.seeding import seed_everything
-from wbc.train import IMAGENET_MEAN, IMAGENET_STD, train_one_epoch
+from wbc.training.distributed import autocast
+from wbc.training.hardware import cpu_model, gpu_name
+from wbc.training.inputs import PreparedData, load_plan, plan_wbc
+from wbc.training.loop import IMAGENET_MEAN, IMAGENET_STD, train_one_epoch
+from wbc.training.resnet import build_resnet18
+from wbc.training.schedule import Schedule, build_optimizer
+from wbc.training.seeding import seed_everything
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats: int = 5
@@ -318,7 +319,7 @@ def main() -> None:
     baseline_steps = args.baseline_steps or (4 if gpu else steps)
     seed_everything(0)
     if gpu:
-        torch.backends.cudnn.benchmark = True  # as wbc.train.fit sets it on a GPU
+        torch.backends.cudnn.benchmark = True  # as wbc.training.loop.fit sets it on a GPU
     threads = torch.get_num_threads()
     peak = {"fp32": matmul_peak(torch.float32, device),
             "bf16": matmul_peak(torch.bfloat16, device)}

@@ -13,8 +13,8 @@ the trials finished, per process, and whether each process is flat: every trial 
 
 The same study runs twice, each on its own local Ray: first as the baseline, with
 ``WBC_KEEP_FREED_MEMORY=1`` (trial processes keep what they free, as before
-``wbc.hardware.release_memory``), then as the study runs by default. ``--skip-baseline`` runs
-only the second.
+``wbc.training.hardware.release_memory``), then as the study runs by default. ``--skip-baseline``
+runs only the second.
 
     python benchmarks/trial_memory.py --cpus 1 --search 2 --seeds 1     # 36 trials, 1 process
 """
@@ -27,7 +27,7 @@ from typing import Any
 
 import harness
 
-from wbc.hardware import KEEP_FREED_ENV as KEEP
+from wbc.training.hardware import KEEP_FREED_ENV as KEEP
 
 
 def run(args: Any, work: harness.Workspace, name: str) -> Any:

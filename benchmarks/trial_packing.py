@@ -5,8 +5,8 @@ short epochs: evaluation, BatchNorm recalibration, reports and Python overhead. 
 on one GPU when each asks for 1/K of it (``resources.gpus_per_trial`` or ``gpus_by_subset``),
 each in its own reused trial process. This benchmark does exactly that without Ray: K worker
 processes, each training ``--trials / K`` trials of ``--subset`` one after another through
-``wbc.run.train_run`` on one shared device, for each K in ``--packs``. The tree is decoded into
-the cache once before the first measurement, so that no worker pays for it.
+``wbc.training.run.train_run`` on one shared device, for each K in ``--packs``. The tree is decoded
+into the cache once before the first measurement, so that no worker pays for it.
 
 It prints, per K: wall seconds, trials per minute, the speed-up over K=1, and utilisation: the
 time inside training loops, each trial's weighted by the 1/K of the device it holds, over the
@@ -31,7 +31,7 @@ import harness
 import torch
 
 from wbc.config import TrainConfig
-from wbc.data import load_plan, plan_wbc
+from wbc.training.inputs import load_plan, plan_wbc
 
 
 def trial_config(args: argparse.Namespace, seed: int) -> TrainConfig:

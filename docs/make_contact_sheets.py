@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
     # Runs from a plain checkout, without the package installed.
     sys.path.insert(0, str(ROOT))
 
-from wbc.layout import CAM16_CLASSES, WBC_CLASSES  # noqa: E402
+from wbc.datasets.layout import CAM16_CLASSES, WBC_CLASSES  # noqa: E402
 from wbc.synth import render_cam16, render_prcc, render_wbc  # noqa: E402
 
 OUT = ROOT / "docs" / "contact-sheets"

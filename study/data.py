@@ -8,9 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from wbc.cache import decode_samples, default_cache_dir
 from wbc.config import TrainConfig
-from wbc.data import plan_cam16, plan_wbc, wbc_decode_set
 from wbc.datasets import (
     CAM16_LAYOUT,
     PRCC_LAYOUT,
@@ -23,9 +21,11 @@ from wbc.datasets import (
     histology_origin,
     with_histology,
 )
+from wbc.datasets.cache import decode_samples, default_cache_dir
+from wbc.datasets.layout import WBC_CLASSES
 from wbc.fileio import atomic_write_text, file_lock
-from wbc.layout import WBC_CLASSES
 from wbc.strategies import get_strategy, strategy_names
+from wbc.training.inputs import plan_cam16, plan_wbc, wbc_decode_set
 
 __all__ = ["StudyError", "check_strategies", "check_tree", "given_histology", "histology_record",
            "synthetic_tree", "warm_caches", "wbc100_counts"]
@@ -44,6 +44,9 @@ def synthetic_tree(scale: float, image_size: int, *, seed: int = 0,
     ``tissue_scale`` (WBC_100/val; CAM16 and pRCC) default to ``scale``."""
     from wbc.synth import GENERATOR_VERSION, synthesize
 
+    # A scale equal to ``scale`` is the default: one tree, one cache key.
+    val_scale = None if val_scale == scale else val_scale
+    tissue_scale = None if tissue_scale == scale else tissue_scale
     base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     size = max(64, image_size)  # drawn at 64 px at least: small cells need the detail
     scales = f"scale{scale:g}" + (f"-val{val_scale:g}" if val_scale is not None else "") + (

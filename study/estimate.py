@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from study.spec import StudySpec
 from wbc.datasets import Tree
-from wbc.hardware import cpu_precision, train_step_seconds
-from wbc.layout import subset_percent
+from wbc.datasets.layout import subset_percent
 from wbc.strategies import get_strategy
-from wbc.train import epoch_images
+from wbc.training.hardware import cpu_precision, train_step_seconds
+from wbc.training.loop import epoch_images
 
 __all__ = ["Estimate", "estimate", "measure_rate", "training_images"]
 
@@ -34,7 +34,7 @@ class Estimate:
     slots: int  # trials at once
     trials: int
     precision: str = "fp32"  # what the trials compute in on this CPU
-    why: str = ""  # why that precision (wbc.hardware.cpu_precision)
+    why: str = ""  # why that precision (wbc.training.hardware.cpu_precision)
 
     @property
     def seconds(self) -> float:
@@ -82,7 +82,7 @@ def training_images(spec: StudySpec, tree: Tree) -> tuple[int, int]:
 def measure_rate(image_size: int, batch_size: int, threads: int, *, steps: int = 3,
                  precision: str = "fp32") -> float:
     """Training images a second of ResNet-18 on this CPU at ``image_size``, ``batch_size`` and
-    ``threads`` torch threads, in ``precision`` (``wbc.hardware.train_step_seconds``)."""
+    ``threads`` torch threads, in ``precision`` (``wbc.training.hardware.train_step_seconds``)."""
     import torch
 
     before = torch.get_num_threads()

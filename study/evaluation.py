@@ -4,9 +4,9 @@ The study's figures are in-domain: the reporting split comes from the same micro
 and lab as the training images. A classifier that is 98.5% right there can be 34.6% right on
 another microscope's images (Tsutsui et al., ICASSP 2023), and whether pretraining or pasting
 helps more or less out of domain is a question of its own. So after the Tune run each kept
-model (``study.results.models``) is scored on every ``eval_data`` tree, on that tree's
+model (``study.results.kept``) is scored on every ``eval_data`` tree, on that tree's
 reporting split (its test split, else half B of its val: the same definition as in-domain),
-through ``wbc.inference.evaluate_model``: the training's decode and preprocessing.
+through ``wbc.classifier.inference.evaluate_model``: the training's decode and preprocessing.
 
 One Ray task per tree (decoded once, every model scored on it), with a trial's resources (a GPU if trials had one), after the
 trials are done. Rows land in ``eval.parquet`` as each tree ends, keyed by (trial, tree): a
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from study.results import ResultsStore
-from study.results.models import KeptModel, kept_models
+from study.results.kept import KeptModel, kept_models
 from study.spec import StudySpec
-from wbc.classifier import Card
+from wbc.classifier.model_file import Card
 
 __all__ = ["EVAL_SPLIT", "eval_problem", "score_kept_models"]
 
@@ -49,8 +49,8 @@ def _score_tree(models: list[str], tree: str, cache_dir: str | None, device: str
     or its error (a tree that cannot be loaded gives every model that error)."""
     import torch
 
-    from wbc.classifier import load_classifier
-    from wbc.inference import load_split, score_split
+    from wbc.classifier.inference import load_split, score_split
+    from wbc.classifier.model_file import load_classifier
 
     torch.set_num_threads(max(1, threads))
     outcomes: list[dict[str, Any]] = []

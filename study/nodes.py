@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wbc.cache import decode_samples
 from wbc.datasets import Sample
+from wbc.datasets.cache import decode_samples
 
 __all__ = ["NodeProblem", "check_nodes"]
 

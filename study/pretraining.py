@@ -5,8 +5,8 @@ Three sources (``wbc.strategies.Strategy.weights_source``):
 
 - ``cam16``: the report's step A, a supervised CAM16 tumour/normal classifier from random init
   (``pretrain``, ``pretrain_aug``);
-- ``prcc_ssl``: SimCLR on the unlabelled pRCC images (``ssl``; ``wbc.ssl``), a Ray Train run
-  that reports its loss and a k-NN probe on CAM16 every epoch;
+- ``prcc_ssl``: SimCLR on the unlabelled pRCC images (``ssl``; ``wbc.training.ssl``), a Ray Train
+  run that reports its loss and a k-NN probe on CAM16 every epoch;
 - ``prcc_ssl+cam16``: the CAM16 classifier trained from the ``prcc_ssl`` backbone
   (``ssl_pretrain``);
 - ``wbc_ssl``: SimCLR on WBC_100's training images, labels unused (``ssl_wbc``), probed by a
@@ -14,9 +14,9 @@ Three sources (``wbc.strategies.Strategy.weights_source``):
   backbone; they never train it).
 
 Each is keyed by the decode fingerprint of its data, every setting of its run and the key of the
-weights it started from, and kept in a ``wbc.pretrain.WeightsStore`` (a study's results folder,
-shared storage on a cluster; the cache for ``wbc train``), which trains it only when the key is
-not stored yet. Where the training runs is an executor's business: ``TaskExecutor`` (a Ray task
+weights it started from, and kept in a ``wbc.training.pretrain.WeightsStore`` (a study's results
+folder, shared storage on a cluster; the cache for ``wbc train``), which trains it only when the key
+is not stored yet. Where the training runs is an executor's business: ``TaskExecutor`` (a Ray task
 on one node for the CAM16 runs, a one-worker Ray Train run for SimCLR; a study's inline trials)
 or ``TrainExecutor`` (Ray Train runs, DDP over several workers).
 
@@ -29,7 +29,6 @@ Ray Train training run (``wbc train``'s own).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -41,19 +40,19 @@ import ray
 from ray.train import UserCallback
 
 from study.train.trainer import RunSpec, TrainOutcome, run_ssl, run_training
-from wbc.cache import decode_samples
 from wbc.config import PretrainSettings, SSLConfig, TrainConfig
-from wbc.data import SplitPlan, plan_cam16, plan_wbc
 from wbc.datasets import Sample, Tree, histology_origin
-from wbc.pretrain import (
+from wbc.datasets.cache import decode_samples
+from wbc.strategies import get_strategy
+from wbc.training.inputs import SplitPlan, plan_cam16, plan_wbc
+from wbc.training.loop import best_weights
+from wbc.training.pretrain import (
     WeightsStore,
     kind_of,
     pretrain_config,
     pretrain_key,
     ssl_key,
 )
-from wbc.strategies import get_strategy
-from wbc.train import best_weights
 
 __all__ = [
     "SOURCES",
@@ -208,8 +207,8 @@ def _supervised_task(plan: SplitPlan, flat: dict[str, Any], init: str | None, th
                      ) -> tuple[State, dict[str, Any]]:
     """A pretraining run in a Ray task: best weights and the final record; each report's
     ``brief`` put on the ``reports`` queue, if any."""
-    from wbc.hardware import require_cuda
-    from wbc.run import train_run
+    from wbc.training.hardware import require_cuda
+    from wbc.training.run import train_run
 
     device = require_cuda("CAM16 pretraining") if use_gpu else "cpu"
     result = train_run(plan, TrainConfig.from_flat(flat), device=device,
@@ -422,8 +421,9 @@ def ensure_sources(sources: Iterable[str], tree: Tree, base: TrainConfig,
                          f"{', '.join(SOURCES)}")
     if "prcc_ssl+cam16" in wanted:
         wanted.add("prcc_ssl")
-    settings = dataclasses.replace(
-        settings, ssl=dataclasses.replace(settings.ssl, image_size=base.data.image_size))
+    if settings.ssl.image_size != base.data.image_size:  # both follow one resolution
+        raise ValueError(f"ssl image_size {settings.ssl.image_size} differs from the WBC runs' "
+                         f"{base.data.image_size}")
     done: dict[str, Pretrained] = {}
     for source in (s for s in SOURCES if s in wanted):
         if source.endswith("_ssl"):

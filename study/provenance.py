@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from wbc.hardware import cpu_model
+from wbc.training.hardware import cpu_model
 
 __all__ = ["code_digest", "git_commit", "provenance"]
 

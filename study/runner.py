@@ -11,7 +11,7 @@ The order, and where the time goes (``study.json`` records each part, ``study.re
    cell that needs it;
 4. the Tune run (``study.tune``): per-cell Optuna searches with per-cell ASHA, and each cell's
    final seeds as soon as its search is over; rows land in Parquet as trials finish;
-5. the kept models (``study.results.models``) settled, and scored on the spec's ``eval_data``
+5. the kept models (``study.results.kept``) settled, and scored on the spec's ``eval_data``
    trees (``study.evaluation``);
 6. the summary (``study.accounting``): which cells finished, the time split, the utilisation.
 
@@ -47,15 +47,15 @@ from study.provenance import provenance
 from study.record import Session, StudyRecord, now
 from study.results import ResultsStore
 from study.results.journal import mend_journal
-from study.results.models import settle_models
+from study.results.kept import settle_models
 from study.results.owner import FolderBusy, own_folder
 from study.spec import StudySpec
 
 if TYPE_CHECKING:
     from study.segmentation import PredictedMasks
-from wbc.cache import default_cache_dir
-from wbc.data import wbc_decode_set
 from wbc.datasets import DatasetError, Tree, scan_tree
+from wbc.datasets.cache import default_cache_dir
+from wbc.training.inputs import wbc_decode_set
 
 __all__ = ["StudyError", "run_study"]
 
@@ -255,7 +255,7 @@ def _pretrain(spec: StudySpec, tree: Tree, results: Path, slots: int, cache_dir:
         sources_of,
     )
     from study.train.trainer import RunSpec
-    from wbc.pretrain import WeightsStore
+    from wbc.training.pretrain import WeightsStore
 
     resources = spec.resources
     executor: Executor

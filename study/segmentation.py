@@ -23,17 +23,17 @@ from typing import Any
 import ray
 
 from study.pretraining import progress_lines
-from wbc.cache import decode_samples
 from wbc.config import SegmentSettings
-from wbc.data import wbc_decode_set
 from wbc.datasets import Tree
-from wbc.segment.run import (
+from wbc.datasets.cache import decode_samples
+from wbc.segment.pipeline import (
     OUT_RECORD,
     PATH_SELF,
     segment_key,
     weights_digest,
     with_predicted_masks,
 )
+from wbc.training.inputs import wbc_decode_set
 
 __all__ = ["MASKS_DIR", "PredictedMasks", "ensure_masks"]
 
@@ -55,8 +55,8 @@ def _segment_task(tree: Tree, settings: dict[str, Any], out: str, encoder: str |
 
     import torch
 
-    from wbc.hardware import require_cuda
     from wbc.segment import segment_tree, write_masks
+    from wbc.training.hardware import require_cuda
 
     def say(message: str) -> None:
         if lines is not None:

@@ -21,13 +21,17 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from wbc.config import PretrainSettings, SegmentSettings, SSLConfig, TrainConfig
-from wbc.layout import subset_percent
+from wbc.datasets.layout import subset_percent
 from wbc.strategies import get_strategy, strategy_names
 
-__all__ = ["PRESETS", "Resources", "SearchSpace", "StudySpec", "cell_search_trials",
+__all__ = ["FROM_STUDY", "PRESETS", "Resources", "SearchSpace", "StudySpec", "cell_search_trials",
            "load_spec", "no_search", "preset", "replicate_seed"]
 
 Execution = Literal["auto", "inline", "train"]
+# Run settings the study owns: a trial's TrainConfig and the SimCLR run take them from the
+# study's own fields (StudySpec.base_config, ssl_config), never from the train or ssl table.
+FROM_STUDY = {"train": ("image_size", "epochs", "exclude_bad", "selection"),
+              "ssl": ("image_size", "seed")}
 
 
 def cell_search_trials(spec: dict[str, Any]) -> int:
@@ -198,7 +202,8 @@ class StudySpec:
     ssl_min_epoch_images: int = 256
     ssl_include_wbc: bool = False  # add the WBC_100 training images, labels unused
     # Settings every trial shares (a table of flat TrainConfig names in a spec file); the search
-    # overrides its own. Its image_size, epochs and exclude_bad follow the study's fields.
+    # overrides its own. The study's own (FROM_STUDY) are not taken from here: a trial's
+    # configuration is base_config(), SimCLR's ssl_config().
     train: TrainConfig = field(default_factory=lambda: TrainConfig().replace(
         batch_size=64, bn_recalibrate=128, min_epoch_images=512, warmup_epochs=0.5))
     # Epochs between resumable trial checkpoints; 0: none (a trial cut off by a crash restarts,
@@ -207,7 +212,7 @@ class StudySpec:
     space: SearchSpace = field(default_factory=SearchSpace)
     resources: Resources = field(default_factory=Resources)
     exclude_bad: bool = False  # leave out unreadable files instead of failing
-    # The classifiers a study keeps (study.results.models): "best", each cell's final seed with
+    # The classifiers a study keeps (study.results.kept): "best", each cell's final seed with
     # the best selection macro-F1; "all", every final seed; "none".
     keep_models: Literal["best", "all", "none"] = "best"
     # Other trees (the report's layout, or ImageFolder) every kept model is scored on after the
@@ -264,22 +269,12 @@ class StudySpec:
             raise ValueError(f"reduction_factor={self.reduction_factor!r} must be at least 2")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"name={self.name!r}: use a plain folder name")
-        # The shared settings follow the study's own fields (frozen: set through object).
-        try:
-            object.__setattr__(self, "train", self.train.replace(
-                image_size=self.image_size, epochs=self.epochs, exclude_bad=self.exclude_bad,
-                selection=self.selection))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"train settings: {err}") from err
-        try:
-            object.__setattr__(self, "ssl", dataclasses.replace(
-                self.ssl, image_size=self.image_size, seed=self.seed))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"ssl settings: {err}") from err
-        try:
-            self.space.check_against(self.train)
-        except ValueError as err:
-            raise ValueError(str(err)) from None
+        for name, derive in (("train", self.base_config), ("ssl", self.ssl_config)):
+            try:
+                derive()
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{name} settings: {err}") from err
+        self.space.check_against(self.base_config())
         for scale in ("synthetic_scale", "synthetic_val_scale", "synthetic_tissue_scale"):
             value = getattr(self, scale)
             if value is not None and not 0 < value <= 10:
@@ -347,10 +342,6 @@ class StudySpec:
     def needs_prcc(self) -> bool:
         return any(get_strategy(s).ssl == "prcc" for s in self.strategies)
 
-    def ssl_config(self) -> SSLConfig:
-        """The ``SSLConfig`` of the study's self-supervised pretraining."""
-        return self.ssl
-
     @property
     def cell_search_trials(self) -> int:
         """Search trials per cell: ``search_trials``, or under ``"replicates"`` that many for
@@ -360,18 +351,27 @@ class StudySpec:
                                    "final_config": self.final_config})
 
     def base_config(self) -> TrainConfig:
-        """The TrainConfig every trial starts from."""
-        return self.train
+        """The TrainConfig every trial starts from: ``train`` with the study's own image_size,
+        epochs, exclude_bad and selection (``FROM_STUDY``), derived here and nowhere kept."""
+        return self.train.replace(**{name: getattr(self, name) for name in FROM_STUDY["train"]})
+
+    def ssl_config(self) -> SSLConfig:
+        """The SimCLR settings of the study's self-supervised pretraining: ``ssl`` at the
+        study's image_size and seed."""
+        return dataclasses.replace(self.ssl, **{n: getattr(self, n) for n in FROM_STUDY["ssl"]})
 
     def pretrain_settings(self) -> PretrainSettings:
         """How the study makes its starting weights (``study.pretraining``)."""
         return PretrainSettings(cam16_epochs=self.pretrain_epochs, cam16_lr=self.pretrain_lr,
-                                ssl=self.ssl, ssl_min_epoch_images=self.ssl_min_epoch_images,
+                                ssl=self.ssl_config(),
+                                ssl_min_epoch_images=self.ssl_min_epoch_images,
                                 ssl_include_wbc=self.ssl_include_wbc)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data: tables for the nested settings, flat names for ``train`` and ``ssl``."""
+        """Plain data: tables for the nested settings, flat names for ``train`` and ``ssl`` (as
+        the trials get them: the study's own fields included)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values.update(train=self.base_config(), ssl=self.ssl_config())
         for name, value in values.items():
             if isinstance(value, TrainConfig | SSLConfig):
                 values[name] = value.to_flat()
@@ -385,18 +385,31 @@ class StudySpec:
     def from_dict(cls, values: dict[str, Any]) -> StudySpec:
         if not isinstance(values, dict):
             raise ValueError(f"a study spec is a table of settings, got {type(values).__name__}")
+        _check_from_study(values)
+        values = {**values, **{table: {k: v for k, v in values[table].items() if k not in names}
+                               for table, names in FROM_STUDY.items()
+                               if isinstance(values.get(table), dict)}}
         try:
             spec: StudySpec = _build(cls, values, "")
         except TypeError as err:  # a comparison in a check met a value of the wrong type
             raise ValueError(f"invalid study setting: {err}") from err
         return spec
 
+    def editable(self) -> dict[str, Any]:
+        """``to_dict`` without the study's own settings in the ``train`` and ``ssl`` tables
+        (``from_dict`` leaves them out of those too): the values a change (a file, ``--set``,
+        ``replace``) starts from."""
+        values = self.to_dict()
+        for table, names in FROM_STUDY.items():
+            values[table] = {k: v for k, v in values[table].items() if k not in names}
+        return values
+
     def replace(self, **changes: Any) -> StudySpec:
-        return StudySpec.from_dict({**self.to_dict(), **changes})
+        return StudySpec.from_dict({**self.editable(), **changes})
 
     def with_overrides(self, assignments: list[str]) -> StudySpec:
         """Apply ``name=value`` strings; dotted names reach nested fields (``space.lr_max``)."""
-        values = self.to_dict()
+        values = self.editable()
         for assignment in assignments:
             name, sep, text = assignment.partition("=")
             if not sep:
@@ -407,12 +420,30 @@ class StudySpec:
                 if not isinstance(target.get(parent), dict):
                     raise ValueError(f"--set {assignment!r}: {parent!r} has no fields")
                 target = target[parent]
+            if parents and parents[0] in FROM_STUDY and leaf in FROM_STUDY[parents[0]]:
+                raise ValueError(f"--set {assignment!r}: {name} follows the study's {leaf}; "
+                                 f"--set {leaf}=... sets it")
             # train and ssl are open tables, checked against TrainConfig / SSLConfig later.
             if parents not in (["train"], ["ssl"]) and leaf not in target:
                 raise ValueError(f"--set {assignment!r}: no field {name!r}; valid: "
                                  f"{', '.join(sorted(target))}")
             target[leaf] = _parse_value(text.strip())
         return StudySpec.from_dict(values)
+
+
+def _check_from_study(values: dict[str, Any]) -> None:
+    """A ``train`` or ``ssl`` table may repeat a setting the study owns (``FROM_STUDY``; a
+    ``study.json`` does) only with the study's value."""
+    defaults = {f.name: f.default for f in dataclasses.fields(StudySpec)}
+    for table, names in FROM_STUDY.items():
+        given = values.get(table)
+        if not isinstance(given, dict):
+            continue
+        for name in names:
+            study = values.get(name, defaults[name])
+            if name in given and given[name] != study:
+                raise ValueError(f"{table}.{name}={given[name]!r} differs from the study's "
+                                 f"{name}={study!r}, which every run follows: set {name} alone")
 
 
 def _parse_value(text: str) -> Any:
@@ -497,71 +528,35 @@ def _typed(name: str, hint: Any, value: Any) -> Any:
     raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
-# The quick preset is sized to finish within 10 minutes on a 2-core CPU from a fresh cache (Ray
-# start-up included; docs/benchmarks.md): 12 cells of 3 epochs at 32 px, a synthetic training set
-# at 15% of the report's counts (WBC_1: 13 images), 691 WBC_100/val images (345 report), the full
-# CAM16 to pretrain on. No search: every seed trains one configuration, AdamW at the lr of 1e-3
-# that searched quick studies favoured (benchmarks/fixed_default.py), no imbalance handling, the
-# report's aug_factor of 5; 3 seeds a cell, 3 more at a budget still undecided, up to 9, alpha
-# spent as t**2 (11% at the first look, as t**3 gave the first of two).
-_QUICK = StudySpec(space=SearchSpace(imbalance=("none", "weighted")),
-                   search_trials=0, max_final_seeds=9, seeds_per_look=3, spending_power=2.0,
-                   train=TrainConfig().replace(lr=1e-3, batch_size=64, bn_recalibrate=128,
-                                               min_epoch_images=512, warmup_epochs=0.5))
+# The presets are spec files beside this module (study/presets/<name>.toml): each names what it
+# changes from the spec's defaults, or from the preset it ``extends``. Listed in this order.
+PRESET_NAMES = ("quick", "quick-ssl", "quick-masks", "real", "paper")
+_PRESET_DIR = Path(__file__).with_name("presets")
 
-# The report at full scale on GPUs: 224 px (the report's resolution), its real tree, 20 trials a
-# cell and 5 seeds. docs/study.md gives the expected GPU time.
-_PAPER = StudySpec(
-    name="paper", preset="paper", synthetic_scale=1.0, synthetic_val_scale=None,
-    synthetic_tissue_scale=None, image_size=224, search_trials=20,
-    strategies=("scratch", "pretrain", "pretrain_aug", "ssl", "ssl_pretrain"),
-    startup_trials=8, epochs=30, grace_epochs=5, reduction_factor=3, final_seeds=5,
-    pretrain_epochs=20, pretrain_lr=0.05,
-    # SimCLR on the 1,419 pRCC images: 200 epochs of 5,700 images (pRCC tiled 4x) at batch 256.
-    ssl=SSLConfig(epochs=200, batch_size=256, lr=1e-3, warmup_epochs=10.0, probe_steps=100),
-    ssl_min_epoch_images=5700,
-    train=TrainConfig().replace(optimizer="sgd", lr=0.05, batch_size=256, bn_recalibrate=2048,
-                                min_epoch_images=4096, report_every=1),
-    space=SearchSpace(lr_min=1e-3, lr_max=0.2, label_smoothing_max=0.2),
-    checkpoint_every=5,
-    resources=Resources(cpus_per_trial=4.0, gpus_per_trial=1.0),
-)
 
-# The quick preset with the two self-supervised strategies (pRCC SimCLR, alone and before
-# CAM16): the five strategies in one run, at the cost of the SimCLR pretraining and 8 cells more.
-_QUICK_SSL = dataclasses.replace(
-    _QUICK, name="quick-ssl", preset="quick-ssl",
-    strategies=("scratch", "pretrain", "pretrain_aug", "ssl", "ssl_pretrain"))
+def _merged(start: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` over ``start``: a table merges into the table it names, the rest replaces."""
+    merged = dict(start)
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
-# The quick preset with masks for all data: pretrain_aug_predicted beside the report's three,
-# so that one study answers whether the augmentation still hurts at WBC_1 once every image has a
-# mask (the report's own explanation of its negative result).
-_QUICK_MASKS = dataclasses.replace(
-    _QUICK, name="quick-masks", preset="quick-masks",
-    strategies=("scratch", "pretrain", "pretrain_aug", "pretrain_aug_predicted"))
 
-# A real tree of a few thousand cells on a 2-core CPU in about 15 minutes (docs/study-run.md,
-# "The real preset", has the learning curves it is chosen from): every strategy that a real set
-# without masks can run, the masks predicted (self-trained where none is given), SimCLR on the
-# tree's own training images. An epoch is at most 2,048 images (a fresh random part of a larger
-# set each epoch), so a tree of 10k cells costs what one of 2k does. Imbalance is handled by
-# a class-weighted loss (real sets are skewed: BCCD has 207 neutrophils and 3 basophils); the
-# narrow search spends its trials on the learning rate; the seeds, as quick's, carry the answer.
-_REAL = StudySpec(
-    name="real", preset="real", image_size=32, epochs=3, search_trials=2, startup_trials=2,
-    strategies=("scratch", "pretrain", "ssl_wbc", "pretrain_aug_predicted"),
-    final_seeds=3, max_final_seeds=9, seeds_per_look=3, spending_power=2.0,
-    ssl=SSLConfig(epochs=12, batch_size=64, lr=2e-3, warmup_epochs=1.0, probe_steps=50),
-    ssl_min_epoch_images=0,
-    train=TrainConfig().replace(batch_size=64, bn_recalibrate=128, min_epoch_images=512,
-                                max_epoch_images=2048, warmup_epochs=0.5,
-                                imbalance="weighted"),
-    space=SearchSpace(lr_min=1e-3, lr_max=4e-3, weight_decay_min=1e-4, weight_decay_max=2e-3,
-                      imbalance=("weighted",), aug_factor_min=1, aug_factor_max=3),
-)
+def _load_preset(name: str) -> StudySpec:
+    path = _PRESET_DIR / f"{name}.toml"
+    values = tomllib.loads(path.read_text())
+    base = values.pop("extends", None)
+    start = _load_preset(base) if base else StudySpec()
+    try:
+        return StudySpec.from_dict(_merged(start.editable(), values))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
 
-PRESETS: dict[str, StudySpec] = {"quick": _QUICK, "quick-ssl": _QUICK_SSL,
-                                 "quick-masks": _QUICK_MASKS, "real": _REAL, "paper": _PAPER}
+
+PRESETS: dict[str, StudySpec] = {name: _load_preset(name) for name in PRESET_NAMES}
 
 
 def preset(name: str) -> StudySpec:
@@ -587,14 +582,8 @@ def load_spec(path: Path, *, base: StudySpec | None = None) -> StudySpec:
     name = values.get("preset")
     if name is not None and not isinstance(name, str):
         raise ValueError(f"{path}: preset must be a name ({', '.join(PRESETS)}), got {name!r}")
-    start = preset(name) if name is not None else (base or _QUICK)
-    merged = start.to_dict()
-    for key, value in values.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
+    start = preset(name) if name is not None else (base or PRESETS["quick"])
     try:
-        return StudySpec.from_dict(merged)
+        return StudySpec.from_dict(_merged(start.editable(), values))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: {err}") from err

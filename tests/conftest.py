@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from tests.treegen import make_cam16_prcc, make_wbc_tree
-from wbc.layout import WBC_CLASSES
+from wbc.datasets.layout import WBC_CLASSES
 
-# What "auto" precision means on a CPU depends on the machine (wbc.hardware.cpu_precision): the
-# suite computes in fp32 everywhere, Ray's workers included (they inherit the environment), so
+# What "auto" precision means on a CPU depends on the machine (wbc.training.hardware.cpu_precision):
+# the suite computes in fp32 everywhere, Ray's workers included (they inherit the environment), so
 # that its figures do not depend on which CPU runs it; tests/wbc/test_precision.py unsets it.
 os.environ.setdefault("WBC_CPU_PRECISION", "fp32")
 

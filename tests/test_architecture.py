@@ -167,3 +167,13 @@ def test_the_domain_library_never_imports_ray() -> None:
              if name.startswith("wbc") for target, _, line in _imports(name)
              if target.split(".")[0] in ("ray", "study")]
     assert not found, f"wbc imports ray or study: {found}"
+
+
+def test_no_two_modules_share_a_name() -> None:
+    # ``run.py`` in wbc and in wbc/segment, ``models.py`` in two study packages: a reader (and a
+    # traceback) should tell them apart by name alone.
+    seen: dict[str, list[str]] = {}
+    for name, path in MODULES.items():
+        if path.stem not in ("__init__", "__main__"):
+            seen.setdefault(path.stem, []).append(name)
+    assert not {stem: names for stem, names in seen.items() if len(names) > 1}

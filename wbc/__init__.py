@@ -1,17 +1,18 @@
 """The WBC domain library: datasets, decoding, synthesis, augmentation, models and training.
 
 It never imports Ray; everything here works from a notebook or a plain script. The data layer is
-re-exported here; the torch-based modules (``wbc.model``, ``wbc.train``, ...) are imported by name.
+re-exported here; the torch-based modules (``wbc.training.resnet``, ``wbc.training.loop``, ...) are
+imported by name.
 """
 
 from __future__ import annotations
 
-from wbc.cache import DecodedSet, decode_samples, default_cache_dir
 from wbc.datasets import DatasetError, Problem, Sample, Tree, scan_tree
-from wbc.imageio import ImageError, read_mask, read_rgb
-from wbc.importer import import_imagefolder, write_subsets
-from wbc.layout import CAM16_CLASSES, WBC_CLASSES
-from wbc.subsets import derive_subsets
+from wbc.datasets.cache import DecodedSet, decode_samples, default_cache_dir
+from wbc.datasets.imageio import ImageError, read_mask, read_rgb
+from wbc.datasets.importer import import_imagefolder, write_subsets
+from wbc.datasets.layout import CAM16_CLASSES, WBC_CLASSES
+from wbc.datasets.subsets import derive_subsets
 
 __all__ = [
     "CAM16_CLASSES",

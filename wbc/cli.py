@@ -1,5 +1,5 @@
 """``wbc``: make, import, check and decode datasets in the report's layout; predict with,
-evaluate and export a trained model (``wbc.inference``, ``wbc.export``).
+evaluate and export a trained model (``wbc.classifier.inference``, ``wbc.classifier.export``).
 
 Exit status: 0 success; 1 the tree is not usable (``check``) or an exported file disagrees with
 its model (``export``); 2 a usage or input error, said in one line that names the path or value
@@ -20,7 +20,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from wbc.imageio import MAX_PIXELS_ENV, ImageError, max_image_pixels, parse_pixel_count
+from wbc.datasets.imageio import MAX_PIXELS_ENV, ImageError, max_image_pixels, parse_pixel_count
 from wbc.options import UserError, examples
 
 __all__ = ["CommandParser", "UserError", "examples", "main",
@@ -77,8 +77,8 @@ def _print_problems(tree_problems: Sequence[object]) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from wbc.check import format_tables, tree_summary
     from wbc.datasets import TRUTH_DIR, scan_tree
+    from wbc.datasets.tables import format_tables, tree_summary
 
     tree = scan_tree(args.root, verify=not args.no_verify, exclude_bad=args.exclude_bad,
                      subset_seed=args.subset_seed, workers=args.workers,
@@ -106,7 +106,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from wbc.importer import import_imagefolder
+    from wbc.datasets.importer import import_imagefolder
 
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction {args.val_fraction}: must be between 0 and 1")
@@ -122,8 +122,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from wbc.cache import decode_samples
     from wbc.datasets import scan_tree
+    from wbc.datasets.cache import decode_samples
 
     tree = scan_tree(args.root, exclude_bad=args.exclude_bad, workers=args.workers,
                      progress=None if args.quiet else _say)
@@ -156,7 +156,7 @@ def _positive_int(text: str) -> int:
 
 
 def _device(name: str, command: str) -> str:
-    from wbc.hardware import GPUUnavailableError, pick_device, require_cuda
+    from wbc.training.hardware import GPUUnavailableError, pick_device, require_cuda
 
     if name != "cuda":
         return pick_device(name)
@@ -167,15 +167,15 @@ def _device(name: str, command: str) -> str:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from wbc.classifier import ClassifierError, load_classifier
-    from wbc.fileio import atomic_write_text
-    from wbc.inference import (
+    from wbc.classifier.inference import (
         InferenceError,
         collect_images,
         predict_files,
         predictions_csv,
         predictions_json,
     )
+    from wbc.classifier.model_file import ClassifierError, load_classifier
+    from wbc.fileio import atomic_write_text
 
     json_out = args.out is not None and args.out.suffix.lower() == ".json"
     fmt = args.format or ("json" if json_out else "csv")
@@ -207,8 +207,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from wbc.classifier import ClassifierError, load_classifier
-    from wbc.inference import InferenceError, evaluate_model, evaluation_json, format_evaluation
+    from wbc.classifier.inference import (
+        InferenceError,
+        evaluate_model,
+        evaluation_json,
+        format_evaluation,
+    )
+    from wbc.classifier.model_file import ClassifierError, load_classifier
 
     try:
         classifier = load_classifier(args.model, device=_device(args.device, "evaluate"))
@@ -226,8 +231,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from wbc.classifier import ClassifierError, load_classifier
-    from wbc.export import ExportError, export_model, preprocessing_note
+    from wbc.classifier.export import ExportError, export_model, preprocessing_note
+    from wbc.classifier.model_file import ClassifierError, load_classifier
 
     try:
         classifier = load_classifier(args.model)

@@ -180,7 +180,7 @@ class TrainConfig:
     deterministic: bool = setting(False, "deterministic kernels (bit-reproducible; slower)")
     # auto: bf16 autocast on a GPU (measured not to cost accuracy, docs/benchmarks.md "On one GPU"),
     # and on a CPU with native bf16 that a probe measured faster; fp32 elsewhere
-    # (wbc.hardware.cpu_precision: emulated bf16 on an AVX2 CPU is ten times slower).
+    # (wbc.training.hardware.cpu_precision: emulated bf16 on an AVX2 CPU is ten times slower).
     precision: Precision = setting("auto", "auto (bf16 autocast on a GPU and on a CPU with native "
                                    "bf16 measured faster, else fp32), fp32 or bf16")
     # "Precise BN" (Wu & Johnson 2021): with few steps per epoch (WBC_1 has 82 images) the
@@ -239,8 +239,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SSLConfig:
-    """One SimCLR pretraining run (``wbc.ssl``). ``batch_size`` is per rank (images; each gives
-    two views)."""
+    """One SimCLR pretraining run (``wbc.training.ssl``). ``batch_size`` is per rank (images; each
+    gives two views)."""
 
     image_size: int = 128  # working resolution: the same as the downstream WBC runs'
     epochs: int = 100  # contrastive learning wants many passes over a small set
@@ -255,7 +255,8 @@ class SSLConfig:
     # turn of j / 4 (SimCLR's CIFAR strength 0.5 is j = 0.4): stain and scanner variation.
     jitter: float = 0.4
     seed: int = 0
-    precision: Precision = "auto"  # as TrainConfig.precision (wbc.hardware.resolve_precision)
+    # as TrainConfig.precision (wbc.training.hardware.resolve_precision)
+    precision: Precision = "auto"
     channels_last: bool = True  # ~20% faster convolutions on CPU and GPU
     checkpoint_every: int = 0  # epochs between checkpoints handed to on_epoch; 0: at the end only
     knn_k: int = 20  # neighbours of the k-NN probe

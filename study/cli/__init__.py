@@ -1,5 +1,5 @@
 """The command lines: ``study`` (``study_command``: run and report a study) and ``wbc train``
-(``train_command``: one cell, added to ``wbc`` through its ``wbc.commands`` entry point).
+(``wbc_train``: one cell, added to ``wbc`` through its ``wbc.commands`` entry point).
 
 Nothing here imports Ray at load time: ``wbc --help`` builds its parser from these modules.
 """

@@ -181,7 +181,7 @@ def _pct(value: float) -> str:
 
 def _summary(record: dict[str, Any], results: Path) -> str:
     from study.results import EVAL_FILE
-    from study.results.models import kept_models
+    from study.results.kept import kept_models
 
     session = record["sessions"][-1]
     parts = [f"study {record['study']!r}: {record['status']} in {session['wall_seconds']:.0f} s "

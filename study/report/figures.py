@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from study.report.summary import METRICS, Report, cell_estimate_of
 from study.spec import no_search
 from wbc.datasets import Sample
-from wbc.layout import WBC_CLASSES, subset_percent
+from wbc.datasets.layout import WBC_CLASSES, subset_percent
 
 __all__ = ["FORMATS", "draw_all"]
 
@@ -318,7 +318,7 @@ def segmentation(report: Report, folder: Path, formats: Sequence[str]) -> list[P
     where a synthetic tree has it)."""
     from PIL import Image
 
-    from wbc.imageio import read_mask, read_rgb
+    from wbc.datasets.imageio import read_mask, read_rgb
     from wbc.segment import iou_dice
 
     examples = _segmentation_examples(report, 8)

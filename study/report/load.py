@@ -44,8 +44,8 @@ class Results:
 
 
 def _models(path: Path) -> list[dict[str, Any]]:
-    from study.results.models import kept_models
-    from wbc.classifier import ClassifierError
+    from study.results.kept import kept_models
+    from wbc.classifier.model_file import ClassifierError
 
     found = []
     for kept in kept_models(path):

@@ -18,9 +18,9 @@ from typing import Any
 import pandas as pd
 
 from study.report.answers import answers
+from study.report.classifiers import kept_models_section, out_of_domain_section
 from study.report.figures import draw_all
 from study.report.load import load_results
-from study.report.models import kept_models_section, out_of_domain_section
 from study.report.sections import (
     background_section,
     best_section,
@@ -41,7 +41,7 @@ from study.report.summary import (
     summarise,
 )
 from study.spec import cell_search_trials, no_search
-from wbc.layout import REPORT_TABLE1, WBC_CLASSES
+from wbc.datasets.layout import REPORT_TABLE1, WBC_CLASSES
 
 __all__ = ["table1", "terminal_table", "write_report"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from study.report.summary import Report, importances
 from study.spec import no_search, replicate_seed
-from wbc.layout import WBC_CLASSES
+from wbc.datasets.layout import WBC_CLASSES
 
 __all__ = ["background_section", "best_section", "histology_phrase", "importance_section",
            "method_section", "provenance_section", "recall_section"]

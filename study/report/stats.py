@@ -27,13 +27,14 @@ Method (what :func:`compare` computes; :func:`cell_estimate` is the same for one
   seeds of the difference, and ``v_img`` its variance over the replicates. Metrics are computed
   for all replicates at once: per-class TP, predicted and true counts are ``W @ indicators``.
 - Stratification (default on): the resample keeps every class's image count, because the
-  project's reporting splits are stratified by class (``wbc.train.selection_reporting_split``
-  and the importer's stratified splits), so class composition is not a source of variance in
-  the design; it also keeps every class present in every replicate, so balanced accuracy and
-  macro-F1 replicates average over the same classes. Classes with a single image are pooled
-  into one stratum (a lone image would otherwise never vary). The plug-in bootstrap variance
-  is low by about ``(n - K) / n`` for K strata (exact for a mean over equal-sized strata), so
-  ``v_img`` is multiplied by ``n / (n - K)``: +14% variance at n = 40, K = 5.
+  project's reporting splits are stratified by class
+  (``wbc.training.loop.selection_reporting_split`` and the importer's stratified splits), so class
+  composition is not a source of variance in the design; it also keeps every class present in every
+  replicate, so balanced accuracy and macro-F1 replicates average over the same classes. Classes
+  with a single image are pooled into one stratum (a lone image would otherwise never vary). The
+  plug-in bootstrap variance is low by about ``(n - K) / n`` for K strata (exact for a mean over
+  equal-sized strata), so ``v_img`` is multiplied by ``n / (n - K)``: +14% variance at n = 40, K =
+  5.
 - Total ``v = v_seed + v_img``; Welch–Satterthwaite degrees of freedom
   ``df = v**2 / (v_seed**2 / (S - 1) + v_img**2 / inf) = v**2 (S - 1) / v_seed**2``
   (-> S - 1 when seed noise dominates, -> inf when image noise does, inf when ``v_seed == 0``);

@@ -24,7 +24,7 @@ from study.results import failed_trials
 from study.sequential import ALPHA, Plan, status
 from study.space import SEARCHABLE, searched_names
 from study.spec import SearchSpace, cell_search_trials
-from wbc.layout import WBC_CLASSES, subset_percent
+from wbc.datasets.layout import WBC_CLASSES, subset_percent
 from wbc.metrics import mean_interval
 from wbc.strategies import strategy_names
 

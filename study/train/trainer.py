@@ -1,8 +1,8 @@
 """Ray Train runs: one training (or self-supervised pretraining) on Ray Train workers.
 
 The per-worker functions are thin: they turn their config into typed objects
-and call ``wbc.run`` with the worker's device and ``prepare_model`` (DDP across workers, gloo on
-CPU, NCCL on GPU), and hand its epochs to ``ray.train.report`` with checkpoints on rank 0.
+and call ``wbc.training.run`` with the worker's device and ``prepare_model`` (DDP across workers,
+gloo on CPU, NCCL on GPU), and hand its epochs to ``ray.train.report`` with checkpoints on rank 0.
 ``ray.train.get_checkpoint`` resumes them.
 
 Ray Train V2 costs about a second per report, so a run reports every
@@ -35,12 +35,12 @@ from ray.train import (
 )
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 
-from wbc.cache import decode_samples
 from wbc.config import SSLConfig, TrainConfig
-from wbc.data import SplitPlan
+from wbc.datasets.cache import decode_samples
 from wbc.metrics import scalars
-from wbc.run import ssl_run, train_run
-from wbc.train import load_checkpoint, save_checkpoint
+from wbc.training.inputs import SplitPlan
+from wbc.training.loop import load_checkpoint, save_checkpoint
+from wbc.training.run import ssl_run, train_run
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -87,7 +87,7 @@ class TrainOutcome:
     path: str  # the run's folder in storage
 
     def load_checkpoint(self, filename: str = CHECKPOINT_FILE) -> dict[str, Any]:
-        """The last checkpoint's contents (``wbc.train.fit``'s checkpoint dict)."""
+        """The last checkpoint's contents (``wbc.training.loop.fit``'s checkpoint dict)."""
         if self.checkpoint is None:
             raise RuntimeError(f"the run at {self.path} reported no checkpoint")
         with self.checkpoint.as_directory() as folder:

@@ -7,11 +7,11 @@ retries) it writes the trial's row and its epoch rows at once (``ResultsStore.wr
 rows built by ``study.results.rows``), so results land as trials finish, then removes the
 checkpoints of a trial that completed or was stopped (an errored one keeps them, for
 ``--resume``) but for a final trial's kept model, which it links into ``models/`` first
-(``study.results.models``; ``keep_models`` is applied to a cell when its last seed is in). The writes run on a thread of their own, so Tune's event loop never waits on
-the disk, and cost the same with 10 rows stored or 10,000 (``benchmarks/driver_scaling.py``);
-what the callback asks of its rows on every step is kept counted (``_RowIndex``), never
-recounted. ``Progress`` prints a status line and one line per cell when the cell's final seeds
-are all in.
+(``study.results.kept``; ``keep_models`` is applied to a cell when its last seed is in). The writes
+run on a thread of their own, so Tune's event loop never waits on the disk, and cost the same with
+10 rows stored or 10,000 (``benchmarks/driver_scaling.py``); what the callback asks of its rows on
+every step is kept counted (``_RowIndex``), never recounted. ``Progress`` prints a status line and
+one line per cell when the cell's final seeds are all in.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from typing import Any
 from ray.tune import Callback
 
 from study.results import ResultsStore, epoch_row, resolved_config, trial_row
-from study.results.models import place_model, settle_models, tune_model_files
+from study.results.kept import place_model, settle_models, tune_model_files
 from study.sequential import Plan
 from study.space import cell_space
 from study.spec import StudySpec
 from study.tune.progress import Progress, cell_summary, format_params
 from study.tune.search import cell_name
 from study.tune.trial import train_run_folder
-from wbc.classifier import CARD_FILE, MODEL_FILE
+from wbc.classifier.model_file import CARD_FILE, MODEL_FILE
 from wbc.strategies import inapplicable_settings
 
 __all__ = ["StudyCallback"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from study.results import ResultsStore, curve, resolved_config, trial_row
-from study.results.models import trial_dir_name
+from study.results.kept import trial_dir_name
 from study.spec import StudySpec
 from study.tune.callback import StudyCallback
 from study.tune.search import CellScheduler, CellSearcher

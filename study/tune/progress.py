@@ -17,7 +17,7 @@ import numpy as np
 
 from study.report.stats import cell_estimate
 from study.report.summary import REPLICATES
-from wbc.layout import WBC_CLASSES
+from wbc.datasets.layout import WBC_CLASSES
 from wbc.metrics import mean_interval
 
 __all__ = ["Progress", "cell_summary", "format_eta", "format_params"]

@@ -44,7 +44,7 @@ from study.results.journal import optuna_storage
 from study.sequential import Plan, Status, budget_open, status
 from study.space import cell_space
 from study.spec import StudySpec, replicate_seed
-from wbc.seeding import derive_seed
+from wbc.training.seeding import derive_seed
 
 __all__ = ["CellScheduler", "CellSearcher", "cell_name", "final_seeds", "replicate_of",
            "search_seed"]

@@ -1,7 +1,7 @@
 """The Tune trainable: one trial of one cell, thin by design.
 
 It turns Tune's flat ``config`` into a ``TrainConfig`` (here, and only here: ``trial_config``)
-and trains through ``wbc.run`` in one of two ways:
+and trains through ``wbc.training.run`` in one of two ways:
 
 - ``inline``: in the trial's own process, which Tune reuses from trial to trial (torch imported
   and the decode cache mapped once per process). About 1 s of overhead per trial on a 2-core
@@ -17,7 +17,7 @@ configuration (``resolved_config``, which the driver stores as the row's setting
 report carries the final record (``test_*`` on the reporting split).
 
 A final trial keeps its best epoch's weights unless the spec's ``keep_models`` is "none"
-(``study.results.models``): inline, as the Tune checkpoint of its last report (with
+(``study.results.kept``): inline, as the Tune checkpoint of its last report (with
 ``MODEL_METRIC``); under Ray Train, written to the study's ``models/`` folder by the trial.
 
 A trial whose row is already stored, complete and with the same hyperparameters (a restored
@@ -39,20 +39,20 @@ from typing import Any
 from ray import tune
 
 from study.results import CONFIG_KEY, TRIAL_KEYS, ResultsStore
-from study.results.models import place_model, trial_dir_name
+from study.results.kept import place_model, trial_dir_name
 from study.spec import StudySpec
 from study.train.trainer import CHECKPOINT_FILE, RunSpec, build_trainer
 from wbc.augment import pastes_enabled
-from wbc.classifier import run_card, save_classifier
+from wbc.classifier.model_file import run_card, save_classifier
 from wbc.config import TrainConfig
-from wbc.data import SplitPlan, plan_wbc
 from wbc.datasets import Tree
-from wbc.hardware import release_memory, require_cuda
-from wbc.layout import WBC_CLASSES
+from wbc.datasets.layout import WBC_CLASSES
 from wbc.metrics import scalars
-from wbc.run import train_run
 from wbc.strategies import get_strategy, inapplicable_settings
-from wbc.train import best_weights, load_checkpoint, save_checkpoint
+from wbc.training.hardware import release_memory, require_cuda
+from wbc.training.inputs import SplitPlan, plan_wbc
+from wbc.training.loop import best_weights, load_checkpoint, save_checkpoint
+from wbc.training.run import train_run
 
 __all__ = [
     "METRIC",
@@ -199,7 +199,7 @@ def _trial(config: dict[str, Any], context: StudyContext, node_id: str) -> None:
 
 def keeps_model(context: StudyContext, phase: str) -> bool:
     """Whether a trial of ``phase`` keeps its model (final trials, unless ``keep_models`` is
-    "none"; study.results.models)."""
+    "none"; study.results.kept)."""
     return phase == "final" and context.spec.keep_models != "none"
 
 
@@ -278,7 +278,7 @@ def _run_on_ray_train(context: StudyContext, config: dict[str, Any], train_confi
         raise result.error
     if keeps_model(context, config["phase"]) and result.checkpoint is not None:
         # Tune's report callback passes no checkpoint on: the model goes to the study's
-        # models/ folder from here (study.results.models).
+        # models/ folder from here (study.results.kept).
         with result.checkpoint.as_directory() as folder:
             state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
         with tempfile.TemporaryDirectory() as staged:

@@ -22,7 +22,7 @@ import torch
 from study.results.owner import FolderBusy, own_folder, owner_of
 from study.runner import StudyError, run_study
 from study.spec import StudySpec
-from wbc.pretrain import WeightsStore
+from wbc.training.pretrain import WeightsStore
 
 TINY: dict[str, Any] = {
     "name": "tiny", "image_size": 32, "subsets": ["WBC_100"], "strategies": ["scratch"],
@@ -202,10 +202,10 @@ def test_two_drivers_started_together_one_runs_the_other_is_refused(
 def test_a_study_whose_trials_all_fail_ends_failed_and_can_be_resumed_and_reported(
         ray_local: None, tiny_root: Path, tmp_path: Path) -> None:
     from study.report import write_report
-    from wbc.cache import decode_samples
-    from wbc.data import plan_cam16
     from wbc.datasets import scan_tree
-    from wbc.pretrain import pretrain_config, pretrain_key
+    from wbc.datasets.cache import decode_samples
+    from wbc.training.inputs import plan_cam16
+    from wbc.training.pretrain import pretrain_config, pretrain_key
 
     spec = _spec(tiny_root, strategies=["pretrain"])
     results = tmp_path / "all-fail"

@@ -87,7 +87,7 @@ def _job_logs(head: HeadNode, job_id: str) -> str:
 
 def _checkpoints(results: Path) -> list[Path]:
     """Checkpoint folders that still hold training state (an ended trial's are emptied, kept
-    for Tune; a final trial's kept model stays, study.results.models)."""
+    for Tune; a final trial's kept model stays, study.results.kept)."""
     kept = {"dropped.txt", "model.safetensors", "model.json"}
     return [p for p in results.rglob("checkpoint_*")
             if p.is_dir() and any(f.name not in kept for f in p.iterdir())]
@@ -95,7 +95,7 @@ def _checkpoints(results: Path) -> list[Path]:
 
 def _check_models(results: Path, spec: dict[str, Any]) -> None:
     """Each cell's final model is kept, whichever node trained it, and loads."""
-    from wbc.classifier import load_classifier
+    from wbc.classifier.model_file import load_classifier
 
     for subset in spec["subsets"]:
         for strategy in spec["strategies"]:

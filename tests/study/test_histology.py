@@ -20,10 +20,10 @@ from study.report.sections import _histology_lines, histology_phrase
 from study.runner import _load_tree, run_study
 from study.spec import StudySpec, load_spec, preset
 from tests.treegen import make_cam16_prcc, make_wbc_tree
-from wbc.data import plan_wbc
 from wbc.datasets import DatasetError, scan_tree, with_histology
-from wbc.layout import WBC_CLASSES
+from wbc.datasets.layout import WBC_CLASSES
 from wbc.strategies import strategy_names
+from wbc.training.inputs import plan_wbc
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ class _Recorder:
 def test_cam16_pretraining_trains_on_the_given_folder(apart: tuple[Path, Path],
                                                       tmp_path: Path) -> None:
     from study.pretraining import ensure_sources
-    from wbc.pretrain import WeightsStore
+    from wbc.training.pretrain import WeightsStore
 
     wbc, histology = apart
     spec = _spec(wbc, cam16=str(histology), strategies=("scratch", "pretrain"))

@@ -22,11 +22,11 @@ import torch
 from study.results import ResultsStore
 from study.runner import run_study
 from study.spec import StudySpec
-from wbc.cache import decode_samples
-from wbc.data import plan_cam16
 from wbc.datasets import scan_tree
-from wbc.layout import WBC_CLASSES
-from wbc.pretrain import WeightsStore, pretrain_config, pretrain_key
+from wbc.datasets.cache import decode_samples
+from wbc.datasets.layout import WBC_CLASSES
+from wbc.training.inputs import plan_cam16
+from wbc.training.pretrain import WeightsStore, pretrain_config, pretrain_key
 
 SMALL: dict[str, Any] = {
     "name": "small", "image_size": 32, "subsets": ["WBC_100", "WBC_10"],
@@ -94,8 +94,8 @@ def small_study(ray_local: None, tiny_root: Path, tmp_path_factory: pytest.TempP
 
 def test_each_cell_keeps_the_model_of_its_best_final_seed(
         small_study: tuple[Path, StudySpec, dict]) -> None:
-    from study.results.models import kept_models
-    from wbc.classifier import MODEL_FILE, load_classifier
+    from study.results.kept import kept_models
+    from wbc.classifier.model_file import MODEL_FILE, load_classifier
 
     results, spec, _ = small_study
     trials = pd.read_parquet(results / "trials.parquet")
@@ -124,7 +124,7 @@ def test_each_cell_keeps_the_model_of_its_best_final_seed(
 def test_wbc_evaluate_on_the_studys_tree_gives_each_kept_models_row_figures(
         small_study: tuple[Path, StudySpec, dict], tiny_root: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from study.results.models import kept_models
+    from study.results.kept import kept_models
     from wbc.cli import main as wbc_main
 
     results, _, _ = small_study
@@ -271,7 +271,7 @@ def test_tune_experiment_folder_works_with_tune_analysis(
     assert best.metrics["best_val_macro_f1"] >= 0.0
     # Tune's own idiom gives a model: the best trial among those that kept one.
     from study.tune.trial import MODEL_METRIC
-    from wbc.classifier import load_classifier
+    from wbc.classifier.model_file import load_classifier
 
     kept = grid.get_best_result(metric=MODEL_METRIC, mode="max")
     assert kept.config["phase"] == "final" and kept.checkpoint is not None
@@ -500,7 +500,7 @@ def test_trials_can_drive_ray_train_workers(ray_local: None, tiny_root: Path,
     assert set(trials["world_size"]) == {2}
     assert trials.loc["WBC_10-scratch/final-seed1", "test_n"] > 0
     assert (results / "train").is_dir()  # the Ray Train runs, named per trial
-    from wbc.classifier import load_classifier  # the trial kept its model itself
+    from wbc.classifier.model_file import load_classifier  # the trial kept its model itself
 
     card = load_classifier(results / "models/WBC_10-scratch/seed-1").card
     assert card.figures["test_accuracy"] == trials.loc["WBC_10-scratch/final-seed1",

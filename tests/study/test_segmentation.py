@@ -16,7 +16,7 @@ from study.runner import run_study
 from study.spec import StudySpec, preset
 from wbc.datasets import scan_tree
 from wbc.segment import mask_path
-from wbc.segment.run import METHODS
+from wbc.segment.pipeline import METHODS
 
 SPEC: dict[str, Any] = {
     "name": "masks", "image_size": 32, "subsets": ["WBC_100", "WBC_10"],
@@ -126,7 +126,7 @@ def test_spec_checks_the_segmentation_settings() -> None:
 def maskless_root(tmp_path: Path) -> Path:
     """WBC_100 without a single mask (as PBC, BCCD or Raabin come), with CAM16."""
     from tests.treegen import make_cam16_prcc, make_wbc_tree
-    from wbc.layout import WBC_CLASSES
+    from wbc.datasets.layout import WBC_CLASSES
 
     root = tmp_path / "tree"
     make_wbc_tree(root, {c: (4, 0, 2) for c in WBC_CLASSES})

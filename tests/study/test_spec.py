@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from study.spec import PRESETS, Resources, SearchSpace, StudySpec, load_spec, preset
-from wbc.layout import subset_percent
+from wbc.datasets.layout import subset_percent
 
 
 def _write(path: Path, text: str) -> Path:
@@ -115,7 +115,7 @@ batch_size = 32
     assert spec.space.imbalance == quick.space.imbalance
     assert spec.resources.gpus_per_trial == 0.5
     assert spec.resources.cpus_per_trial == quick.resources.cpus_per_trial
-    assert spec.train == quick.train.replace(batch_size=32, epochs=5)  # epochs: the study's
+    assert spec.base_config() == quick.base_config().replace(batch_size=32, epochs=5)
     assert spec.base_config().optim.batch_size == 32
     assert spec.base_config().optim.epochs == 5
 
@@ -396,7 +396,7 @@ def test_settings_every_trial_would_refuse_are_refused_at_load(assignment: str, 
 
 
 def test_pretrain_lr_is_used_as_given() -> None:
-    from wbc.pretrain import pretrain_config
+    from wbc.training.pretrain import pretrain_config
 
     spec = preset("quick").with_overrides(["pretrain_lr=1e-5"])
     assert pretrain_config(spec.base_config(), epochs=1, lr=spec.pretrain_lr).optim.lr == 1e-5

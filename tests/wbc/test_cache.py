@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from tests.treegen import cell_image, make_wbc_tree, write_image, write_png_bomb
-from wbc.cache import decode_samples
 from wbc.cli import main
 from wbc.datasets import scan_tree
-from wbc.imageio import MAX_PIXELS_ENV, ImageError
-from wbc.layout import WBC_CLASSES
+from wbc.datasets.cache import decode_samples
+from wbc.datasets.imageio import MAX_PIXELS_ENV, ImageError
+from wbc.datasets.layout import WBC_CLASSES
 
 
 def _all_wbc(root: Path) -> list:

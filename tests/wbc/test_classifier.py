@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wbc.classifier import (
+from wbc.classifier.model_file import (
     CARD_FILE,
     MODEL_FILE,
     Card,
@@ -20,8 +20,8 @@ from wbc.classifier import (
     save_classifier,
 )
 from wbc.config import TrainConfig
-from wbc.layout import WBC_CLASSES
-from wbc.model import build_resnet18
+from wbc.datasets.layout import WBC_CLASSES
+from wbc.training.resnet import build_resnet18
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_a_saved_classifier_loads_with_the_same_outputs_and_card(tmp_path: Path,
     assert torch.__version__.startswith(card.provenance["versions"]["torch"])
     assert card.provenance["created"]
     images = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
-    from wbc.train import prepare_batch
+    from wbc.training.loop import prepare_batch
 
     with torch.inference_mode():
         expected = model(prepare_batch(images)).float()

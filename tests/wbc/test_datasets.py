@@ -23,10 +23,10 @@ from tests.treegen import (
     write_mask,
     write_png_bomb,
 )
-from wbc.check import format_tables, tree_summary
 from wbc.cli import main
 from wbc.datasets import DatasetError, scan_tree
-from wbc.layout import WBC_CLASSES
+from wbc.datasets.layout import WBC_CLASSES
+from wbc.datasets.tables import format_tables, tree_summary
 
 
 def _real_like_tree(root: Path) -> Path:

@@ -14,7 +14,7 @@ from tests.treegen import (
     write_mask,
     write_png_bomb,
 )
-from wbc.imageio import (
+from wbc.datasets.imageio import (
     MAX_PIXELS_ENV,
     ImageError,
     inspect_image,

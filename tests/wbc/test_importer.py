@@ -10,8 +10,8 @@ import pytest
 from tests.treegen import write_class_folder
 from wbc.cli import main
 from wbc.datasets import DatasetError, scan_tree
-from wbc.importer import import_imagefolder, stratified_val_split
-from wbc.layout import REPORT_TABLE1, WBC_CLASSES
+from wbc.datasets.importer import import_imagefolder, stratified_val_split
+from wbc.datasets.layout import REPORT_TABLE1, WBC_CLASSES
 
 
 def _imagefolder(src: Path, counts: dict[str, int], *, masks: int = 0) -> Path:

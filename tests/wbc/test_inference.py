@@ -19,18 +19,18 @@ import pytest
 import torch
 
 from tests.treegen import cell_image, make_wbc_tree, write_class_folder, write_image
-from wbc.classifier import Card, Classifier, load_classifier, run_card, save_classifier
+from wbc.classifier.export import CARD_KEY, default_output, export_model
+from wbc.classifier.inference import collect_images, evaluate_model, load_split, predict_files
+from wbc.classifier.model_file import Card, Classifier, load_classifier, run_card, save_classifier
 from wbc.cli import main
 from wbc.config import TrainConfig
-from wbc.data import load_plan, plan_wbc
 from wbc.datasets import scan_tree
-from wbc.export import CARD_KEY, default_output, export_model
-from wbc.imageio import decode_working
-from wbc.inference import collect_images, evaluate_model, load_split, predict_files
-from wbc.layout import WBC_CLASSES
-from wbc.model import build_resnet18
-from wbc.run import train_run
-from wbc.train import IMAGENET_MEAN, IMAGENET_STD, evaluate
+from wbc.datasets.imageio import decode_working
+from wbc.datasets.layout import WBC_CLASSES
+from wbc.training.inputs import load_plan, plan_wbc
+from wbc.training.loop import IMAGENET_MEAN, IMAGENET_STD, evaluate
+from wbc.training.resnet import build_resnet18
+from wbc.training.run import train_run
 
 SIZE = 32
 COUNTS = {c: (8, 2, 6) for c in WBC_CLASSES}  # train, masks, val per class
@@ -155,7 +155,7 @@ def test_predict_probabilities_are_the_classifiers_on_decode_working(
 
 def test_predict_reports_progress_on_long_lists(trained: Trained, images: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("wbc.inference.PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr("wbc.classifier.inference.PROGRESS_SECONDS", 0.0)
     lines: list[str] = []
     paths = collect_images([images])[0]
     predict_files(load_classifier(trained.model), paths, batch_size=4, workers=1,

@@ -6,8 +6,14 @@ import sys
 import numpy as np
 import pytest
 
-from wbc.layout import CAM16_CLASSES, REPORT_TABLE1, WBC_CLASSES, canonical_class, subset_percent
-from wbc.subsets import derive_subsets, floor_count, subset_count
+from wbc.datasets.layout import (
+    CAM16_CLASSES,
+    REPORT_TABLE1,
+    WBC_CLASSES,
+    canonical_class,
+    subset_percent,
+)
+from wbc.datasets.subsets import derive_subsets, floor_count, subset_count
 
 
 @pytest.mark.parametrize(
@@ -92,7 +98,7 @@ def test_subsets_identical_in_another_process() -> None:
     code = (
         "import numpy as np, sys\n"
         "from tests.wbc.test_layout_subsets import _report_population\n"
-        "from wbc.subsets import derive_subsets\n"
+        "from wbc.datasets.subsets import derive_subsets\n"
         "l, m = _report_population()\n"
         "print(','.join(map(str, derive_subsets(l, m, [10], seed=7)[10])))\n"
     )

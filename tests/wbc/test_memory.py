@@ -1,4 +1,5 @@
-"""A reused trial process gives back what a finished run freed (``wbc.hardware.release_memory``)."""
+"""A reused trial process gives back what a finished run freed
+(``wbc.training.hardware.release_memory``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import threading
 
 import pytest
 
-from wbc.hardware import KEEP_FREED_ENV, release_memory, rss_mib
+from wbc.training.hardware import KEEP_FREED_ENV, release_memory, rss_mib
 
 
 def _churn(kept: list[bytes]) -> None:

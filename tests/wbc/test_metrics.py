@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from wbc.layout import WBC_CLASSES
+from wbc.datasets.layout import WBC_CLASSES
 from wbc.metrics import (
     classification_metrics,
     flatten_metrics,

@@ -10,7 +10,8 @@ from torch import nn
 from torchvision.models import resnet18
 
 from wbc import strategies
-from wbc.model import (
+from wbc.strategies import Strategy, get_strategy, register_strategy, strategy_names
+from wbc.training.resnet import (
     WeightsError,
     _strip_wrapper_prefixes,
     backbone_state,
@@ -20,7 +21,6 @@ from wbc.model import (
     replace_head,
     to_channels_last,
 )
-from wbc.strategies import Strategy, get_strategy, register_strategy, strategy_names
 
 
 def _assert_backbone_equal(model: nn.Module, reference: dict[str, torch.Tensor]) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from wbc import hardware
-from wbc.distributed import autocast
-from wbc.hardware import CPU_PRECISION_ENV, cpu_precision, native_bf16, resolve_precision
-from wbc.model import build_resnet18
+from wbc.training import hardware
+from wbc.training.distributed import autocast
+from wbc.training.hardware import CPU_PRECISION_ENV, cpu_precision, native_bf16, resolve_precision
+from wbc.training.resnet import build_resnet18
 
 AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma"})
 AVX512_NO_BF16 = AVX2_ONLY | {"avx512f", "avx512bw", "avx512_vnni"}

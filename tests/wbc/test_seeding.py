@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from wbc.seeding import derive_seed, seed_everything
+from wbc.training.seeding import derive_seed, seed_everything
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,7 +97,7 @@ def test_derive_seed_differs_by_parts() -> None:
 
 def test_derive_seed_stable_across_processes() -> None:
     parts = ("WBC_10", "pretrain_aug", 3, "epoch", 17)
-    code = f"from wbc.seeding import derive_seed; print(derive_seed(*{parts!r}))"
+    code = f"from wbc.training.seeding import derive_seed; print(derive_seed(*{parts!r}))"
     # A different hash salt in the child: derive_seed must not depend on Python's hash().
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
     out = subprocess.run(

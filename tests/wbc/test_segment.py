@@ -19,12 +19,11 @@ import torch
 from PIL import Image
 
 from tests.treegen import cell_image, make_wbc_tree, write_image
-from wbc.cache import decode_samples
 from wbc.cli import main
 from wbc.datasets import DatasetError, Sample, Tree, scan_tree, true_mask
-from wbc.imageio import read_rgb
-from wbc.layout import WBC_CLASSES
-from wbc.model import WeightsError, build_resnet18
+from wbc.datasets.cache import decode_samples
+from wbc.datasets.imageio import read_rgb
+from wbc.datasets.layout import WBC_CLASSES
 from wbc.segment import (
     METHOD_NAMES,
     OUT_RECORD,
@@ -47,7 +46,8 @@ from wbc.segment import (
     with_predicted_masks,
     write_masks,
 )
-from wbc.segment.run import to_original
+from wbc.segment.pipeline import to_original
+from wbc.training.resnet import WeightsError, build_resnet18
 
 # Tiny settings for the tests that check plumbing, not learning.
 FAST = SegmentSettings(image_size=32, steps=2, batch_size=4, folds=2)

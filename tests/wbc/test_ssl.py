@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from torchvision.models import resnet18
 
 from wbc.augment import random_resized_crop
-from wbc.cache import decode_samples
 from wbc.datasets import Sample, scan_tree
-from wbc.model import build_resnet18, load_backbone, read_state_dict
-from wbc.schedule import Schedule
-from wbc.ssl import (
+from wbc.datasets.cache import decode_samples
+from wbc.synth import synthesize
+from wbc.training.resnet import build_resnet18, load_backbone, read_state_dict
+from wbc.training.schedule import Schedule
+from wbc.training.ssl import (
     SSLConfig,
     SSLResult,
     features,
@@ -29,7 +30,6 @@ from wbc.ssl import (
     ssl_pretrain,
     two_views,
 )
-from wbc.synth import synthesize
 
 SIZE = 32
 # The run the quality tests share: 355 synthetic pRCC images at 32 px, 8 epochs of 11 steps.
@@ -140,7 +140,7 @@ def test_config_flattens_to_plain_values() -> None:
 
 
 def test_cosine_lr_warms_up_then_decays_to_zero() -> None:
-    # SimCLR's schedule is the supervised runs' (wbc.schedule), built from its settings.
+    # SimCLR's schedule is the supervised runs' (wbc.training.schedule), built from its settings.
     optim = SSLConfig(lr=1.0, epochs=10, warmup_epochs=1.0).optim()
     schedule = Schedule.for_run(optim, steps_per_epoch=5)
     values = [schedule.lr(s) for s in range(50)]
@@ -165,7 +165,7 @@ def test_views_are_reproducible_and_differ_from_each_other() -> None:
     per_image = (a1 - a2).abs().flatten(1).mean(1)
     assert bool((per_image > 0.05).all())  # every image's two views differ
     assert not torch.allclose(a1, c1)
-    # Normalised as wbc.train does: a mid-grey field sits near (0.5 - mean) / std.
+    # Normalised as wbc.training.loop does: a mid-grey field sits near (0.5 - mean) / std.
     assert -3 < float(a1.mean()) < 3
 
 

@@ -11,8 +11,8 @@ from scipy import ndimage
 
 from wbc.cli import build_parser
 from wbc.datasets import TRUTH_DIR, scan_tree, true_mask
-from wbc.layout import CAM16_CLASSES, REPORT_TABLE1, WBC_CLASSES
-from wbc.subsets import floor_count, subset_count
+from wbc.datasets.layout import CAM16_CLASSES, REPORT_TABLE1, WBC_CLASSES
+from wbc.datasets.subsets import floor_count, subset_count
 from wbc.synth import (
     SynthSummary,
     planned_counts,
@@ -98,8 +98,8 @@ def test_small_scale_counts_follow_the_rule(scale: float) -> None:
         if scale >= 0.05 and images >= 2:
             assert masks >= 1
         for p in (50, 10, 1):
-            # wbc.subsets' rule: subset_count images, of them floor(masks * p) masked unless the
-            # class has too few unmasked images to make up the rest.
+            # wbc.datasets.subsets' rule: subset_count images, of them floor(masks * p) masked
+            # unless the class has too few unmasked images to make up the rest.
             data = subset_count(images, p)
             assert counts[f"WBC_{p}"]["train"][cls] == (
                 data, max(floor_count(masks, p), data - (images - masks)))

@@ -11,7 +11,10 @@ import torch
 from tests.treegen import make_cam16_prcc, make_wbc_tree
 from wbc.augment import device_constant, normalize
 from wbc.config import OptimConfig, TrainConfig
-from wbc.data import (
+from wbc.datasets import DatasetError, scan_tree
+from wbc.datasets.layout import WBC_CLASSES
+from wbc.training.distributed import autocast
+from wbc.training.inputs import (
     PreparedData,
     TrainData,
     load_plan,
@@ -19,13 +22,10 @@ from wbc.data import (
     plan_wbc,
     selection_reporting_split,
 )
-from wbc.datasets import DatasetError, scan_tree
-from wbc.distributed import autocast
-from wbc.layout import WBC_CLASSES
-from wbc.model import build_resnet18
-from wbc.schedule import Schedule, build_optimizer
-from wbc.seeding import seed_everything
-from wbc.train import _class_weights, fit, load_checkpoint, save_checkpoint
+from wbc.training.loop import _class_weights, fit, load_checkpoint, save_checkpoint
+from wbc.training.resnet import build_resnet18
+from wbc.training.schedule import Schedule, build_optimizer
+from wbc.training.seeding import seed_everything
 
 FAST = {"image_size": 32, "batch_size": 16, "lr": 0.02, "color_jitter": 0.0,
         "warmup_epochs": 0.5}
@@ -256,7 +256,7 @@ def test_training_refuses_an_empty_training_split(tiny_tree: Path, tmp_path: Pat
 
 
 def test_max_epoch_images_caps_an_epoch_with_a_fresh_part_each_epoch() -> None:
-    from wbc.train import _epoch_order, steps_per_epoch
+    from wbc.training.loop import _epoch_order, steps_per_epoch
 
     labels = torch.arange(100) % 5
     config = TrainConfig().replace(batch_size=16, max_epoch_images=40)

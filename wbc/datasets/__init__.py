@@ -9,8 +9,8 @@ file stem, decodes every distinct file once to prove it readable (``files``), an
 Policy for problems:
 
 - ``error`` problems would break training or the figures (an unreadable, truncated, zero-byte or
-  non-image file, or one declaring more pixels than ``wbc.imageio.max_image_pixels``; a mask
-  whose size differs from its image, or a blank mask; an unknown class folder; a folder that
+  non-image file, or one declaring more pixels than ``wbc.datasets.imageio.max_image_pixels``; a
+  mask whose size differs from its image, or a blank mask; an unknown class folder; a folder that
   cannot be listed; a missing split; a class with no images in WBC_100's train or val; a
   training subset with no images; the same image, by content, in training and validation or
   test, or under two classes: ``duplicates``). They make the tree unusable.
@@ -23,7 +23,8 @@ Policy for problems:
   Structural errors (a missing split, an unreadable folder, an empty subset) cannot be excluded.
 
 WBC subsets that are not on disk (for example WBC_50/10/1 beside a lone WBC_100) are derived by
-``wbc.subsets.derive_subsets`` with ``subset_seed``; subsets that are on disk are used as they are.
+``wbc.datasets.subsets.derive_subsets`` with ``subset_seed``; subsets that are on disk are used as
+they are.
 
 CAM16 and pRCC kept outside the tree (real WBC sets have neither) are put in place of the
 tree's own by ``with_histology(tree, cam16=FOLDER, prcc=FOLDER)`` (``histology``), which scans
@@ -57,6 +58,7 @@ from wbc.datasets.histology import (
     histology_origin,
     with_histology,
 )
+from wbc.datasets.layout import SUBSET_PERCENTS
 from wbc.datasets.prcc_scanner import scan_prcc
 from wbc.datasets.problems import DatasetError, Problem, Severity
 from wbc.datasets.tree import Cam16Splits, Split, Tree, WbcSplits, class_counts
@@ -68,7 +70,6 @@ from wbc.datasets.wbc_scanner import (
     scan_wbc,
     wbc_splits,
 )
-from wbc.layout import SUBSET_PERCENTS
 
 __all__ = [
     "CAM16_LAYOUT",

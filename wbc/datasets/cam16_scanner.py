@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from wbc.datasets.files import Sample, find_dir, find_splits, scan_labelled_split
+from wbc.datasets.layout import CAM16_CLASSES
 from wbc.datasets.problems import Problem
 from wbc.datasets.tree import Cam16Splits, Split
-from wbc.layout import CAM16_CLASSES
 
 __all__ = ["cam16_splits", "scan_cam16", "scan_cam16_dir"]
 

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from wbc.datasets.files import Sample
+from wbc.datasets.layout import CAM16_CLASSES, WBC_CLASSES
 from wbc.datasets.problems import Problem
-from wbc.layout import CAM16_CLASSES, WBC_CLASSES
 
 __all__ = ["content_keys", "duplicate_problems", "file_digest"]
 

@@ -10,9 +10,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from wbc.datasets.imageio import ImageError, ImageInfo, inspect_image
+from wbc.datasets.layout import IMAGE_SUFFIXES, canonical_class
 from wbc.datasets.problems import Problem
-from wbc.imageio import ImageError, ImageInfo, inspect_image
-from wbc.layout import IMAGE_SUFFIXES, canonical_class
 
 __all__ = [
     "DATA_DIRS",

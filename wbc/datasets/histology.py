@@ -27,10 +27,10 @@ from wbc.datasets.files import (
     problems_from_decoding,
     verify_files,
 )
+from wbc.datasets.layout import CAM16_CLASSES
 from wbc.datasets.prcc_scanner import scan_prcc_dir
 from wbc.datasets.problems import DatasetError, Problem
 from wbc.datasets.tree import Tree
-from wbc.layout import CAM16_CLASSES
 
 __all__ = ["CAM16_LAYOUT", "PRCC_LAYOUT", "histology_dir", "histology_origin", "with_histology"]
 

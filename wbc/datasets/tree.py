@@ -10,8 +10,8 @@ from typing import Literal
 import numpy as np
 
 from wbc.datasets.files import Sample
+from wbc.datasets.layout import subset_name
 from wbc.datasets.problems import Problem
-from wbc.layout import subset_name
 
 __all__ = ["Cam16Splits", "Split", "Tree", "WbcSplits", "class_counts"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wbc.datasets.files import DATA_DIRS
-from wbc.layout import subset_name, subset_percent
+from wbc.datasets.layout import subset_name, subset_percent
 
 __all__ = ["TRUTH_DIR", "true_mask", "truth_path"]
 

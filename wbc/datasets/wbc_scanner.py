@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wbc.datasets.files import Sample, children, find_splits, scan_labelled_split
+from wbc.datasets.layout import WBC_CLASSES, subset_name, subset_percent
 from wbc.datasets.problems import Problem
+from wbc.datasets.subsets import derive_subsets
 from wbc.datasets.tree import Split, WbcSplits
-from wbc.layout import WBC_CLASSES, subset_name, subset_percent
-from wbc.subsets import derive_subsets
 
 __all__ = [
     "check_required_classes",

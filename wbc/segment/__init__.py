@@ -1,13 +1,13 @@
 """Cell masks for the images that have none: the report's "getting masks for all data".
 
-- ``model``: a U-Net decoder on the ResNet-18 encoder (can start from a study's CAM16 or SimCLR
+- ``unet``: a U-Net decoder on the ResNet-18 encoder (can start from a study's CAM16 or SimCLR
   backbone);
-- ``train``: its settings (``SegmentSettings``), training on decoded images and masks with
+- ``fit``: its settings (``SegmentSettings``), training on decoded images and masks with
   flips, quarter turns and colour jitter, and prediction;
 - ``classical``: the baseline without training (CIELAB blueness, Otsu, morphology);
 - ``pseudo``: which classical masks are confident enough to self-train on, for a tree with no
   given masks;
-- ``run``: a tree segmented (k-fold scores of the model and the baselines on the masked images,
+- ``pipeline``: a tree segmented (k-fold scores of the model and the baselines on the masked images,
   or, with none, self-training on the confident classical masks; then every other WBC image
   predicted; cached), and the masks written as PNGs (``wbc segment``).
 
@@ -15,16 +15,8 @@ No Ray here; ``study`` runs it once per study for the strategies that paste pred
 """
 
 from wbc.segment.classical import classical_mask
-from wbc.segment.model import UNet18, build_unet18
-from wbc.segment.pseudo import (
-    PSEUDO_RULE,
-    MaskShape,
-    PseudoRule,
-    classical_pseudo_labels,
-    confident,
-    mask_shape,
-)
-from wbc.segment.run import (
+from wbc.segment.fit import SegmentSettings, fit_segmenter, predict_probabilities
+from wbc.segment.pipeline import (
     METHOD_NAMES,
     OUT_RECORD,
     PATH_GIVEN,
@@ -38,7 +30,15 @@ from wbc.segment.run import (
     with_predicted_masks,
     write_masks,
 )
-from wbc.segment.train import SegmentSettings, fit_segmenter, predict_probabilities
+from wbc.segment.pseudo import (
+    PSEUDO_RULE,
+    MaskShape,
+    PseudoRule,
+    classical_pseudo_labels,
+    confident,
+    mask_shape,
+)
+from wbc.segment.unet import UNet18, build_unet18
 
 __all__ = [
     "METHOD_NAMES",

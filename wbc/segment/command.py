@@ -1,6 +1,6 @@
 """``wbc segment ROOT --out OUT``: a predicted mask for every WBC image without one, with the
 segmenter's and the baselines' held-out scores, or self-trained from confident classical masks
-where the tree has none (``wbc.segment.run``)."""
+where the tree has none (``wbc.segment.pipeline``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from typing import Any
 
 from wbc.config import SegmentSettings
 from wbc.datasets import scan_tree
-from wbc.hardware import pick_device
 from wbc.options import UserError, add_config_options, config_from_options, examples
-from wbc.segment.run import (
+from wbc.segment.pipeline import (
     METHOD_NAMES,
     PATH_GIVEN,
     PATH_SELF,
@@ -22,6 +21,7 @@ from wbc.segment.run import (
     segment_tree,
     write_masks,
 )
+from wbc.training.hardware import pick_device
 
 __all__ = ["add_segment_command", "run"]
 

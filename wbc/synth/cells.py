@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wbc.layout import WBC_CLASSES
+from wbc.datasets.layout import WBC_CLASSES
 from wbc.synth.primitives import (
     F32,
     box2,

@@ -7,12 +7,18 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from wbc.layout import CAM16_CLASSES, REPORT_TABLE1, REPORT_TABLE2, WBC_CLASSES, subset_name
-from wbc.subsets import derive_subsets
+from wbc.datasets.layout import (
+    CAM16_CLASSES,
+    REPORT_TABLE1,
+    REPORT_TABLE2,
+    WBC_CLASSES,
+    subset_name,
+)
+from wbc.datasets.subsets import derive_subsets
 
 __all__ = ["SUBSETS", "Counts", "planned_counts"]
 
-# The label budgets written besides WBC_100, as percents for wbc.subsets.
+# The label budgets written besides WBC_100, as percents for wbc.datasets.subsets.
 SUBSETS: tuple[int, ...] = (50, 10, 1)
 
 # dataset -> split -> class -> (data images, masks). pRCC has no class folder: its class is "".
@@ -50,9 +56,9 @@ def planned_counts(
     """The (data, mask) counts ``synthesize(scale=scale, ...)`` writes, without drawing anything.
 
     ``scale=1.0`` is exactly the report's Table 1 (WBC_100, and WBC_50/10/1 as
-    :func:`wbc.subsets.derive_subsets` takes them of WBC_100/train) and Table 2 (CAM16, pRCC).
-    Smaller scales round each count half-up, keep at least one image per class and split, and give
-    a class with two or more images at least one mask when ``scale >= 0.05``.
+    :func:`wbc.datasets.subsets.derive_subsets` takes them of WBC_100/train) and Table 2 (CAM16,
+    pRCC). Smaller scales round each count half-up, keep at least one image per class and split, and
+    give a class with two or more images at least one mask when ``scale >= 0.05``.
 
     ``val_scale`` scales WBC_100/val and ``tissue_scale`` CAM16 and pRCC (masks included), by the
     same rule; None means ``scale``. Only ``scale`` decides WBC_100/train and so WBC_50/10/1: a
@@ -83,7 +89,8 @@ def planned_counts(
 def _subset_counts(
     train: dict[str, tuple[int, int]],
 ) -> dict[str, dict[str, dict[str, tuple[int, int]]]]:
-    """WBC_50/10/1 per class, as :func:`wbc.subsets.derive_subsets` picks them from ``train``.
+    """WBC_50/10/1 per class, as :func:`wbc.datasets.subsets.derive_subsets` picks them from
+    ``train``.
 
     Asked of derive_subsets itself, so that the plan cannot drift from the files the writer
     links; its counts per (class, has-mask) stratum do not depend on the seed.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wbc.layout import CAM16_CLASSES
+from wbc.datasets.layout import CAM16_CLASSES
 from wbc.synth.primitives import F32, blur_matrix, ellipse_sd, noise, soft, splat, window
 from wbc.synth.stain import STAINS, finish, random_look
 

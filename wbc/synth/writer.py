@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from wbc.datasets.importer import link_or_copy
+from wbc.datasets.layout import CAM16_CLASSES, WBC_CLASSES, subset_name
+from wbc.datasets.subsets import derive_subsets
 from wbc.datasets.truth import TRUTH_DIR, truth_path
 from wbc.fileio import atomic_write_bytes
-from wbc.importer import link_or_copy
-from wbc.layout import CAM16_CLASSES, WBC_CLASSES, subset_name
-from wbc.subsets import derive_subsets
 from wbc.synth.cells import render_wbc
 from wbc.synth.counts import SUBSETS, Counts, planned_counts
 from wbc.synth.stain import check_stain_shift
@@ -284,8 +284,8 @@ def synthesize(
 
     Counts follow :func:`planned_counts` (``scale=1.0`` is the report's Tables 1 and 2). WBC_50,
     WBC_10 and WBC_1 are hard links to WBC_100 train files chosen by
-    :func:`wbc.subsets.derive_subsets` with the same ``seed``. Files are byte-identical for the
-    same ``seed``, ``scale`` and ``image_size`` whatever ``workers`` is. Raises ValueError if
+    :func:`wbc.datasets.subsets.derive_subsets` with the same ``seed``. Files are byte-identical for
+    the same ``seed``, ``scale`` and ``image_size`` whatever ``workers`` is. Raises ValueError if
     ``out`` is not empty, unless ``overwrite`` (which replaces only the folders written here).
 
     ``val_scale`` (WBC_100/val) and ``tissue_scale`` (CAM16, pRCC) default to ``scale``; they

@@ -16,7 +16,7 @@ from study.cli import main
 from study.report import load_results, paired, summarise, write_report
 from study.report.stats import cell_estimate
 from study.results import ResultsStore
-from wbc.layout import WBC_CLASSES
+from wbc.datasets.layout import WBC_CLASSES
 from wbc.metrics import classification_metrics
 
 # The reporting split: 60 images, Neutrophil the commonest (24, 40%).
@@ -231,7 +231,7 @@ def test_the_committed_reference_report_is_reproduced(tmp_path: Path) -> None:
 
 
 def test_on_the_reports_dataset_its_numbers_stand_beside_ours(tmp_path: Path) -> None:
-    from wbc.layout import REPORT_TABLE1
+    from wbc.datasets.layout import REPORT_TABLE1
 
     root = _study(tmp_path / "r")
     store = ResultsStore(root)

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from study.results.models import best_seed, kept_models, model_folder, place_model, settle_models
-from wbc.classifier import MODEL_FILE, Card, read_card, save_classifier
-from wbc.layout import WBC_CLASSES
-from wbc.model import build_resnet18
+from study.results.kept import best_seed, kept_models, model_folder, place_model, settle_models
+from wbc.classifier.model_file import MODEL_FILE, Card, read_card, save_classifier
+from wbc.datasets.layout import WBC_CLASSES
+from wbc.training.resnet import build_resnet18
 
 CELL = "WBC_10-pretrain"
 

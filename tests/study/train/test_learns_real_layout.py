@@ -12,10 +12,10 @@ from PIL import Image
 from study.pretraining import TrainExecutor, ensure_sources
 from study.train import RunSpec, run_training, warm_cache
 from wbc.config import PretrainSettings, TrainConfig
-from wbc.data import load_plan, plan_wbc
 from wbc.datasets import scan_tree
-from wbc.pretrain import WeightsStore
 from wbc.synth import synthesize
+from wbc.training.inputs import load_plan, plan_wbc
+from wbc.training.pretrain import WeightsStore
 
 
 def _as_bmp(root: Path) -> None:

@@ -10,9 +10,9 @@ import pytest
 from study.pretraining import TrainExecutor, ensure_sources
 from study.train import RunSpec, run_training, warm_cache
 from wbc.config import PretrainSettings, TrainConfig
-from wbc.data import plan_wbc
 from wbc.datasets import Tree, scan_tree
-from wbc.pretrain import PretrainResult, WeightsStore
+from wbc.training.inputs import plan_wbc
+from wbc.training.pretrain import PretrainResult, WeightsStore
 
 FAST = {"image_size": 32, "batch_size": 16, "lr": 0.02, "color_jitter": 0.0,
         "warmup_epochs": 0.5, "bn_recalibrate": 64}
@@ -28,7 +28,8 @@ def ensure_cam16_pretrain(tree: Tree, config: TrainConfig, spec: RunSpec, *, epo
 
 
 def test_wbc_never_imports_ray() -> None:
-    code = ("import sys, wbc, wbc.train, wbc.data, wbc.pretrain, wbc.cli, wbc.synth\n"
+    code = ("import sys, wbc, wbc.training.loop, wbc.training.inputs, wbc.training.pretrain\n"
+            "import wbc.cli, wbc.synth\n"
             "wbc.cli.build_parser()\n"
             "assert 'ray' not in sys.modules, 'wbc imported ray'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -83,7 +84,7 @@ def test_in_domain_ssl_trains_on_wbc100_train_only_and_is_probed_on_wbc(
     training images to the selection split, the WBC model started from its backbone."""
     from study.pretraining import sources_of
     from wbc.config import SSLConfig
-    from wbc.pretrain import initial_model
+    from wbc.training.pretrain import initial_model
 
     tree = scan_tree(tiny_root)
     assert sources_of(["scratch", "ssl_wbc"]) == ["wbc_ssl"]
@@ -119,7 +120,7 @@ def test_wbc_train_command_end_to_end(tiny_root: Path, tmp_path: Path, strategy:
     if strategy != "scratch":
         assert "CAM16 pretraining: val accuracy" in run.stdout
     # The run's best-epoch model, in the format wbc predict reads, with the run's figures.
-    from wbc.classifier import load_classifier
+    from wbc.classifier.model_file import load_classifier
 
     line = next(x for x in run.stdout.splitlines() if x.startswith("model: "))
     card = load_classifier(Path(line.split()[1])).card

@@ -9,7 +9,7 @@ import numpy as np
 from study.report.stats import cell_estimate
 from study.report.summary import REPLICATES
 from study.tune.progress import cell_summary
-from wbc.layout import WBC_CLASSES
+from wbc.datasets.layout import WBC_CLASSES
 from wbc.metrics import classification_metrics, mean_interval
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import ResNet
 
-from wbc.model import build_resnet18
+from wbc.training.resnet import build_resnet18
 
 __all__ = ["DECODER_CHANNELS", "UNet18", "build_unet18"]
 
@@ -77,7 +77,7 @@ def build_unet18(*, encoder_weights: Path | str | None = None) -> UNet18:
     """A U-Net on a random ResNet-18 encoder, or on the backbone of a local ResNet-18 state
     dict (a study's CAM16 or SimCLR ``model.pt``, torchvision's ImageNet file); never
     downloads. The file's classifier head is ignored; a file that is no ResNet-18 raises
-    ``wbc.model.WeightsError`` naming it."""
+    ``wbc.training.resnet.WeightsError`` naming it."""
     encoder = build_resnet18(1, weights_path=encoder_weights)
     encoder.fc = nn.Identity()  # unused: the decoder reads the stages
     return UNet18(encoder)

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from wbc.augment.tensors import color_jitter, flip_rot90, normalize, to_float_nchw
 from wbc.config import SegmentSettings
-from wbc.segment.model import UNet18, build_unet18
-from wbc.train import IMAGENET_MEAN, IMAGENET_STD
+from wbc.segment.unet import UNet18, build_unet18
+from wbc.training.loop import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["SegmentSettings", "fit_segmenter", "predict_probabilities"]
 

@@ -41,6 +41,7 @@ _EXAMPLES = ("wbc train --data data --strategy pretrain_aug --subset WBC_10 --ep
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``train`` to the ``wbc`` command line (``common``: its -q/-v output options)."""
+    from study.spec import preset
     from wbc.cli import examples
     from wbc.options import add_config_options
     from wbc.strategies import strategy_names
@@ -72,14 +73,17 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0,
                    help="CPUs each Ray Train worker holds (also its torch threads)")
-    p.add_argument("--pretrain-epochs", type=int, default=8, help="CAM16 pretraining epochs")
+    # The pretraining defaults are the quick preset's (study run --preset quick).
+    quick = preset("quick")
+    p.add_argument("--pretrain-epochs", type=int, default=quick.pretrain_epochs,
+                   help="CAM16 pretraining epochs")
     p.add_argument("--pretrain-lr", type=float, default=None,
                    help="CAM16 learning rate (default: --lr)")
-    p.add_argument("--ssl-epochs", type=int, default=20,
+    p.add_argument("--ssl-epochs", type=int, default=quick.ssl.epochs,
                    help="pRCC self-supervised (SimCLR) epochs, for ssl and ssl_pretrain")
-    p.add_argument("--ssl-batch-size", type=int, default=64,
+    p.add_argument("--ssl-batch-size", type=int, default=quick.ssl.batch_size,
                    help="SimCLR batch size (images; each gives two views)")
-    p.add_argument("--ssl-epoch-images", type=int, default=256,
+    p.add_argument("--ssl-epoch-images", type=int, default=quick.ssl_min_epoch_images,
                    help="images an SSL epoch sees at least (pRCC tiled)")
     p.add_argument("--storage", default="runs",
                    help="Ray storage for runs and checkpoints: a folder or a URI such as "
@@ -135,8 +139,8 @@ def _pretrained(args: argparse.Namespace, tree: Any, config: Any, spec: Any
     """The starting weights of ``config``'s strategy (made once, kept in the cache)."""
     from study.pretraining import TrainExecutor, ensure_sources
     from wbc.config import PretrainSettings, SSLConfig
-    from wbc.pretrain import WeightsStore
     from wbc.strategies import get_strategy
+    from wbc.training.pretrain import WeightsStore
 
     source = get_strategy(config.model.strategy).weights_source
     if source is None:
@@ -191,9 +195,9 @@ def run(args: argparse.Namespace) -> int:
     quiet_ray(verbose=args.verbose)  # before Ray is imported
     from study.data import given_histology
     from study.train.trainer import RunSpec, warm_cache
-    from wbc.data import plan_wbc
     from wbc.datasets import histology_origin, scan_tree
     from wbc.options import config_from_options
+    from wbc.training.inputs import plan_wbc
 
     try:
         config = config_from_options(args)
@@ -247,10 +251,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _keep_model(outcome: Any, config: Any, classes: tuple[str, ...], name: str) -> Path:
-    """The run's best-epoch weights in the model format (``wbc.classifier``), in the run's
-    folder (or ``./models/<name>`` when the storage is a URI)."""
-    from wbc.classifier import run_card, save_classifier
-    from wbc.train import best_weights
+    """The run's best-epoch weights in the model format (``wbc.classifier.model_file``), in the
+    run's folder (or ``./models/<name>`` when the storage is a URI)."""
+    from wbc.classifier.model_file import run_card, save_classifier
+    from wbc.training.loop import best_weights
 
     state = outcome.load_checkpoint()
     folder = Path("models") / name if "://" in outcome.path else Path(outcome.path)

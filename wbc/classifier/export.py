@@ -3,10 +3,11 @@
 The exported graph takes what the decode cache stores, uint8 RGB images at the card's working
 resolution in NHWC order (input ``images``, of any batch size), and does the rest of the
 training's input path inside: the float conversion and ImageNet normalisation of
-``wbc.train.prepare_batch`` without augmentation. It returns ``logits`` and their softmax,
+``wbc.training.loop.prepare_batch`` without augmentation. It returns ``logits`` and their softmax,
 ``probabilities``, one column per class of the card. What stays outside is the per-file part,
 whose sizes differ from image to image: decode to RGB, pad to a square with the border's median
-colour, resize to ``S x S`` (bilinear, antialiased), as ``wbc.imageio.decode_working`` does.
+colour, resize to ``S x S`` (bilinear, antialiased), as ``wbc.datasets.imageio.decode_working``
+does.
 
 The card's JSON travels inside the file (ONNX ``metadata_props["wbc_card"]``; the ``.pt2``
 archive's extra file ``wbc_card.json``), so the class order and preprocessing stay with the
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wbc.classifier import Card, Classifier, model_path
+from wbc.classifier.model_file import Card, Classifier, model_path
 
 __all__ = ["CARD_KEY", "FORMATS", "Check", "ExportError", "ExportResult", "default_output",
            "export_model", "preprocessing_note"]

@@ -9,8 +9,8 @@ share of an epoch in the low percent.
 ``fit`` does no file I/O and knows nothing of Ray: it hands each epoch's metrics, and when due a
 complete checkpoint (``TrainingState.state_dict()``, plain data that ``torch.load(weights_only=
 True)`` reads back), to an ``on_epoch`` callback. Whoever calls it decides where that goes (a
-file, ``ray.train.report``). ``wbc.run.train_run`` is the usual way in: it prepares the data
-and the model and then calls ``fit``.
+file, ``ray.train.report``). ``wbc.training.run.train_run`` is the usual way in: it prepares the
+data and the model and then calls ``fit``.
 
 Distributed: with ``torch.distributed`` initialised, every rank draws the same epoch order from
 the same seed and takes every ``world``-th index of it, so shards are disjoint and equal in size;
@@ -39,14 +39,14 @@ from wbc.augment import (
     to_float_nchw,
 )
 from wbc.config import OptimConfig, TrainConfig
-from wbc.data import EvalData, TrainData
-from wbc.distributed import autocast, gather, world
 from wbc.fileio import save_torch
 from wbc.metrics import classification_metrics, flatten_metrics
-from wbc.model import unwrap_model
-from wbc.schedule import Schedule, build_optimizer
-from wbc.seeding import derive_seed
 from wbc.strategies import get_strategy
+from wbc.training.distributed import autocast, gather, world
+from wbc.training.inputs import EvalData, TrainData
+from wbc.training.resnet import unwrap_model
+from wbc.training.schedule import Schedule, build_optimizer
+from wbc.training.seeding import derive_seed
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -1,8 +1,8 @@
 """The classifiers a study keeps: ``RESULTS/models/<cell>/seed-<seed>/model.safetensors``.
 
-Each final trial of a cell keeps its best epoch's weights (``wbc.classifier``: safetensors and
-a card with the classes, preprocessing, cell, seed, data fingerprint and the row's figures)
-unless the spec says ``keep_models = "none"``. An inline trial reports them as its Tune
+Each final trial of a cell keeps its best epoch's weights (``wbc.classifier.model_file``:
+safetensors and a card with the classes, preprocessing, cell, seed, data fingerprint and the row's
+figures) unless the spec says ``keep_models = "none"``. An inline trial reports them as its Tune
 checkpoint, so Tune's ``get_best_result(...).checkpoint`` holds a model; the driver links that
 file here before it writes the trial's row (a row of a final trial therefore means its model is
 in place, and a replayed trial needs no training again). A Ray Train trial writes here itself.
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wbc.classifier import CARD_FILE, MODEL_FILE, Card, read_card
+from wbc.classifier.model_file import CARD_FILE, MODEL_FILE, Card, read_card
 
 __all__ = [
     "KEEP_CHOICES",

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from wbc.hardware import resolve_precision
+from wbc.training.hardware import resolve_precision
 
 __all__ = ["autocast", "gather", "world"]
 
@@ -26,7 +26,8 @@ def world() -> tuple[int, int]:
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
     """bf16 autocast (AMP; bf16 needs no loss scaling) when asked, and for "auto" where
-    ``wbc.hardware.resolve_precision`` says bf16 (a GPU, or a CPU measured faster in bf16)."""
+    ``wbc.training.hardware.resolve_precision`` says bf16 (a GPU, or a CPU measured faster in
+    bf16)."""
     enabled = resolve_precision(device, precision) == "bf16"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 

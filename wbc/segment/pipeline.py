@@ -36,14 +36,14 @@ import torch
 from PIL import Image
 from scipy import ndimage as ndi
 
-from wbc.cache import DecodedSet, decode_samples, default_cache_dir
 from wbc.datasets import DatasetError, Sample, Tree, true_mask
+from wbc.datasets.cache import DecodedSet, decode_samples, default_cache_dir
+from wbc.datasets.imageio import read_mask, read_rgb
+from wbc.datasets.layout import WBC_CLASSES
 from wbc.fileio import atomic_write_bytes, atomic_write_text, file_lock
-from wbc.imageio import read_mask, read_rgb
-from wbc.layout import WBC_CLASSES
 from wbc.segment.classical import classical_mask
+from wbc.segment.fit import SegmentSettings, fit_segmenter, predict_probabilities
 from wbc.segment.pseudo import PSEUDO_RULE, classical_pseudo_labels
-from wbc.segment.train import SegmentSettings, fit_segmenter, predict_probabilities
 
 __all__ = [
     "METHOD_NAMES",
@@ -118,7 +118,7 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def to_original(probability: np.ndarray, size: tuple[int, int], threshold: float) -> np.ndarray:
     """A working-resolution probability map (uint8) as the bool mask of an image of ``size``
-    (width, height): the inverse of ``wbc.imageio.to_working``'s pad-to-square and resize,
+    (width, height): the inverse of ``wbc.datasets.imageio.to_working``'s pad-to-square and resize,
     thresholded and cleaned."""
     width, height = size
     side = max(width, height)

@@ -29,8 +29,8 @@ from wbc.datasets import (
     scan_tree,
     verify_files,
 )
-from wbc.layout import SUBSET_PERCENTS, WBC_CLASSES, subset_name
-from wbc.subsets import derive_subsets
+from wbc.datasets.layout import SUBSET_PERCENTS, WBC_CLASSES, subset_name
+from wbc.datasets.subsets import derive_subsets
 
 __all__ = [
     "ImportResult",
@@ -138,7 +138,7 @@ def write_subsets(root: Path, *, seed: int, percents: Sequence[int] = SUBSET_PER
                   ) -> dict[int, int]:
     """Write ``WBC_<p>/train`` subsets of ``root/WBC_100/train`` as hard links (or copies).
 
-    Uses the report's stratified floor rule (``wbc.subsets.derive_subsets``); masks go with
+    Uses the report's stratified floor rule (``wbc.datasets.subsets.derive_subsets``); masks go with
     their images. Returns percent -> images written.
     """
     tree = scan_tree(root, verify=False, derive=())

@@ -32,7 +32,7 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 )
 
 # The report's Table 1 for WBC_100: class -> (train data, train mask, val data). The smaller
-# subsets follow from these by the floor rule (see wbc.subsets).
+# subsets follow from these by the floor rule (see wbc.datasets.subsets).
 REPORT_TABLE1: dict[str, tuple[int, int, int]] = {
     "Basophil": (176, 17, 36),
     "Eosinophil": (618, 61, 126),

@@ -7,11 +7,11 @@ all of them.
 
 ``train_run``: threads, seeds, the plan's images from the decode cache onto the device, the
 strategy's starting model (random, or pretrained weights with a fresh head), the resume state,
-then ``wbc.train.fit``. Each epoch's report carries the run's record fields (data fingerprint,
-notes, device, world size, set-up time, where it resumed from, host and process) besides the
-loop's figures; after a resume, the last report also carries the epochs before it.
+then ``wbc.training.loop.fit``. Each epoch's report carries the run's record fields (data
+fingerprint, notes, device, world size, set-up time, where it resumed from, host and process)
+besides the loop's figures; after a resume, the last report also carries the epochs before it.
 
-``ssl_run``: the same for self-supervised pretraining on unlabelled images (``wbc.ssl``).
+``ssl_run``: the same for self-supervised pretraining on unlabelled images (``wbc.training.ssl``).
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from wbc.cache import decode_samples
 from wbc.config import SSLConfig, TrainConfig
-from wbc.data import SplitPlan, load_plan
 from wbc.datasets import Sample
-from wbc.distributed import world
-from wbc.hardware import resolve_precision, rss_mib
+from wbc.datasets.cache import decode_samples
 from wbc.metrics import scalars
-from wbc.pretrain import initial_model
-from wbc.seeding import seed_everything
-from wbc.ssl import SSLResult, ssl_pretrain
-from wbc.train import EpochCallback, FitResult, fit
+from wbc.training.distributed import world
+from wbc.training.hardware import resolve_precision, rss_mib
+from wbc.training.inputs import SplitPlan, load_plan
+from wbc.training.loop import EpochCallback, FitResult, fit
+from wbc.training.pretrain import initial_model
+from wbc.training.seeding import seed_everything
+from wbc.training.ssl import SSLResult, ssl_pretrain
 
 __all__ = ["RunResult", "ssl_run", "train_run", "unlabelled_images"]
 
@@ -67,11 +67,11 @@ def train_run(plan: SplitPlan, config: TrainConfig, *, device: torch.device | st
               extra: dict[str, Any] | None = None) -> RunResult:
     """Train one run of ``config`` on ``plan`` and return its result.
 
-    ``weights``: the stored starting weights a pretrained strategy needs (``wbc.pretrain``).
-    ``resume``: a checkpoint from an earlier ``on_epoch`` of the same run. ``threads``: torch
-    threads (default: leave as set). ``rank`` offsets the seeds of a data-parallel worker;
-    ``wrap`` wraps the model on the device (Ray Train's ``prepare_model``: DDP). ``extra`` is
-    added to every report and to ``RunResult.record``.
+    ``weights``: the stored starting weights a pretrained strategy needs
+    (``wbc.training.pretrain``). ``resume``: a checkpoint from an earlier ``on_epoch`` of the same
+    run. ``threads``: torch threads (default: leave as set). ``rank`` offsets the seeds of a
+    data-parallel worker; ``wrap`` wraps the model on the device (Ray Train's ``prepare_model``:
+    DDP). ``extra`` is added to every report and to ``RunResult.record``.
     """
     started = time.perf_counter()
     _threads(threads)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from wbc.datasets import Sample, Tree, class_counts
-from wbc.layout import CAM16_CLASSES, WBC_CLASSES, subset_percent
+from wbc.datasets.layout import CAM16_CLASSES, WBC_CLASSES, subset_percent
 
 __all__ = ["format_tables", "tree_summary"]
 

@@ -31,12 +31,12 @@ import torch
 from torch import Tensor
 
 from wbc.augment import pastes_enabled
-from wbc.cache import DecodedSet, decode_samples
 from wbc.config import TrainConfig
 from wbc.datasets import DatasetError, Sample, Tree
-from wbc.layout import CAM16_CLASSES, WBC_CLASSES, subset_percent
+from wbc.datasets.cache import DecodedSet, decode_samples
+from wbc.datasets.layout import CAM16_CLASSES, WBC_CLASSES, subset_percent
+from wbc.datasets.subsets import derive_subsets, subset_count
 from wbc.strategies import get_strategy
-from wbc.subsets import derive_subsets, subset_count
 
 __all__ = [
     "SELECTION_SEED",

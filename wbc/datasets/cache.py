@@ -64,8 +64,8 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from wbc.datasets import Sample, file_digest
+from wbc.datasets.imageio import decode_working, mask_to_working, read_mask
 from wbc.fileio import file_lock
-from wbc.imageio import decode_working, mask_to_working, read_mask
 
 __all__ = ["CACHE_VERSION", "DecodedSet", "Verify", "decode_samples", "default_cache_dir"]
 
@@ -467,7 +467,7 @@ def decode_samples(
     fingerprint as the caller computed it earlier; a cache of it opens without a stat of every
     file, and files that no longer match it raise ``ValueError``. ``verify``: how much of an
     existing cache to check against its checksums (see the module docstring); a damaged cache
-    is rebuilt. Raises ``wbc.imageio.ImageError`` naming the file if one cannot be decoded;
+    is rebuilt. Raises ``wbc.datasets.imageio.ImageError`` naming the file if one cannot be decoded;
     check trees with ``scan_tree`` first.
     """
     if image_size < 8:

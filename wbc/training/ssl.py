@@ -6,8 +6,8 @@ alone: two random views of each image are pulled together and pushed away from t
 other images in the batch (the NT-Xent loss), through a small projection head that is thrown
 away afterwards. docs/ssl.md says why SimCLR rather than BYOL or MAE, and what the views are.
 
-Like ``wbc.train``, the images stay on the training device as uint8 ``(N, S, S, 3)``; views are
-made there in a few batched ops; the loss accumulates as a tensor and reaches the host once per
+Like ``wbc.training.loop``, the images stay on the training device as uint8 ``(N, S, S, 3)``; views
+are made there in a few batched ops; the loss accumulates as a tensor and reaches the host once per
 epoch. ``ssl_pretrain`` does no file I/O and knows nothing of Ray: each epoch's row, and when
 due a complete checkpoint, go to an ``on_epoch`` callback.
 
@@ -39,11 +39,11 @@ from torchvision.models import ResNet
 
 from wbc.augment import color_jitter, flip_rot90, normalize, random_resized_crop, to_float_nchw
 from wbc.config import SSLConfig
-from wbc.distributed import autocast, world
-from wbc.model import HEAD, build_resnet18, unwrap_model
-from wbc.schedule import Schedule, build_optimizer
-from wbc.seeding import derive_seed
-from wbc.train import IMAGENET_MEAN, IMAGENET_STD
+from wbc.training.distributed import autocast, world
+from wbc.training.loop import IMAGENET_MEAN, IMAGENET_STD
+from wbc.training.resnet import HEAD, build_resnet18, unwrap_model
+from wbc.training.schedule import Schedule, build_optimizer
+from wbc.training.seeding import derive_seed
 
 __all__ = [
     "FEATURE_DIM",
@@ -70,7 +70,8 @@ EpochCallback = Callable[[dict[str, Any], dict[str, Any] | None], None]
 
 @dataclass
 class SSLResult:
-    backbone: dict[str, Tensor]  # ResNet-18 state dict on the CPU, for wbc.model.load_backbone
+    # ResNet-18 state dict on the CPU, for wbc.training.resnet.load_backbone
+    backbone: dict[str, Tensor]
     history: list[dict[str, Any]]  # one row per epoch, as handed to on_epoch
     metrics: dict[str, Any]  # final ssl_loss, probe accuracies, their random-init baselines
     wall_seconds: float
@@ -142,7 +143,7 @@ def two_views(images_u8: Tensor, *, generator: torch.Generator, config: SSLConfi
     Each view is a random crop of at least ``config.crop_scale_min`` of the area turned by any
     angle (``random_resized_crop``), one of the 8 flips and quarter turns (``flip_rot90``) and
     a per-image colour jitter of strength ``config.jitter``, then the ImageNet normalisation of
-    ``wbc.train``. Randomness comes from ``generator`` only; images stay on their device.
+    ``wbc.training.loop``. Randomness comes from ``generator`` only; images stay on their device.
     """
     views = _views(images_u8, generator=generator, config=config)
     first, second = views.chunk(2)
@@ -189,7 +190,8 @@ def features(model: nn.Module, images_u8: Tensor, *, batch_size: int = 256,
     """Pooled backbone features ``(N, 512)`` float32 of uint8 ``(N, S, S, 3)`` images.
 
     ``model`` is a torchvision ResNet (any head, maybe DDP-wrapped); it runs in eval mode (its
-    training mode is restored after) with ``wbc.train``'s normalisation, on the images' device.
+    training mode is restored after) with ``wbc.training.loop``'s normalisation, on the images'
+    device.
     """
     plain = unwrap_model(model)
     was_training = plain.training
@@ -448,8 +450,8 @@ def ssl_pretrain(images_u8: Tensor, config: SSLConfig, *, probe: Probe | None = 
 
     The images stay on their device (pass them on the GPU to train there). An epoch is a fresh
     permutation in batches of ``config.batch_size`` per rank, the incomplete last batch
-    dropped; AdamW with linear warmup and a cosine schedule per step (``wbc.schedule``, as the
-    supervised runs). The network's initial weights come from ``config.seed`` (the global RNG
+    dropped; AdamW with linear warmup and a cosine schedule per step (``wbc.training.schedule``, as
+    the supervised runs). The network's initial weights come from ``config.seed`` (the global RNG
     is not used), so a run is a function of the images and the config.
 
     ``probe = (train_images_u8, train_labels, test_images_u8, test_labels)``, e.g. CAM16
@@ -461,7 +463,7 @@ def ssl_pretrain(images_u8: Tensor, config: SSLConfig, *, probe: Probe | None = 
     views each, all ranks), ``knn_accuracy`` and ``probe_seconds`` with a probe; the last row
     also the final metrics), and a complete checkpoint every ``checkpoint_every`` epochs and
     after the last (else None): plain tensors and data that ``torch.load(weights_only=True)``
-    reads, and that ``wbc.model.read_state_dict`` reads as the backbone (key ``"model"``).
+    reads, and that ``wbc.training.resnet.read_state_dict`` reads as the backbone (key ``"model"``).
     Under DDP every rank calls it; save on rank 0. ``resume`` is such a checkpoint: training
     continues at the next epoch and ends as the uninterrupted run would (bit for bit on a CPU).
     """

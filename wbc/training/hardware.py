@@ -85,15 +85,15 @@ def train_step_seconds(image_size: int, batch_size: int, *, precision: str = "fp
     import torch
     import torch.nn.functional as F
 
-    from wbc.model import build_resnet18
+    from wbc.training.resnet import build_resnet18
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 5, (batch_size,), generator=generator)
     model = build_resnet18(5).to(memory_format=torch.channels_last)
-    # The loop's default optimiser (wbc.train.build_optimizer: fused AdamW); built here, as
-    # wbc.train itself depends on this module.
+    # The loop's default optimiser (wbc.training.loop.build_optimizer: fused AdamW); built here, as
+    # wbc.training.loop itself depends on this module.
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, fused=True)
     started = 0.0
     for step in range(steps + 1):
@@ -121,7 +121,7 @@ def _probe_file(threads: int) -> Path:
     decides the answer (CPU model and flags, torch version, threads)."""
     import torch
 
-    from wbc.cache import default_cache_dir
+    from wbc.datasets.cache import default_cache_dir
 
     key = json.dumps([cpu_model(), sorted(cpu_flags()), torch.__version__, threads])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -1,17 +1,17 @@
 """Using a trained classifier: predictions for image files, and its scores on a labelled tree.
 
 Both paths see exactly the pixels training saw. ``predict_files`` decodes each file with
-``wbc.imageio.decode_working``, the function the decode cache builds its rows with;
+``wbc.datasets.imageio.decode_working``, the function the decode cache builds its rows with;
 ``evaluate_model`` reads the tree's images through the decode cache itself (the WBC cache of
 the whole tree, as training does, so a trained tree's cache is reused) and scores them with
-``wbc.train.evaluate``, the training's own evaluation: on the same device, its predictions are
-the run's, bit for bit.
+``wbc.training.loop.evaluate``, the training's own evaluation: on the same device, its predictions
+are the run's, bit for bit.
 
 Which images ``evaluate_model`` scores (``split``), on a tree in the report's layout:
 ``reporting`` and ``selection`` are the splits a training run reports on and selects its epoch
-on, from ``wbc.data.evaluation_splits`` (the one definition training uses: the tree's test split
-and val when it has a test split, else the fixed halves B and A of val); a run with scaled
-selection selected on part of that split, which is scored whole here. ``val``, ``test``,
+on, from ``wbc.training.inputs.evaluation_splits`` (the one definition training uses: the tree's
+test split and val when it has a test split, else the fixed halves B and A of val); a run with
+scaled selection selected on part of that split, which is scored whole here. ``val``, ``test``,
 ``train`` (WBC_100's) and a subset name (``WBC_10``: its training images) name the tree's own
 splits. An ImageFolder tree (``<Class>/<image>``, class folders named after the model's classes,
 any case or plural) has no splits and is scored whole.
@@ -36,9 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from wbc.cache import decode_samples
-from wbc.classifier import Card, Classifier
-from wbc.data import EvalData, NamedSplit, eval_data, evaluation_splits, wbc_decode_set
+from wbc.classifier.model_file import Card, Classifier
 from wbc.datasets import (
     Problem,
     Sample,
@@ -50,10 +48,12 @@ from wbc.datasets import (
     scan_tree,
     verify_files,
 )
-from wbc.imageio import ImageError, decode_working
-from wbc.layout import WBC_CLASSES, subset_name, subset_percent
+from wbc.datasets.cache import decode_samples
+from wbc.datasets.imageio import ImageError, decode_working
+from wbc.datasets.layout import WBC_CLASSES, subset_name, subset_percent
 from wbc.metrics import flatten_metrics, wilson_interval
-from wbc.train import evaluate
+from wbc.training.inputs import EvalData, NamedSplit, eval_data, evaluation_splits, wbc_decode_set
+from wbc.training.loop import evaluate
 
 __all__ = [
     "SPLITS",
@@ -73,7 +73,7 @@ __all__ = [
 
 SPLITS = ("reporting", "selection", "test", "val", "train")  # besides subset names (WBC_10)
 PROGRESS_SECONDS = 2.0  # between progress lines of a long prediction
-EVAL_BATCH = 256  # wbc.train.evaluate's batch: the same batches as the run's evaluation
+EVAL_BATCH = 256  # wbc.training.loop.evaluate's batch: the same batches as the run's evaluation
 
 
 class InferenceError(ValueError):
@@ -341,13 +341,14 @@ def _training_figure(card: Card, loaded: LoadedSplit, same_data: bool | None) ->
 
 
 def score_split(classifier: Classifier, loaded: LoadedSplit) -> dict[str, Any]:
-    """``classifier`` scored on ``loaded`` through ``wbc.train.evaluate`` (the card's precision
-    and memory format, on the classifier's device). Keys as ``wbc.metrics.flatten_metrics``
-    names them (``accuracy``, ``macro_f1``, ``balanced_accuracy``, ``recall_<Class>``, ``n``,
-    ``loss``), with Wilson 95% intervals (``accuracy_low``/``_high``, ``recall_<Class>_low``/
-    ``_high``; NaN for a class with no images), ``n_<Class>``, ``confusion_matrix`` (rows true,
-    columns predicted), per-image ``predictions``, ``targets`` and ``paths``, and what was
-    scored (``model``, ``data``, ``split``, ``data_fingerprint``, ``same_data``)."""
+    """``classifier`` scored on ``loaded`` through ``wbc.training.loop.evaluate`` (the card's
+    precision and memory format, on the classifier's device). Keys as
+    ``wbc.metrics.flatten_metrics`` names them (``accuracy``, ``macro_f1``, ``balanced_accuracy``,
+    ``recall_<Class>``, ``n``, ``loss``), with Wilson 95% intervals (``accuracy_low``/``_high``,
+    ``recall_<Class>_low``/ ``_high``; NaN for a class with no images), ``n_<Class>``,
+    ``confusion_matrix`` (rows true, columns predicted), per-image ``predictions``, ``targets`` and
+    ``paths``, and what was scored (``model``, ``data``, ``split``, ``data_fingerprint``,
+    ``same_data``)."""
     card = classifier.card
     if loaded.classes != card.classes or loaded.image_size != card.image_size:
         raise InferenceError(f"{classifier.path}: a model of {', '.join(card.classes)} at "

@@ -12,9 +12,9 @@ safetensors holds tensors and strings only: loading a model runs no code from th
 ``torch.load`` of a pickle. The card is checked on load (format, classes, sizes), so a file
 that is not a classifier of this project is refused with what is wrong, not half-used.
 
-Preprocessing is the training's, through the same functions: ``wbc.imageio.decode_working``
+Preprocessing is the training's, through the same functions: ``wbc.datasets.imageio.decode_working``
 (decode, pad to square with the border's median colour, antialiased bilinear resize), the cache
-builds its rows with it, and ``wbc.train.prepare_batch`` (float, ImageNet normalisation).
+builds its rows with it, and ``wbc.training.loop.prepare_batch`` (float, ImageNet normalisation).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ __all__ = [
 FORMAT = "wbc-classifier/1"
 MODEL_FILE = "model.safetensors"
 CARD_FILE = "model.json"  # a readable copy of the card, beside the weights
-PADDING = "square, border median colour"  # wbc.imageio.to_working
+PADDING = "square, border median colour"  # wbc.datasets.imageio.to_working
 RESIZE = "bilinear, antialiased"
 
 
@@ -154,8 +154,8 @@ class Classifier:
     def logits(self, images_u8: Tensor, *, batch_size: int = 256) -> Tensor:
         """Logits (float32, on the CPU) of working-resolution uint8 NHWC images, in batches,
         with the run's precision and memory format."""
-        from wbc.distributed import autocast
-        from wbc.train import prepare_batch
+        from wbc.training.distributed import autocast
+        from wbc.training.loop import prepare_batch
 
         device = self.device
         out = []
@@ -183,10 +183,10 @@ def run_card(config: Any, classes: tuple[str, ...] | list[str], metrics: Mapping
              cell: str | None = None, study: str | None = None, trial_key: str | None = None,
              provenance: Mapping[str, Any] | None = None) -> Card:
     """The card of a training run: ``config`` (a ``wbc.config.TrainConfig``) and its final
-    record ``metrics`` (``wbc.train.fit``'s: ``val_*`` of the best epoch on the selection
+    record ``metrics`` (``wbc.training.loop.fit``'s: ``val_*`` of the best epoch on the selection
     split, ``test_*`` on the reporting split)."""
     from wbc.metrics import scalars
-    from wbc.train import IMAGENET_MEAN, IMAGENET_STD
+    from wbc.training.loop import IMAGENET_MEAN, IMAGENET_STD
 
     flat = scalars(metrics)
     figures = {k: v for k, v in flat.items()
@@ -284,7 +284,7 @@ def load_classifier(path: Path | str, *, device: torch.device | str = "cpu") -> 
     """Read a classifier from a model file or folder, ready for inference on ``device``."""
     from safetensors.torch import load_file
 
-    from wbc.model import build_resnet18
+    from wbc.training.resnet import build_resnet18
 
     file = model_path(path)
     card = read_card(file)

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from wbc.cache import default_cache_dir
 from wbc.config import SSLConfig, TrainConfig
+from wbc.datasets.cache import default_cache_dir
+from wbc.datasets.layout import WBC_CLASSES
 from wbc.fileio import atomic_write_bytes, atomic_write_text, file_lock
-from wbc.layout import WBC_CLASSES
-from wbc.model import WeightsError, build_resnet18, load_backbone, read_state_dict
 from wbc.strategies import get_strategy
+from wbc.training.resnet import WeightsError, build_resnet18, load_backbone, read_state_dict
 
 __all__ = [
     "PretrainResult",
@@ -186,7 +186,8 @@ def initial_model(config: TrainConfig, *, pretrained: Path | None = None,
     classifier's weights loaded, its 2-way head dropped and a fresh ``num_classes``-way head
     added (the report's steps B-D). ``ssl``: the self-supervised backbone, a fresh head;
     ``ssl_pretrain``: the CAM16 classifier that itself started from that backbone. Random
-    weights come from torch's global generator, which ``wbc.seeding.seed_everything`` seeded.
+    weights come from torch's global generator, which ``wbc.training.seeding.seed_everything``
+    seeded.
     """
     strategy = get_strategy(config.model.strategy)
     model = build_resnet18(num_classes, weights_path=config.model.imagenet_weights)
