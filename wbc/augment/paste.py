@@ -12,13 +12,14 @@ Conventions as in ``wbc.augment.tensors``: float ``(N, 3, H, W)`` images in [0, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from wbc.augment.tensors import rand_on, randint_on, to_float_nchw, work_dtype
+from wbc.config import Background
 from wbc.strategies import get_strategy, uses_pastes
 
 if TYPE_CHECKING:
@@ -36,8 +37,7 @@ __all__ = [
     "pastes_enabled",
 ]
 
-Background = Literal["none", "own", "other"]
-BACKGROUNDS: tuple[Background, ...] = ("none", "own", "other")
+BACKGROUNDS: tuple[Background, ...] = get_args(Background)  # the choices, typed once (config)
 
 # An empty slide is bright: the report's "empty background" default.
 DEFAULT_FILL = 1.0
