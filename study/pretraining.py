@@ -20,26 +20,23 @@ is not stored yet. Where the training runs is an executor's business: ``TaskExec
 on one node for the CAM16 runs, a one-worker Ray Train run for SimCLR; a study's inline trials)
 or ``TrainExecutor`` (Ray Train runs, DDP over several workers).
 
-A run's reports reach the driver as they are made (``progress_lines``: a Ray queue
-the task or the Ray Train controller writes to, drained here), so pretraining says a line per
-report instead of nothing for minutes; ``run_training_with_reports`` does the same for any
-Ray Train training run (``wbc train``'s own).
+A run's reports reach the driver as they are made (``study.train.reports.progress_lines``: a Ray
+queue the task or the Ray Train controller writes to, drained here), so pretraining says a line
+per report instead of nothing for minutes, as ``wbc train`` does for its own run.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import ray
-from ray.train import UserCallback
 
-from study.train.trainer import RunSpec, TrainOutcome, run_ssl, run_training
+from study.train.reports import Reports, epoch_line, progress_lines, put_brief
+from study.train.trainer import RunSpec, ray_ssl_run, ray_train_run
 from wbc.config import PretrainSettings, SSLConfig, TrainConfig
 from wbc.datasets import Sample, Tree, histology_origin
 from wbc.datasets.cache import decode_samples
@@ -56,17 +53,12 @@ from wbc.training.pretrain import (
 
 __all__ = [
     "SOURCES",
-    "EpochReports",
     "Executor",
     "Pretrained",
     "TaskExecutor",
     "TrainExecutor",
-    "brief",
     "ensure_sources",
-    "epoch_line",
     "largest_node_cpus",
-    "progress_lines",
-    "run_training_with_reports",
     "sources_of",
 ]
 
@@ -76,92 +68,6 @@ SOURCES = ("prcc_ssl", "wbc_ssl", "cam16", "prcc_ssl+cam16")
 LEARNED = 0.6
 
 State = dict[str, Any]
-Reports = Callable[[dict[str, Any]], None]  # called on the driver with each report's ``brief``
-# What a progress line shows of a report, in its order.
-_FIGURES = (("train_loss", "train loss"), ("ssl_loss", "loss"), ("val_accuracy", "val accuracy"),
-            ("val_macro_f1", "val macro-F1"))
-
-
-def brief(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The few figures of a report its progress line shows (the epoch's own on the last
-    report, whose val_* are the best epoch's)."""
-    row = metrics.get("epoch_metrics") or metrics
-    keys = ("epoch", "loop_seconds", "epoch_seconds", *(key for key, _ in _FIGURES))
-    return {k: row[k] for k in keys if isinstance(row.get(k), int | float)}
-
-
-def epoch_line(label: str, epochs: int, figures: dict[str, Any]) -> str:
-    """``CAM16 pretraining: epoch 2/8: train loss 0.612, val accuracy 0.750 (3 s)``."""
-    shown = [f"{name} {figures[key]:.3f}" for key, name in _FIGURES if key in figures]
-    seconds = figures.get("loop_seconds", figures.get("epoch_seconds"))
-    took = "" if seconds is None else f" ({seconds:.{1 if seconds < 10 else 0}f} s)"
-    return f"{label}: epoch {figures.get('epoch', '?')}/{epochs}: {', '.join(shown)}{took}"
-
-
-@contextlib.contextmanager
-def progress_lines(on_report: Reports | None) -> Iterator[Any]:
-    """A Ray queue for reports made anywhere in the cluster, handed to ``on_report`` here while
-    the block runs (by a thread: the block waits on its run); None, and nothing started, when
-    ``on_report`` is None."""
-    if on_report is None:
-        yield None
-        return
-    from ray.util.queue import Empty, Queue
-
-    queue = Queue(actor_options={"num_cpus": 0})
-    done = threading.Event()
-
-    def drain() -> None:
-        while True:
-            try:
-                on_report(queue.get(timeout=0.5))
-            except Empty:
-                if done.is_set():  # everything put before the block ended is out
-                    return
-            except Exception:  # the queue went with Ray (Ctrl-C): the lines are only progress
-                return
-
-    thread = threading.Thread(target=drain, name="study-progress", daemon=True)
-    thread.start()
-    try:
-        yield queue
-    finally:
-        done.set()
-        thread.join(timeout=5)
-        with contextlib.suppress(Exception):  # drained: nothing left to wait for
-            queue.shutdown(force=True)
-
-
-def _put(queue: Any, metrics: dict[str, Any]) -> None:
-    with contextlib.suppress(Exception):  # a lost progress line never fails the run
-        queue.put_nowait(brief(metrics))
-
-
-class EpochReports(UserCallback):
-    """A Ray Train callback (it runs on the run's controller) that puts each report's
-    ``brief`` on a ``progress_lines`` queue."""
-
-    def __init__(self, queue: Any) -> None:
-        self.queue = queue
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
-                     checkpoint: Any) -> None:
-        if metrics:
-            _put(self.queue, metrics[0])
-
-
-def run_training_with_reports(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
-                              pretrained: Path | None = None, on_report: Reports | None = None
-                              ) -> TrainOutcome:
-    """``study.train.trainer.run_training``, with ``on_report`` called on this driver for each
-    of the run's reports as it is made."""
-    if on_report is None:
-        return run_training(plan, config, spec, pretrained=pretrained)
-    with progress_lines(on_report) as queue:
-        return run_training(plan, config, spec, pretrained=pretrained,
-                            callbacks=[EpochReports(queue)])
-
-
 @dataclass(frozen=True)
 class Pretrained:
     weights: Path
@@ -214,7 +120,7 @@ def _supervised_task(plan: SplitPlan, flat: dict[str, Any], init: str | None, th
     result = train_run(plan, TrainConfig.from_flat(flat), device=device,
                        weights=Path(init) if init else None, cache_dir=cache_dir,
                        threads=threads,
-                       on_epoch=None if reports is None else lambda m, _: _put(reports, m))
+                       on_epoch=None if reports is None else lambda m, _: put_brief(reports, m))
     loop = float(sum(row.get("loop_seconds", 0.0) for row in result.fit.history))
     return result.fit.best_state, {**result.metrics, "loop_seconds": loop}
 
@@ -258,8 +164,8 @@ class TrainExecutor:
 
     def supervised(self, plan: SplitPlan, config: TrainConfig, init: Path | None, name: str,
                    *, on_report: Reports | None = None) -> tuple[State, dict[str, Any]]:
-        outcome = run_training_with_reports(plan, config, self.spec.named(name),
-                                            pretrained=init, on_report=on_report)
+        outcome = ray_train_run(plan, config, self.spec.named(name), pretrained=init,
+                                on_report=on_report)
         state = outcome.load_checkpoint()
         loop = float(sum(row.get("loop_seconds", 0.0) for row in state["history"]))
         return best_weights(state), {**outcome.metrics, "loop_seconds": loop}
@@ -267,11 +173,9 @@ class TrainExecutor:
     def ssl(self, samples: list[Sample], config: SSLConfig, probe_plan: SplitPlan | None,
             min_epoch_images: int, name: str, *, on_report: Reports | None = None
             ) -> tuple[State, dict[str, Any]]:
-        with progress_lines(on_report) as queue:
-            state, metrics, history = run_ssl(
-                samples, config, self.spec.named(name), probe_plan=probe_plan,
-                min_epoch_images=min_epoch_images,
-                callbacks=None if queue is None else [EpochReports(queue)])
+        state, metrics, history = ray_ssl_run(
+            samples, config, self.spec.named(name), probe_plan=probe_plan,
+            min_epoch_images=min_epoch_images, on_report=on_report)
         loop = float(sum(row.get("epoch_seconds", 0.0) for row in history))
         first = history[0].get("ssl_loss", float("nan")) if history else float("nan")
         return state, {**metrics, "loop_seconds": loop, "first_ssl_loss": first}

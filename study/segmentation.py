@@ -22,7 +22,7 @@ from typing import Any
 
 import ray
 
-from study.pretraining import progress_lines
+from study.train.reports import progress_lines
 from wbc.config import SegmentSettings
 from wbc.datasets import Tree
 from wbc.datasets.cache import decode_samples

@@ -6,7 +6,7 @@ package itself never imports Ray. Its training options are made from ``wbc.confi
 (``study.pretraining``), its weights kept in the cache. ``--train-workers`` are the run's Ray
 Train (DDP) workers, ``--decode-workers`` the processes that check the tree. It prints a line per
 report of each run (from the Ray Train controller,
-``study.pretraining.run_training_with_reports``) and none of Ray's own output unless
+``study.train.trainer.ray_train_run``) and none of Ray's own output unless
 ``--verbose``.
 """
 
@@ -176,7 +176,8 @@ def _synthetic(args: argparse.Namespace, image_size: int) -> Path:
 def _train(args: argparse.Namespace, plan: Any, config: Any, spec: Any,
            pretrained: Path | None) -> Any:
     """The run itself, with a line per report unless quiet."""
-    from study.pretraining import epoch_line, run_training_with_reports
+    from study.train.reports import epoch_line
+    from study.train.trainer import ray_train_run
 
     epochs = config.optim.epochs
     if not args.quiet:
@@ -184,8 +185,7 @@ def _train(args: argparse.Namespace, plan: Any, config: Any, spec: Any,
              f"{spec.workers} Ray Train worker(s); run {spec.storage_path}/{spec.name}")
     on_report = None if args.quiet else (
         lambda figures: say(epoch_line("wbc train", epochs, figures)))
-    return run_training_with_reports(plan, config, spec, pretrained=pretrained,
-                                     on_report=on_report)
+    return ray_train_run(plan, config, spec, pretrained=pretrained, on_report=on_report)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""Ray Train runs: one training or SimCLR run on Ray Train workers (``trainer``)."""
+"""Ray Train runs: one training or SimCLR run on Ray Train workers (``trainer``), its reports
+on the driver as they are made (``reports``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from study.train.trainer import (
     RunSpec,
     TrainOutcome,
     build_trainer,
-    run_ssl,
-    run_training,
+    ray_ssl_run,
+    ray_train_run,
     warm_cache,
 )
 
@@ -21,7 +22,7 @@ __all__ = [
     "RunSpec",
     "TrainOutcome",
     "build_trainer",
-    "run_ssl",
-    "run_training",
+    "ray_ssl_run",
+    "ray_train_run",
     "warm_cache",
 ]

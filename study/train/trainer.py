@@ -35,6 +35,7 @@ from ray.train import (
 )
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 
+from study.train.reports import EpochReports, Reports, progress_lines
 from wbc.config import SSLConfig, TrainConfig
 from wbc.datasets.cache import decode_samples
 from wbc.metrics import scalars
@@ -50,8 +51,8 @@ __all__ = [
     "RunSpec",
     "TrainOutcome",
     "build_trainer",
-    "run_ssl",
-    "run_training",
+    "ray_ssl_run",
+    "ray_train_run",
     "warm_cache",
 ]
 
@@ -218,27 +219,31 @@ def _fit(trainer: TorchTrainer) -> Any:
     return result
 
 
-def run_training(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
-                 pretrained: Path | None = None, callbacks: list[Any] | None = None
-                 ) -> TrainOutcome:
-    """Run one training to completion (or resume it) and return its final record;
-    ``callbacks``: Ray Train callbacks of the run (progress lines)."""
+def ray_train_run(plan: SplitPlan, config: TrainConfig, spec: RunSpec, *,
+                  pretrained: Path | None = None, on_report: Reports | None = None
+                  ) -> TrainOutcome:
+    """One training on Ray Train (``wbc.training.run.train_run`` on every worker), to completion
+    or resumed, and its final record; ``on_report`` gets each report's ``brief`` on this
+    driver as it is made."""
     _check_storage(spec)
-    result = _fit(build_trainer(plan, config, spec, pretrained=pretrained,
-                                callbacks=callbacks))
+    with progress_lines(on_report) as queue:
+        result = _fit(build_trainer(plan, config, spec, pretrained=pretrained,
+                                    callbacks=None if queue is None else [EpochReports(queue)]))
     return TrainOutcome(dict(result.metrics or {}), result.checkpoint, str(result.path))
 
 
-def run_ssl(samples: list[Any], config: SSLConfig, spec: RunSpec, *,
-            probe_plan: SplitPlan | None, min_epoch_images: int,
-            callbacks: list[Any] | None = None
-            ) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[dict[str, Any]]]:
-    """One SimCLR run on Ray Train: (backbone state dict, final record, history)."""
+def ray_ssl_run(samples: list[Any], config: SSLConfig, spec: RunSpec, *,
+                probe_plan: SplitPlan | None, min_epoch_images: int,
+                on_report: Reports | None = None
+                ) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[dict[str, Any]]]:
+    """One SimCLR run on Ray Train (``wbc.training.run.ssl_run``): (backbone state dict, final
+    record, history); ``on_report`` as for ``ray_train_run``."""
     _check_storage(spec)
-    result = _fit(_trainer(ssl_loop_per_worker, {
-        "ssl": config.to_flat(), "samples": samples, "probe_plan": probe_plan,
-        "min_epoch_images": min_epoch_images,
-    }, spec, callbacks=callbacks))
+    with progress_lines(on_report) as queue:
+        result = _fit(_trainer(ssl_loop_per_worker, {
+            "ssl": config.to_flat(), "samples": samples, "probe_plan": probe_plan,
+            "min_epoch_images": min_epoch_images,
+        }, spec, callbacks=None if queue is None else [EpochReports(queue)]))
     outcome = TrainOutcome(dict(result.metrics or {}), result.checkpoint, str(result.path))
     state = outcome.load_checkpoint(SSL_CHECKPOINT_FILE)
     return state["model"], outcome.metrics, list(state["history"])

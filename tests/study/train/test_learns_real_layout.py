@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from study.pretraining import TrainExecutor, ensure_sources
-from study.train import RunSpec, run_training, warm_cache
+from study.train import RunSpec, ray_train_run, warm_cache
 from wbc.config import PretrainSettings, TrainConfig
 from wbc.datasets import scan_tree
 from wbc.synth import synthesize
@@ -60,7 +60,7 @@ def test_every_strategy_learns_on_a_real_shaped_tree(ray_local: None, tmp_path: 
                 TrainExecutor(spec), cache_dir=spec.cache_dir)["cam16"]
             assert cam16.record["val_accuracy"] >= 0.6, cam16.record  # it learnt CAM16
             pretrained = cam16.weights
-        outcome = run_training(plan, config, RunSpec(**{**spec.__dict__, "name": strategy}),
+        outcome = ray_train_run(plan, config, RunSpec(**{**spec.__dict__, "name": strategy}),
                                pretrained=pretrained if strategy != "scratch" else None)
         scores[strategy] = outcome.metrics["test_macro_f1"]
     # Chance here: always answering the commonest class (Neutrophil, 61%) scores a macro-F1 of

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from study.pretraining import TrainExecutor, ensure_sources
-from study.train import RunSpec, run_training, warm_cache
+from study.train import RunSpec, ray_train_run, warm_cache
 from wbc.config import PretrainSettings, TrainConfig
 from wbc.datasets import Tree, scan_tree
 from wbc.training.inputs import plan_wbc
@@ -41,7 +41,7 @@ def test_two_worker_ddp_on_cpu_runs_and_reports(ray_local: None, tiny_root: Path
     plan = plan_wbc(scan_tree(tiny_root), config)
     warm_cache(plan)
     spec = RunSpec(storage_path=str(tmp_path), name="ddp", workers=2)
-    outcome = run_training(plan, config, spec)
+    outcome = ray_train_run(plan, config, spec)
     assert outcome.metrics["world_size"] == 2
     assert outcome.metrics["epoch"] == 2
     assert 0.0 <= outcome.metrics["test_accuracy"] <= 1.0
@@ -54,9 +54,9 @@ def test_a_run_resumes_by_name_at_the_next_epoch(ray_local: None, tiny_root: Pat
                                                  tmp_path: Path) -> None:
     plan = plan_wbc(scan_tree(tiny_root), TrainConfig().replace(**FAST))
     spec = RunSpec(storage_path=str(tmp_path), name="resume-me")
-    first = run_training(plan, TrainConfig().replace(epochs=2, **FAST), spec)
+    first = ray_train_run(plan, TrainConfig().replace(epochs=2, **FAST), spec)
     assert first.metrics["resumed_from_epoch"] == 0
-    second = run_training(plan, TrainConfig().replace(epochs=3, **FAST), spec)
+    second = ray_train_run(plan, TrainConfig().replace(epochs=3, **FAST), spec)
     assert second.metrics["resumed_from_epoch"] == 2
     assert second.metrics["epoch"] == 3
     assert [h["epoch"] for h in second.load_checkpoint()["history"]] == [1, 2, 3]
