@@ -1,6 +1,6 @@
 """``study run``: data, Ray, pretraining once, then one Tune run for every cell.
 
-The order, and where the time goes (``study.json`` records each part, ``study.record``):
+The order, and where the time goes (``study.json`` records each part, ``study.study_record``):
 
 1. data (``study.data``): the tree (a synthetic one is made once and cached), validated before
    Ray starts, and decoded once into the shared cache, so trials only map it;
@@ -13,7 +13,7 @@ The order, and where the time goes (``study.json`` records each part, ``study.re
    final seeds as soon as its search is over; rows land in Parquet as trials finish;
 5. the kept models (``study.results.kept``) settled, and scored on the spec's ``eval_data``
    trees (``study.evaluation``);
-6. the summary (``study.accounting``): which cells finished, the time split, the utilisation.
+6. the summary (``study.outcome``): which cells finished, the time split, the utilisation.
 
 ``run_study(..., resume=True)`` continues a study from its results folder after a crash, a
 SIGKILL or Ctrl-C: the Tune experiment is restored (searcher state included), finished trials
@@ -30,7 +30,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from study.accounting import FAILED, account, failed_cells, failure_summary, study_status
 from study.data import (
     StudyError,
     check_strategies,
@@ -43,13 +42,14 @@ from study.data import (
 )
 from study.evaluation import eval_problem, score_kept_models
 from study.local_ray import start_ray, untrusted
+from study.outcome import FAILED, account, failed_cells, failure_summary, study_status
 from study.provenance import provenance
-from study.record import Session, StudyRecord, now
 from study.results import ResultsStore
 from study.results.journal import mend_journal
 from study.results.kept import settle_models
 from study.results.owner import FolderBusy, own_folder
 from study.spec import StudySpec
+from study.study_record import Session, StudyRecord, now
 
 if TYPE_CHECKING:
     from study.segmentation import PredictedMasks

@@ -20,8 +20,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from wbc.cli_options import UserError, examples
 from wbc.datasets.imageio import MAX_PIXELS_ENV, ImageError, max_image_pixels, parse_pixel_count
-from wbc.options import UserError, examples
 
 __all__ = ["CommandParser", "UserError", "examples", "main",
            "output_options", "package_version"]

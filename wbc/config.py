@@ -51,7 +51,7 @@ def check_fields(config: object, **ranges: tuple[float, float]) -> None:
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
     """A config field with its command-line help: ``wbc train`` makes its options from the
-    fields (``wbc.options``), so defaults, choices and help have one source."""
+    fields (``wbc.cli_options``), so defaults, choices and help have one source."""
     return field(default=default, metadata={"help": help}, **kwargs)
 
 

@@ -2,7 +2,7 @@
 
 Registered as a ``wbc`` subcommand through the ``wbc.commands`` entry point, so that the ``wbc``
 package itself never imports Ray. Its training options are made from ``wbc.config.TrainConfig``
-(``wbc.options``); pretraining goes through the same orchestration as a study's
+(``wbc.cli_options``); pretraining goes through the same orchestration as a study's
 (``study.pretraining``), its weights kept in the cache. ``--train-workers`` are the run's Ray
 Train (DDP) workers, ``--decode-workers`` the processes that check the tree. It prints a line per
 report of each run (from the Ray Train controller,
@@ -43,7 +43,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``train`` to the ``wbc`` command line (``common``: its -q/-v output options)."""
     from study.spec import preset
     from wbc.cli import examples
-    from wbc.options import add_config_options
+    from wbc.cli_options import add_config_options
     from wbc.strategies import strategy_names
 
     p = sub.add_parser("train", parents=[common], epilog=examples(*_EXAMPLES),
@@ -195,8 +195,8 @@ def run(args: argparse.Namespace) -> int:
     quiet_ray(verbose=args.verbose)  # before Ray is imported
     from study.data import given_histology
     from study.train.trainer import RunSpec, warm_cache
+    from wbc.cli_options import config_from_options
     from wbc.datasets import histology_origin, scan_tree
-    from wbc.options import config_from_options
     from wbc.training.inputs import plan_wbc
 
     try:

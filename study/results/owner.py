@@ -34,7 +34,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from study.record import now
+from study.study_record import now
 
 __all__ = ["OWNER_FILE", "FolderBusy", "own_folder", "owner_of"]
 

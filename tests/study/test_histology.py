@@ -15,10 +15,10 @@ import pytest
 
 from study.cli import main as study_main
 from study.data import StudyError, check_strategies, histology_record
-from study.record import StudyRecord
 from study.report.sections import _histology_lines, histology_phrase
 from study.runner import _load_tree, run_study
 from study.spec import StudySpec, load_spec, preset
+from study.study_record import StudyRecord
 from tests.treegen import make_cam16_prcc, make_wbc_tree
 from wbc.datasets import DatasetError, scan_tree, with_histology
 from wbc.datasets.layout import WBC_CLASSES

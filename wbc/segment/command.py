@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from wbc.cli_options import UserError, add_config_options, config_from_options, examples
 from wbc.config import SegmentSettings
 from wbc.datasets import scan_tree
-from wbc.options import UserError, add_config_options, config_from_options, examples
 from wbc.segment.pipeline import (
     METHOD_NAMES,
     PATH_GIVEN,

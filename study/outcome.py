@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from study.record import Session, StudyRecord
 from study.results import ResultsStore, failed_trials
 from study.spec import StudySpec
+from study.study_record import Session, StudyRecord
 
 __all__ = ["COMPLETE", "COMPLETE_WITH_ERRORS", "FAILED", "INTERRUPTED", "account",
            "failed_cells", "failure_summary", "study_status"]

@@ -2,7 +2,7 @@
 
 One ``StudyRecord`` per results folder: the spec, the provenance, the data it ran on, the
 pretraining records, and one ``Session`` per run or resume with its time split and
-utilisation (``study.accounting``). Read and written as plain JSON by ``ResultsStore``.
+utilisation (``study.outcome``). Read and written as plain JSON by ``ResultsStore``.
 """
 
 from __future__ import annotations
