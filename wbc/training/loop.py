@@ -418,9 +418,8 @@ def _final_record(state: TrainingState, reporting_scores: dict[str, Any], *, tra
 
 
 def _setup(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
-    """Memory format and kernel choices; the module the steps run (maybe compiled)."""
-    if config.model.channels_last:
-        model.to(memory_format=torch.channels_last)
+    """Kernel choices; the module the steps run (maybe compiled). The memory format is the
+    caller's (``wbc.training.run.train_run`` sets channels_last before DDP wraps the model)."""
     if device.type == "cuda" and not config.deterministic:
         # Fixed input shapes: let cuDNN time its convolution algorithms once and keep the best.
         torch.backends.cudnn.benchmark = True

@@ -71,9 +71,10 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, *, backbone_lr_scale: 
     ``backbone_lr_scale``: every parameter outside the ``head`` module trains at that fraction
     of the schedule's rate (a pretrained backbone under a fresh head; 1: one rate for all).
 
-    The fused implementations (one kernel over all parameters) on CPU and GPU alike: on the
-    2-core development CPU a ResNet-18 step of SGD takes 5.4 ms fused against 11.2 ms in a
-    loop, AdamW 8.5 ms against 40 ms (``benchmarks/train_throughput.py`` times whole steps).
+    The fused implementations (one kernel over all parameters) on CPU and GPU alike, several
+    times faster than a loop over parameters (``benchmarks/train_throughput.py`` times whole
+    steps). The rate given here is only the optimiser's start: ``Schedule.apply`` sets every
+    group's before each step.
     """
     buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
