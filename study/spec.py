@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from wbc.config import PretrainSettings, SegmentSettings, SSLConfig, TrainConfig
+from wbc.config import PretrainSettings, SegmentSettings, SSLConfig, TrainConfig, check_fields
 from wbc.datasets.layout import subset_percent
 from wbc.strategies import get_strategy, strategy_names
 
@@ -244,29 +244,17 @@ class StudySpec:
             if twice:
                 raise ValueError(f"{name}: {', '.join(twice)} given more than once (each cell "
                                  "is one (subset, strategy) pair); list each once")
+        # Every choice and range of one field, as every config checks it (wbc.config).
+        many = 1 << 20
+        check_fields(self, pretrain_epochs=(1, many), pretrain_lr=(1e-8, 10.0),
+                     startup_trials=(0, many), image_size=(8, 2048), checkpoint_every=(0, many),
+                     epochs=(1, many), final_seeds=(1, many), grace_epochs=(1, many),
+                     reduction_factor=(2, many), search_trials=(0, many),
+                     max_final_seeds=(0, many), seeds_per_look=(1, many),
+                     spending_power=(1e-3, 10.0), ssl_min_epoch_images=(0, 1 << 40),
+                     synthetic_scale=(1e-6, 1.0), synthetic_seed=(0, 2**32 - 1))
         self._check_segmentation()
-        if self.pretrain_epochs < 1:
-            raise ValueError(f"pretrain_epochs={self.pretrain_epochs!r} must be at least 1")
-        if not 1e-8 <= self.pretrain_lr <= 10.0:
-            raise ValueError(f"pretrain_lr={self.pretrain_lr!r} must be in [1e-08, 10.0]")
-        if not 0 <= self.startup_trials <= 1 << 20:
-            raise ValueError(f"startup_trials={self.startup_trials!r} must be at least 0")
-        if not 8 <= self.image_size <= 2048:
-            raise ValueError(f"image_size={self.image_size!r} must be in [8, 2048] pixels")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every={self.checkpoint_every!r} must be at least 0")
         self._check_seed_plan()
-        for name in ("epochs", "final_seeds", "grace_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
-        for name, valid in (("final_config", ("best", "resampled", "replicates")),
-                            ("selection", ("full", "scaled")),
-                            ("keep_models", ("best", "all", "none"))):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of: "
-                                 f"{', '.join(valid)}")
-        if self.reduction_factor < 2:
-            raise ValueError(f"reduction_factor={self.reduction_factor!r} must be at least 2")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"name={self.name!r}: use a plain folder name")
         for name, derive in (("train", self.base_config), ("ssl", self.ssl_config)):
@@ -275,31 +263,21 @@ class StudySpec:
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{name} settings: {err}") from err
         self.space.check_against(self.base_config())
-        for scale in ("synthetic_scale", "synthetic_val_scale", "synthetic_tissue_scale"):
-            value = getattr(self, scale)
-            if value is not None and not 0 < value <= 10:
-                raise ValueError(f"{scale}={value!r} must be above 0 (1 is the report's counts)")
-        if self.synthetic_scale > 1:
-            raise ValueError(f"synthetic_scale={self.synthetic_scale!r} must be at most 1 (the "
-                             "report's training counts)")
+        for scale in ("synthetic_val_scale", "synthetic_tissue_scale"):  # None: the scale
+            if getattr(self, scale) is not None:
+                check_fields(self, **{scale: (1e-6, 10.0)})
         if self.eval_data and self.keep_models == "none":
             raise ValueError("eval_data scores the kept models, but keep_models is \"none\"; "
                              "set keep_models to \"best\" or \"all\"")
         if len(set(self.eval_data)) != len(self.eval_data) or not all(self.eval_data):
             raise ValueError(f"eval_data={list(self.eval_data)!r}: give each tree once, as a "
                              "folder path")
-        if self.ssl_min_epoch_images < 0:
-            raise ValueError(f"ssl_min_epoch_images={self.ssl_min_epoch_images!r} must be at "
-                             "least 0")
         for name, dataset in (("cam16", "CAM16"), ("prcc", "pRCC")):
             if getattr(self, name) is not None and not getattr(self, name).strip():
                 raise ValueError(f"{name}={getattr(self, name)!r}: give a folder that holds "
                                  f"{dataset}/, or leave {name} unset for the tree's own")
 
     def _check_seed_plan(self) -> None:
-        if self.search_trials < 0:
-            raise ValueError(f"search_trials={self.search_trials!r} must be at least 0 (0: no "
-                             "search, every seed trains the train settings)")
         if self.max_final_seeds and self.max_final_seeds < self.final_seeds:
             raise ValueError(f"max_final_seeds={self.max_final_seeds!r} must be 0 (no sequential"
                              f" seeds) or at least final_seeds={self.final_seeds!r}")
@@ -309,9 +287,6 @@ class StudySpec:
                              "configuration, but under final_config \"replicates\" each seed "
                              "needs a search of its own; use best or resampled, or set "
                              "max_final_seeds=0")
-        if self.seeds_per_look < 1 or not 0 < self.spending_power <= 10:
-            raise ValueError(f"seeds_per_look={self.seeds_per_look!r} must be at least 1 and "
-                             f"spending_power={self.spending_power!r} in (0, 10]")
 
     @property
     def cells(self) -> tuple[tuple[str, str], ...]:
@@ -324,9 +299,6 @@ class StudySpec:
         return any(get_strategy(s).pretrain == "cam16" for s in self.strategies)
 
     def _check_segmentation(self) -> None:
-        if self.segment_encoder not in ("random", "cam16", "prcc_ssl", "wbc_ssl"):
-            raise ValueError(f"segment_encoder={self.segment_encoder!r} is not one of: random, "
-                             "cam16, prcc_ssl, wbc_ssl")
         sources = {get_strategy(s).weights_source for s in self.strategies}
         if self.segment_encoder != "random" and self.segment_encoder not in sources:
             raise ValueError(f"segment_encoder={self.segment_encoder!r}: no strategy of this "

@@ -375,13 +375,13 @@ def test_label_smoothing_is_searched_only_where_its_bounds_allow() -> None:
     ("space.aug_factor_max=1000", r"space\.aug_factor_max=1000: .*\[0, 100\]"),
     ("space.weight_decay_max=3", r"space\.weight_decay_max=3\.0: .*\[0\.0, 1\.0\]"),
     ("space.label_smoothing_max=0.9", r"label_smoothing_max=0\.9"),
-    ("synthetic_scale=0", r"synthetic_scale=0\.0 must be above 0"),
-    ("synthetic_scale=-1", r"synthetic_scale=-1\.0 must be above 0"),
+    ("synthetic_scale=0", r"synthetic_scale=0\.0 is outside \[1e-06, 1\.0\]"),
+    ("synthetic_scale=-1", r"synthetic_scale=-1\.0 is outside"),
     ("resources.cpus_per_trial=nan", r"resources\.cpus_per_trial must be a finite number"),
     ("resources.gpus_per_trial=inf", r"resources\.gpus_per_trial must be a finite number"),
-    ("pretrain_epochs=0", r"pretrain_epochs=0 must be at least 1"),
-    ("pretrain_lr=0", r"pretrain_lr=0\.0 must be in"),
-    ("image_size=4", r"image_size=4 must be in \[8, 2048\]"),
+    ("pretrain_epochs=0", r"pretrain_epochs=0 is outside \[1, "),
+    ("pretrain_lr=0", r"pretrain_lr=0\.0 is outside \[1e-08, 10\.0\]"),
+    ("image_size=4", r"image_size=4 is outside \[8, 2048\]"),
     ("subsets=[WBC_10,WBC_10]", r"subsets: WBC_10 given more than once"),
     ("subsets=[WBC_10,WBC_010]", r"subsets: WBC_010, WBC_10 given more than once"),
     ("strategies=scratch,pretrain,scratch", r"strategies: scratch given more than once"),
@@ -410,7 +410,7 @@ def test_eval_data_needs_kept_models_and_keep_models_defaults_to_best() -> None:
 
 
 @pytest.mark.parametrize(("fields", "message"), [
-    ({"search_trials": -1}, "search_trials=-1 must be at least 0"),
+    ({"search_trials": -1}, "search_trials=-1 is outside [0, "),
     ({"final_seeds": 3, "max_final_seeds": 2}, "at least final_seeds=3"),
     ({"final_config": "replicates", "search_trials": 1, "max_final_seeds": 6},
      "each seed needs a search of its own"),
