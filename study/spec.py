@@ -18,7 +18,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_origin, get_type_hints
 
 from wbc.config import PretrainSettings, SegmentSettings, SSLConfig, TrainConfig, check_fields
 from wbc.datasets.layout import subset_percent
@@ -124,15 +124,12 @@ class Resources:
     max_failures: int = 1  # a failing trial is retried this often, then recorded as an error
 
     def __post_init__(self) -> None:
-        if self.execution not in get_args(Execution):
-            raise ValueError(f"resources.execution={self.execution!r} is not one of: "
-                             f"{', '.join(get_args(Execution))}")
-        if not (0 < self.cpus_per_trial < 1 << 16 and 0 <= self.gpus_per_trial < 1 << 10
-                and self.workers_per_trial >= 1):  # refuses NaN and infinity too
-            raise ValueError("resources: cpus_per_trial must be above 0, gpus_per_trial at "
-                             "least 0 and workers_per_trial at least 1")
-        if self.max_concurrent < 0 or self.max_failures < 0:
-            raise ValueError("resources: max_concurrent and max_failures must be at least 0")
+        try:
+            check_fields(self, cpus_per_trial=(1e-3, 65535), gpus_per_trial=(0, 1023),
+                         workers_per_trial=(1, 65535), max_concurrent=(0, 1 << 20),
+                         max_failures=(0, 1 << 20))
+        except ValueError as err:
+            raise ValueError(f"resources.{err}") from None
 
     @property
     def mode(self) -> Literal["inline", "train"]:
