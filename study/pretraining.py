@@ -325,7 +325,8 @@ def ensure_sources(sources: Iterable[str], tree: Tree, base: TrainConfig,
                          f"{', '.join(SOURCES)}")
     if "prcc_ssl+cam16" in wanted:
         wanted.add("prcc_ssl")
-    if settings.ssl.image_size != base.data.image_size:  # both follow one resolution
+    if any(s.endswith("_ssl") for s in wanted) and \
+            settings.ssl.image_size != base.data.image_size:  # both follow one resolution
         raise ValueError(f"ssl image_size {settings.ssl.image_size} differs from the WBC runs' "
                          f"{base.data.image_size}")
     done: dict[str, Pretrained] = {}
