@@ -355,9 +355,7 @@ class StudySpec:
         if not isinstance(values, dict):
             raise ValueError(f"a study spec is a table of settings, got {type(values).__name__}")
         _check_from_study(values)
-        values = {**values, **{table: {k: v for k, v in values[table].items() if k not in names}
-                               for table, names in FROM_STUDY.items()
-                               if isinstance(values.get(table), dict)}}
+        values = _without_study_owned(values)
         try:
             spec: StudySpec = _build(cls, values, "")
         except TypeError as err:  # a comparison in a check met a value of the wrong type
@@ -368,10 +366,7 @@ class StudySpec:
         """``to_dict`` without the study's own settings in the ``train`` and ``ssl`` tables
         (``from_dict`` leaves them out of those too): the values a change (a file, ``--set``,
         ``replace``) starts from."""
-        values = self.to_dict()
-        for table, names in FROM_STUDY.items():
-            values[table] = {k: v for k, v in values[table].items() if k not in names}
-        return values
+        return _without_study_owned(self.to_dict())
 
     def replace(self, **changes: Any) -> StudySpec:
         return StudySpec.from_dict({**self.editable(), **changes})
@@ -398,6 +393,13 @@ class StudySpec:
                                  f"{', '.join(sorted(target))}")
             target[leaf] = _parse_value(text.strip())
         return StudySpec.from_dict(values)
+
+
+def _without_study_owned(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the study's own settings (``FROM_STUDY``) left out of its tables."""
+    return {**values, **{table: {k: v for k, v in values[table].items() if k not in names}
+                         for table, names in FROM_STUDY.items()
+                         if isinstance(values.get(table), dict)}}
 
 
 def _check_from_study(values: dict[str, Any]) -> None:
