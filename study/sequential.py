@@ -17,12 +17,19 @@ at most ``sum_k alpha * w_k = alpha``, whatever the stopping rule did (conservat
 correlation is not used). Holm across each of the report's tables then works on these p-values
 as on any others.
 
+``min_decide_seeds`` keeps looks with fewer seeds from deciding: they spend no alpha (the first
+look that may decide spends ``t**rho`` of it), so a comparison is not called on two or three
+seeds whose spread happened to be small (a seed-variance estimate on 2 degrees of freedom): such
+an early call overestimates the difference, and another run of the study does not repeat it.
+
 The rule the searcher follows: a comparison is *decided* when its sequential p-value times the
 number of comparisons in its table is below alpha (Bonferroni, so a decided comparison is strong
 evidence under the report's Holm whatever the other rows say); *out of reach* when, taking its
-difference and variances as they are now, even ``max_final_seeds`` seeds would leave it
-undecided (more seeds shrink only the seed part of the variance: the reporting images stay the
-same); otherwise it is *open* and its budget gets more seeds while any remain.
+difference and variances as they are now, even ``max_final_seeds`` seeds would decide it with a
+chance below ``reach_chance`` (more seeds shrink only the seed part of the variance: the
+reporting images stay the same; 0.5, the default, stops as soon as the projection falls short;
+a lower chance stops only comparisons well short, a futility rule that costs no alpha);
+otherwise it is *open* and its budget gets more seeds while any remain.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ class Plan:
     most: int  # max_final_seeds: the last (== planned: one look, nothing added)
     step: int = 1  # seeds_per_look
     rho: float = 3.0  # spending_power
+    decide_from: int = 0  # min_decide_seeds: no look with fewer seeds decides (0: any look)
+    reach: float = 0.5  # reach_chance: out of reach below this chance of deciding
 
     @classmethod
     def of(cls, spec: dict[str, Any]) -> Plan:
@@ -58,7 +67,9 @@ class Plan:
         planned = int(spec.get("final_seeds") or 1)
         most = max(planned, int(spec.get("max_final_seeds") or 0))
         return cls(planned, most, max(1, int(spec.get("seeds_per_look") or 1)),
-                   float(spec.get("spending_power") or 3.0))
+                   float(spec.get("spending_power") or 3.0),
+                   int(spec.get("min_decide_seeds") or 0),
+                   float(spec.get("reach_chance") or 0.5))
 
     @property
     def sequential(self) -> bool:
@@ -68,9 +79,13 @@ class Plan:
         """Seeds at each look: the planned ones, then a step more each, the last at ``most``."""
         return (*range(self.planned, self.most, self.step), self.most)
 
+    def decides(self, seeds: int) -> bool:
+        """Whether a look at ``seeds`` seeds may decide (the last always may)."""
+        return seeds >= min(self.decide_from, self.most)
+
     def weights(self) -> tuple[float, ...]:
-        """Each look's share of alpha (they sum to 1)."""
-        spent = [(n / self.most) ** self.rho for n in self.looks()]
+        """Each look's share of alpha (they sum to 1; 0 for a look that may not decide)."""
+        spent = [(n / self.most) ** self.rho if self.decides(n) else 0.0 for n in self.looks()]
         return tuple(b - a for a, b in zip([0.0, *spent[:-1]], spent, strict=True))
 
     def next_seeds(self, seeds: int) -> int:
@@ -99,8 +114,10 @@ class Status:
 
 
 def _reachable(comparison: Any, plan: Plan, family: int) -> bool:
-    """Whether ``max_final_seeds`` seeds would decide it, were its difference and variances
-    what they are now (normal approximation at the last look's share of alpha)."""
+    """Whether ``max_final_seeds`` seeds would decide it with a chance of at least
+    ``reach_chance``, were its difference and variances what they are now (normal
+    approximation at the last look's share of alpha: the chance is ``Phi(z - z_needed)``,
+    ``z`` the difference over its projected standard error)."""
     seeds = int(comparison.seeds)
     if seeds < 2 or not math.isfinite(comparison.seed_sd):
         return True  # nothing to project from yet
@@ -109,8 +126,8 @@ def _reachable(comparison: Any, plan: Plan, family: int) -> bool:
     if variance <= 0:
         return comparison.difference != 0
     z = abs(comparison.difference) / math.sqrt(variance)
-    projected = 2.0 * float(sps.norm.sf(z))
-    return projected * family < ALPHA * plan.weights()[-1]
+    needed = float(sps.norm.isf(ALPHA * plan.weights()[-1] / (2.0 * family)))
+    return float(sps.norm.cdf(z - needed)) >= plan.reach
 
 
 def status(compare_at: Callable[[int], Any], seeds: int, plan: Plan, family: int) -> Status:
@@ -129,7 +146,7 @@ def status(compare_at: Callable[[int], Any], seeds: int, plan: Plan, family: int
         used = seeds if k == len(looks) - 1 else min(n, seeds)
         last = compare_at(used)
         taken += 1
-        if math.isfinite(last.p):
+        if math.isfinite(last.p) and weights[k] > 0:
             p_seq = min(p_seq, last.p / weights[k])
         if p_seq * family < ALPHA:
             decided_at = used

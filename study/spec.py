@@ -25,7 +25,7 @@ from wbc.datasets.layout import subset_percent
 from wbc.strategies import get_strategy, strategy_names
 
 __all__ = ["FROM_STUDY", "PRESETS", "Resources", "SearchSpace", "StudySpec", "cell_search_trials",
-           "load_spec", "no_search", "preset", "replicate_seed"]
+           "final_seed", "load_spec", "no_search", "preset", "replicate_seed"]
 
 Execution = Literal["auto", "inline", "train"]
 # Run settings the study owns: a trial's TrainConfig and the SimCLR run take them from the
@@ -49,10 +49,23 @@ def no_search(spec: dict[str, Any]) -> bool:
     return int(spec.get("search_trials", 1) or 0) == 0
 
 
+# Each study seed owns a block of trial seeds, so that studies run with different seeds share
+# no final run (seeds 0 and 1 once shared all but one: their "replication" was the same runs).
+# Seed 0's block starts at 0, so its final seeds are 1, 2, 3, ... as they always were.
+SEED_BLOCK = 100_000
+MOST_SEEDS = 999  # final seeds a cell may run: they stay below the replicates' seeds
+MOST_REPLICATES = 99  # replicate searches: they stay inside the block
+
+
+def final_seed(seed: int, k: int) -> int:
+    """The seed of final run ``k`` (0-based) of every cell of a study seeded ``seed``."""
+    return seed * SEED_BLOCK + 1 + k
+
+
 def replicate_seed(seed: int, replicate: int) -> int:
     """The seed replicate ``replicate`` (0-based) of a ``final_config = "replicates"`` study
-    trains its search trials with: apart from the study's ``seed`` and its final seeds."""
-    return seed + 1000 * (replicate + 1)
+    trains its search trials with: apart from its final seeds and from every other study's."""
+    return seed * SEED_BLOCK + 1000 * (replicate + 1)
 
 
 @dataclass(frozen=True)
@@ -184,6 +197,10 @@ class StudySpec:
     max_final_seeds: int = 0
     seeds_per_look: int = 1
     spending_power: float = 3.0
+    # No look with fewer seeds decides a comparison (0: any look); a comparison is out of reach
+    # when max_final_seeds would decide it with a chance below reach_chance.
+    min_decide_seeds: int = 0
+    reach_chance: float = 0.5
     # The split that picks each run's best epoch (and so each cell's configuration): "full",
     # WBC_100's whole selection split for every budget; "scaled", a stratified part of it as
     # large as the budget (WBC_1: 1%), as a researcher with that budget would have.
@@ -245,10 +262,12 @@ class StudySpec:
         many = 1 << 20
         check_fields(self, pretrain_epochs=(1, many), pretrain_lr=(1e-8, 10.0),
                      startup_trials=(0, many), image_size=(8, 2048), checkpoint_every=(0, many),
-                     epochs=(1, many), final_seeds=(1, many), grace_epochs=(1, many),
+                     epochs=(1, many), final_seeds=(1, MOST_SEEDS), grace_epochs=(1, many),
                      reduction_factor=(2, many), search_trials=(0, many),
-                     max_final_seeds=(0, many), seeds_per_look=(1, many),
-                     spending_power=(1e-3, 10.0), ssl_min_epoch_images=(0, 1 << 40),
+                     max_final_seeds=(0, MOST_SEEDS), seeds_per_look=(1, many),
+                     seed=(0, 2**31 - 1),
+                     spending_power=(1e-3, 10.0), min_decide_seeds=(0, MOST_SEEDS),
+                     reach_chance=(1e-3, 0.999), ssl_min_epoch_images=(0, 1 << 40),
                      synthetic_scale=(1e-6, 1.0), synthetic_seed=(0, 2**32 - 1))
         self._check_segmentation()
         self._check_seed_plan()
@@ -275,9 +294,18 @@ class StudySpec:
                                  f"{dataset}/, or leave {name} unset for the tree's own")
 
     def _check_seed_plan(self) -> None:
+        most = max(self.final_seeds, self.max_final_seeds)
+        if self.min_decide_seeds > most:
+            raise ValueError(f"min_decide_seeds={self.min_decide_seeds!r}: no look would decide"
+                             f" (a cell runs at most {most} final seeds); lower it or raise "
+                             "max_final_seeds")
         if self.max_final_seeds and self.max_final_seeds < self.final_seeds:
             raise ValueError(f"max_final_seeds={self.max_final_seeds!r} must be 0 (no sequential"
                              f" seeds) or at least final_seeds={self.final_seeds!r}")
+        if self.final_config == "replicates" and self.final_seeds > MOST_REPLICATES:
+            raise ValueError(f"final_seeds={self.final_seeds!r}: under final_config "
+                             f"\"replicates\" each seed is a search of its own; at most "
+                             f"{MOST_REPLICATES}")
         if self.max_final_seeds > self.final_seeds and self.final_config == "replicates" \
                 and self.search_trials:
             raise ValueError("max_final_seeds: sequential seeds re-run a cell's chosen "

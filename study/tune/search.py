@@ -43,7 +43,7 @@ from study.report.summary import COMPARISONS, compare_runs
 from study.results.journal import optuna_storage
 from study.sequential import Plan, Status, budget_open, status
 from study.space import cell_space
-from study.spec import StudySpec, replicate_seed
+from study.spec import StudySpec, final_seed, replicate_seed
 from wbc.training.seeding import derive_seed
 
 __all__ = ["CellScheduler", "CellSearcher", "cell_name", "final_seeds", "replicate_of",
@@ -58,7 +58,7 @@ def cell_name(subset: str, strategy: str) -> str:
 
 def final_seeds(spec: StudySpec) -> tuple[int, ...]:
     """The final phase's seeds: distinct from the search trials' seeds (``search_seed``)."""
-    return tuple(spec.seed + 1 + k for k in range(spec.final_seeds))
+    return tuple(final_seed(spec.seed, k) for k in range(spec.final_seeds))
 
 
 def replicate_of(spec: StudySpec, index: int) -> int | None:
@@ -364,7 +364,7 @@ class CellSearcher(Searcher):
                 and self._target[subset] < self._plan.most:
             old = self._target[subset]
             self._target[subset] = new = self._plan.next_seeds(old)
-            seeds = [self._spec.seed + 1 + k for k in range(old, new)]
+            seeds = [final_seed(self._spec.seed, k) for k in range(old, new)]
             logger.info("%s: a comparison is undecided after %d seeds; %d more in each of its "
                         "cells", subset, old, new - old)
             for c in cells:

@@ -21,7 +21,7 @@ import torch
 
 from study.results import ResultsStore
 from study.runner import run_study
-from study.spec import StudySpec
+from study.spec import StudySpec, final_seed
 from wbc.datasets import scan_tree
 from wbc.datasets.cache import decode_samples
 from wbc.datasets.layout import WBC_CLASSES
@@ -48,7 +48,7 @@ def _expected_keys(spec: StudySpec) -> set[str]:
     for subset, strategy in spec.cells:
         cell = f"{subset}-{strategy}"
         keys |= {f"{cell}/search-{i:02d}" for i in range(spec.search_trials)}
-        keys |= {f"{cell}/final-seed{spec.seed + 1 + k}" for k in range(spec.final_seeds)}
+        keys |= {f"{cell}/final-seed{final_seed(spec.seed, k)}" for k in range(spec.final_seeds)}
     return keys
 
 
