@@ -127,7 +127,7 @@ def _open_record(spec: StudySpec | None, store: ResultsStore, *, resume: bool,
             raise StudyError(str(err)) from err
         try:
             record = StudyRecord.from_dict(values)
-            spec = StudySpec.from_dict(record.spec)
+            spec = StudySpec.from_record(record.spec)
         except KeyError as err:
             raise StudyError(f"{store.study_path}: not a study record (no {err}); restore it "
                              "from a copy, or start a new study in another folder") from err

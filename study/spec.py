@@ -25,13 +25,20 @@ from wbc.datasets.layout import subset_percent
 from wbc.strategies import get_strategy, strategy_names
 
 __all__ = ["FROM_STUDY", "PRESETS", "Resources", "SearchSpace", "StudySpec", "cell_search_trials",
-           "final_seed", "load_spec", "no_search", "preset", "replicate_seed"]
+           "checkpoint_epochs", "final_seed", "load_spec", "no_search", "preset", "replicate_seed"]
 
 Execution = Literal["auto", "inline", "train"]
 # Run settings the study owns: a trial's TrainConfig and the SimCLR run take them from the
 # study's own fields (StudySpec.base_config, ssl_config), never from the train or ssl table.
-FROM_STUDY = {"train": ("image_size", "epochs", "exclude_bad", "selection"),
+# checkpoint_every is the study's too: a trial's is derived from it (checkpoint_epochs).
+FROM_STUDY = {"train": ("image_size", "epochs", "exclude_bad", "selection", "checkpoint_every"),
               "ssl": ("image_size", "seed")}
+
+
+def checkpoint_epochs(every: int, epochs: int) -> int:
+    """A trial's ``TrainConfig.checkpoint_every`` from the study's ``checkpoint_every`` (0: no
+    checkpoint before the last epoch)."""
+    return every if 0 < every < epochs else epochs
 
 
 def cell_search_trials(spec: dict[str, Any]) -> int:
@@ -349,8 +356,11 @@ class StudySpec:
 
     def base_config(self) -> TrainConfig:
         """The TrainConfig every trial starts from: ``train`` with the study's own image_size,
-        epochs, exclude_bad and selection (``FROM_STUDY``), derived here and nowhere kept."""
-        return self.train.replace(**{name: getattr(self, name) for name in FROM_STUDY["train"]})
+        epochs, exclude_bad, selection and checkpoints (``FROM_STUDY``), derived here and
+        nowhere kept."""
+        owned = {name: getattr(self, name) for name in FROM_STUDY["train"]}
+        owned["checkpoint_every"] = checkpoint_epochs(self.checkpoint_every, self.epochs)
+        return self.train.replace(**owned)
 
     def ssl_config(self) -> SSLConfig:
         """The SimCLR settings of the study's self-supervised pretraining: ``ssl`` at the
@@ -383,6 +393,13 @@ class StudySpec:
         if not isinstance(values, dict):
             raise ValueError(f"a study spec is a table of settings, got {type(values).__name__}")
         _check_from_study(values)
+        return cls.from_record(values)
+
+    @classmethod
+    def from_record(cls, values: dict[str, Any]) -> StudySpec:
+        """The spec of a ``study.json``: its train and ssl tables repeat the study's own settings
+        as its trials got them, left out here unchecked (a record written before
+        checkpoint_every was the study's keeps the train table's unused value)."""
         values = _without_study_owned(values)
         try:
             spec: StudySpec = _build(cls, values, "")
@@ -440,7 +457,10 @@ def _check_from_study(values: dict[str, Any]) -> None:
             continue
         for name in names:
             study = values.get(name, defaults[name])
-            if name in given and given[name] != study:
+            # What to_dict writes: the trials' checkpoint_every, derived from the study's.
+            derived = checkpoint_epochs(study, values.get("epochs", defaults["epochs"])) \
+                if name == "checkpoint_every" else study
+            if name in given and given[name] not in (study, derived):
                 raise ValueError(f"{table}.{name}={given[name]!r} differs from the study's "
                                  f"{name}={study!r}, which every run follows: set {name} alone")
 

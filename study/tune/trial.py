@@ -121,11 +121,9 @@ def trial_config(spec: StudySpec, config: dict[str, Any]) -> TrainConfig:
     paste (``wbc.augment.pastes_enabled``) reports ``aug_factor`` 0 (its row stores a null:
     ``study.results.rows``)."""
     searched = {k: v for k, v in config.items() if k not in TRIAL_KEYS}
-    epochs = spec.epochs
-    every = spec.checkpoint_every
     resolved = spec.base_config().replace(
         **searched, subset=config["subset"], strategy=config["strategy"],
-        seed=int(config["seed"]), checkpoint_every=every if 0 < every < epochs else epochs)
+        seed=int(config["seed"]))
     if not pastes_enabled(resolved):
         resolved = resolved.replace(aug_factor=0)
     if spec.redraw_subsets and config["phase"] == "final":

@@ -99,3 +99,49 @@ def test_the_sequential_p_value_keeps_alpha_where_naive_looks_do_not() -> None:
         found += status(lambda n, it=ps: _comparison(next(it), n), plan.most, plan,
                         family=1).p < 0.05
     assert found / 500 > 0.7
+
+
+def test_looks_before_min_decide_seeds_spend_no_alpha_and_decide_nothing() -> None:
+    plan = Plan(3, 9, step=3, rho=2.0, decide_from=6)
+    assert plan.weights() == pytest.approx((0.0, (6 / 9) ** 2, 1 - (6 / 9) ** 2))
+    assert Plan.of({"final_seeds": 3, "max_final_seeds": 9, "seeds_per_look": 3,
+                    "spending_power": 2.0, "min_decide_seeds": 6}) == plan
+    clear = _comparison(1e-9, 3, difference=0.2)
+    early = status(lambda n: clear, 3, plan, family=12)
+    # Three seeds, however clear: not decided, and its budget gets its next look.
+    assert early.decided_at is None and early.reason == OPEN and budget_open([early])
+    later = status(lambda n: _comparison(1e-9, n, difference=0.2), 6, plan, family=12)
+    assert later.reason == DECIDED and later.decided_at == 6 and later.looks == 2
+    assert later.p == pytest.approx(1e-9 / (6 / 9) ** 2)
+    # A bound above the budget leaves the last look to decide (a plan always can).
+    assert Plan(3, 6, step=3, decide_from=50).weights() == (0.0, 1.0)
+
+
+def test_reach_chance_gives_up_only_on_comparisons_well_short() -> None:
+    family, seed_sd, image_sd = 12, 0.01, 0.01
+    plan = Plan(3, 9, step=3, rho=2.0)
+    needed = float(sps.norm.isf(0.05 * plan.weights()[-1] / (2 * family)))
+    projected_sd = math.sqrt(seed_sd**2 * 3 / 9 + image_sd**2)
+    short = (needed - 0.3) * projected_sd  # 9 seeds would decide it with a chance of 38%
+
+    def at(n: int) -> SimpleNamespace:
+        return _comparison(0.01, n, difference=short, seed_sd=seed_sd, image_sd=image_sd)
+
+    assert status(at, 3, plan, family).reason == OUT_OF_REACH  # 0.5: short is out
+    patient = Plan(3, 9, step=3, rho=2.0, reach=0.2)
+    assert status(at, 3, patient, family).reason == OPEN
+    far = (needed - 1.5) * projected_sd  # a chance of 7%: out of reach at 0.2 too
+    assert status(lambda n: _comparison(0.1, n, difference=far, seed_sd=seed_sd,
+                                        image_sd=image_sd), 3, patient, family).reason \
+        == OUT_OF_REACH
+
+
+def test_alpha_is_kept_when_early_looks_may_not_decide() -> None:
+    plan = Plan(3, 12, step=1, rho=1.0, decide_from=6)
+    rng = np.random.default_rng(1)
+    runs, rejected = 4000, 0
+    for _ in range(runs):
+        ps = iter(_brownian_p_values(rng, plan.looks(), effect=0.0))
+        rejected += status(lambda n, it=ps: _comparison(next(it), n), plan.most, plan,
+                           family=1).p < 0.05
+    assert rejected / runs <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)

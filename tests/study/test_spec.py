@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from study.spec import PRESETS, Resources, SearchSpace, StudySpec, load_spec, preset
+from study.spec import (
+    PRESETS,
+    Resources,
+    SearchSpace,
+    StudySpec,
+    final_seed,
+    load_spec,
+    preset,
+    replicate_seed,
+)
 from wbc.datasets.layout import subset_percent
 
 
@@ -115,7 +124,8 @@ batch_size = 32
     assert spec.space.imbalance == quick.space.imbalance
     assert spec.resources.gpus_per_trial == 0.5
     assert spec.resources.cpus_per_trial == quick.resources.cpus_per_trial
-    assert spec.base_config() == quick.base_config().replace(batch_size=32, epochs=5)
+    assert spec.base_config() == quick.base_config().replace(batch_size=32, epochs=5,
+                                                            checkpoint_every=5)
     assert spec.base_config().optim.batch_size == 32
     assert spec.base_config().optim.epochs == 5
 
@@ -171,6 +181,10 @@ def test_empty_file_gives_the_preset(tmp_path: Path) -> None:
     ("reduction_factor = 1\n", r"reduction_factor=1"),
     ('name = "a/b"\n', r"name='a/b'"),
     ('preset = "huge"\n', r"'huge'"),
+    ("final_seeds = 1000\n", r"final_seeds=1000"),
+    ("seed = -1\n", r"seed=-1"),
+    ("final_seeds = 3\nmax_final_seeds = 9\nmin_decide_seeds = 12\n", r"min_decide_seeds=12"),
+    ("reach_chance = 1.0\n", r"reach_chance=1\.0"),
 ])
 def test_bad_file_settings_raise_value_error_naming_them(tmp_path: Path, text: str,
                                                         pattern: str) -> None:
@@ -426,3 +440,34 @@ def test_the_quick_preset_runs_a_fixed_configuration_with_sequential_seeds() -> 
     assert quick.search_trials == 0 and quick.cell_search_trials == 0
     assert (quick.final_seeds, quick.max_final_seeds, quick.seeds_per_look) == (3, 9, 3)
     assert quick.train.to_flat()["lr"] == 1e-3
+
+
+def test_studies_of_different_seeds_share_no_trial_seed() -> None:
+    assert [final_seed(0, k) for k in range(3)] == [1, 2, 3]  # seed 0's runs as they were
+    runs = []
+    for seed in range(4):
+        finals = {final_seed(seed, k) for k in range(999)}
+        replicates = {replicate_seed(seed, r) for r in range(99)}
+        assert not finals & replicates
+        runs.append(finals | replicates)
+    for i, mine in enumerate(runs):
+        for other in runs[i + 1:]:
+            assert not mine & other  # no final or replicate run shared between two studies
+
+
+def test_checkpoint_every_is_the_studys_and_the_trials_is_derived(tmp_path: Path) -> None:
+    quick = preset("quick")
+    assert quick.checkpoint_every == 0
+    assert quick.to_dict()["train"]["checkpoint_every"] == quick.epochs  # at the end only
+    every = quick.replace(checkpoint_every=2, epochs=6)
+    assert every.base_config().checkpoint_every == 2
+    assert StudySpec.from_dict(every.to_dict()) == every
+    with pytest.raises(ValueError, match=r"train\.checkpoint_every=2 differs.*checkpoint_every"):
+        load_spec(_write(tmp_path / "study.toml", "[train]\ncheckpoint_every = 2\n"))
+    with pytest.raises(ValueError, match="--set checkpoint_every="):
+        quick.with_overrides(["train.checkpoint_every=2"])
+    # A study.json from before kept the train table's unused value (1): it still resumes.
+    old = {**quick.to_dict(), "train": {**quick.to_dict()["train"], "checkpoint_every": 1}}
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        StudySpec.from_dict(old)
+    assert StudySpec.from_record(old) == quick
