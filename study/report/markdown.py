@@ -42,6 +42,7 @@ from study.report.summary import (
 )
 from study.spec import cell_search_trials, no_search
 from wbc.datasets.layout import REPORT_TABLE1, WBC_CLASSES
+from wbc.strategies import get_strategy, strategy_names
 
 __all__ = ["table1", "terminal_table", "write_report"]
 
@@ -191,8 +192,18 @@ def _searched_phrase(spec: dict) -> str:
 
 
 def covers(spec: dict) -> str:
-    """One sentence: which sources of variation a Table 1 interval covers, by the spec's
-    ``final_config``."""
+    """Which sources of variation a Table 1 interval covers, by the spec's ``final_config``
+    (one sentence), and what the pretrained strategies' intervals leave out."""
+    sentence = _covers_search(spec)
+    strategies = [s for s in spec.get("strategies", []) if s in strategy_names()]
+    if any(get_strategy(s).pretrain == "cam16" for s in strategies):
+        sentence += (" The CAM16 weights are one pretraining run, shared by every seed and by "
+                     "studies of other seeds: no interval covers what another pretraining run "
+                     "would give.")
+    return sentence
+
+
+def _covers_search(spec: dict) -> str:
     kept = ("training randomness (initialisation, batch order, augmentation) and which images "
             "the reporting split holds (see Method)")
     if spec.get("final_config") == "replicates":
@@ -255,7 +266,8 @@ def _sequential_lines(report: Report) -> list[str]:
     looks = ", ".join(map(str, plan.looks()))
     decides = [n for n in plan.looks() if plan.decides(n)]
     first = (f" (no look before {decides[0]} seeds may decide one: a verdict on fewer seeds "
-             "rests on a spread that may have been small by chance)"
+             "rests on a spread that may have been small by chance; one stopped before "
+             "then has no p: –)"
              if decides[0] > plan.planned else "")
     reach = ("could not decide it" if plan.reach == 0.5 else
              f"would decide it with a chance below {plan.reach:.0%}")
