@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_origin, get_type_hints
 
+from study.trial_seeds import MOST_REPLICATES, MOST_SEEDS
 from wbc.config import PretrainSettings, SegmentSettings, SSLConfig, TrainConfig, check_fields
 from wbc.datasets.layout import subset_percent
 from wbc.strategies import get_strategy, strategy_names
 
 __all__ = ["FROM_STUDY", "PRESETS", "Resources", "SearchSpace", "StudySpec", "cell_search_trials",
-           "checkpoint_epochs", "final_seed", "load_spec", "no_search", "preset", "replicate_seed"]
+           "checkpoint_epochs", "load_spec", "no_search", "preset"]
 
 Execution = Literal["auto", "inline", "train"]
 # Run settings the study owns: a trial's TrainConfig and the SimCLR run take them from the
@@ -54,25 +55,6 @@ def no_search(spec: dict[str, Any]) -> bool:
     """Whether a spec as ``StudySpec.to_dict`` (or ``study.json``) gives it runs no search
     (``search_trials = 0``): every final seed trains the train settings as they are."""
     return int(spec.get("search_trials", 1) or 0) == 0
-
-
-# Each study seed owns a block of trial seeds, so that studies run with different seeds share
-# no final run (seeds 0 and 1 once shared all but one: their "replication" was the same runs).
-# Seed 0's block starts at 0, so its final seeds are 1, 2, 3, ... as they always were.
-SEED_BLOCK = 100_000
-MOST_SEEDS = 999  # final seeds a cell may run: they stay below the replicates' seeds
-MOST_REPLICATES = 99  # replicate searches: they stay inside the block
-
-
-def final_seed(seed: int, k: int) -> int:
-    """The seed of final run ``k`` (0-based) of every cell of a study seeded ``seed``."""
-    return seed * SEED_BLOCK + 1 + k
-
-
-def replicate_seed(seed: int, replicate: int) -> int:
-    """The seed replicate ``replicate`` (0-based) of a ``final_config = "replicates"`` study
-    trains its search trials with: apart from its final seeds and from every other study's."""
-    return seed * SEED_BLOCK + 1000 * (replicate + 1)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ import math
 from typing import Any
 
 from study.report.summary import Report, importances
-from study.spec import no_search, replicate_seed
+from study.spec import no_search
+from study.trial_seeds import replicate_seed
 from wbc.datasets.layout import WBC_CLASSES
 
 __all__ = ["background_section", "best_section", "histology_phrase", "importance_section",

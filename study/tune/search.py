@@ -43,7 +43,8 @@ from study.report.summary import COMPARISONS, compare_runs
 from study.results.journal import optuna_storage
 from study.sequential import Plan, Status, budget_open, status
 from study.space import cell_space
-from study.spec import StudySpec, final_seed, replicate_seed
+from study.spec import StudySpec
+from study.trial_seeds import final_seed, replicate_seed
 from wbc.training.seeding import derive_seed
 
 __all__ = ["CellScheduler", "CellSearcher", "cell_name", "final_seeds", "replicate_of",

@@ -21,7 +21,8 @@ import torch
 
 from study.results import ResultsStore
 from study.runner import run_study
-from study.spec import StudySpec, final_seed
+from study.spec import StudySpec
+from study.trial_seeds import final_seed
 from wbc.datasets import scan_tree
 from wbc.datasets.cache import decode_samples
 from wbc.datasets.layout import WBC_CLASSES

@@ -14,11 +14,10 @@ from study.spec import (
     Resources,
     SearchSpace,
     StudySpec,
-    final_seed,
     load_spec,
     preset,
-    replicate_seed,
 )
+from study.trial_seeds import final_seed, replicate_seed
 from wbc.datasets.layout import subset_percent
 
 

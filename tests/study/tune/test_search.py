@@ -10,7 +10,8 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from study.spec import StudySpec, replicate_seed
+from study.spec import StudySpec
+from study.trial_seeds import replicate_seed
 from study.tune.search import (
     CellScheduler,
     CellSearcher,
