@@ -265,16 +265,15 @@ def _sequential_lines(report: Report) -> list[str]:
         return []
     looks = ", ".join(map(str, plan.looks()))
     decides = [n for n in plan.looks() if plan.decides(n)]
-    first = (f" (no look before {decides[0]} seeds may decide one: a verdict on fewer seeds "
-             "rests on a spread that may have been small by chance; one stopped before "
-             "then has no p: –)"
-             if decides[0] > plan.planned else "")
+    first = (f"; no look before {decides[0]} seeds may decide one, as a verdict on fewer seeds "
+             "rests on a spread that may have been small by chance, and one stopped before "
+             "then has no p, shown –" if decides[0] > plan.planned else "")
     reach = ("could not decide it" if plan.reach == 0.5 else
              f"would decide it with a chance below {plan.reach:.0%}")
     return [f"Seeds were spent where they decide: every label budget ran {plan.planned} seeds a "
             f"cell, and one whose comparisons were still open got {plan.step} more in each of "
             f"its cells, looked at again, up to {plan.most} (looks at {looks} seeds). A "
-            f"comparison stops when decided (strong even after Bonferroni over the table){first}"
+            f"comparison stops when decided (strong even after Bonferroni over the table{first})"
             f", when even {plan.most} seeds {reach} at its present difference (out of "
             "reach), or when the budget is spent. Its p is sequential: the smallest p over its "
             f"looks{' that may decide' if first else ''}, each divided by that look's share of "
