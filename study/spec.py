@@ -186,8 +186,9 @@ class StudySpec:
     max_final_seeds: int = 0
     seeds_per_look: int = 1
     spending_power: float = 3.0
-    # No look with fewer seeds decides a comparison (0: any look); a comparison is out of reach
-    # when max_final_seeds would decide it with a chance below reach_chance.
+    # No look with fewer seeds decides a comparison (0: any look; the last look always may, so a
+    # study cut to fewer seeds still decides); a comparison is out of reach when
+    # max_final_seeds would decide it with a chance below reach_chance.
     min_decide_seeds: int = 0
     reach_chance: float = 0.5
     # The split that picks each run's best epoch (and so each cell's configuration): "full",
@@ -283,11 +284,6 @@ class StudySpec:
                                  f"{dataset}/, or leave {name} unset for the tree's own")
 
     def _check_seed_plan(self) -> None:
-        most = max(self.final_seeds, self.max_final_seeds)
-        if self.min_decide_seeds > most:
-            raise ValueError(f"min_decide_seeds={self.min_decide_seeds!r}: no look would decide"
-                             f" (a cell runs at most {most} final seeds); lower it or raise "
-                             "max_final_seeds")
         if self.max_final_seeds and self.max_final_seeds < self.final_seeds:
             raise ValueError(f"max_final_seeds={self.max_final_seeds!r} must be 0 (no sequential"
                              f" seeds) or at least final_seeds={self.final_seeds!r}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from study.sequential import Plan
 from study.spec import (
     PRESETS,
     Resources,
@@ -182,7 +183,6 @@ def test_empty_file_gives_the_preset(tmp_path: Path) -> None:
     ('preset = "huge"\n', r"'huge'"),
     ("final_seeds = 1000\n", r"final_seeds=1000"),
     ("seed = -1\n", r"seed=-1"),
-    ("final_seeds = 3\nmax_final_seeds = 9\nmin_decide_seeds = 12\n", r"min_decide_seeds=12"),
     ("reach_chance = 1.0\n", r"reach_chance=1\.0"),
 ])
 def test_bad_file_settings_raise_value_error_naming_them(tmp_path: Path, text: str,
@@ -439,6 +439,13 @@ def test_the_quick_preset_runs_a_fixed_configuration_with_sequential_seeds() -> 
     assert quick.search_trials == 0 and quick.cell_search_trials == 0
     assert (quick.final_seeds, quick.max_final_seeds, quick.seeds_per_look) == (3, 9, 3)
     assert quick.train.to_flat()["lr"] == 1e-3
+
+
+def test_a_preset_cut_to_fewer_seeds_still_decides_at_its_last_look() -> None:
+    few = preset("quick").with_overrides(["final_seeds=2", "max_final_seeds=0"])
+    assert few.min_decide_seeds == 6
+    plan = Plan.of(few.to_dict())
+    assert plan.looks() == (2,) and plan.weights() == (1.0,)
 
 
 def test_studies_of_different_seeds_share_no_trial_seed() -> None:
