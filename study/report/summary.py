@@ -29,8 +29,8 @@ from wbc.metrics import mean_interval
 from wbc.strategies import strategy_names
 
 __all__ = ["COMPARISONS", "METRICS", "REPORT_ACCURACY", "Cell", "Estimate", "Report",
-           "Reporting", "budget_effects", "cell_estimate_of", "importances", "paired",
-           "summarise"]
+           "Reporting", "budget_effects", "cell_estimate_of", "compare_runs", "importances",
+           "paired", "paired_runs", "summarise"]
 
 # The seed report's Table 1: test accuracy (%) of its three experiments (one run each, scored
 # on the validation set that also picked the epoch).
@@ -260,8 +260,8 @@ def _estimate(report: Report, cell: Cell, metric: str) -> Estimate:
     return Estimate(mean, low, high, len(values), False)
 
 
-def _pair(a: Cell, b: Cell, metric: str) -> tuple[list[int], np.ndarray | None,
-                                                  np.ndarray | None, np.ndarray]:
+def paired_runs(a: Cell, b: Cell, metric: str) -> tuple[list[int], np.ndarray | None,
+                                                        np.ndarray | None, np.ndarray]:
     """Seeds both cells ran; their predictions on those seeds; the metric differences."""
     left = a.finals.set_index("seed")
     right = b.finals.set_index("seed")
@@ -319,7 +319,7 @@ def _comparison_row(report: Report, a: Cell, b: Cell, metric: str, *, most: int 
                     ) -> tuple[dict[str, Any], Callable[[int], Any]] | None:
     """A table row over the seeds both cells ran (the first ``most`` of them), and the
     comparison on their first n seeds (for the sequential looks)."""
-    seeds, pa, pb, diff = _pair(a, b, metric)
+    seeds, pa, pb, diff = paired_runs(a, b, metric)
     if most is not None and len(seeds) > most:
         seeds, diff = seeds[:most], diff[:most]
         pa, pb = (None, None) if pa is None or pb is None else (pa[:most], pb[:most])

@@ -1,0 +1,215 @@
+"""Which seed rules give verdicts that replicate? Seed plans compared by resampling real seeds.
+
+A replication benchmark (``replication.py``) measures one seed plan with three studies: 35
+minutes on the quick preset, and one outcome of a random process. This asks the same question
+of many plans at once, on seeds that were really run: it pools the final seeds of finished,
+independent runs of one spec (``--runs``), label budget by label budget, each seed keeping the
+values of every strategy it trained (so comparisons stay paired), and then simulates studies:
+
+- a simulated study draws seeds for each label budget from that pool (with replacement), looks
+  at its strategy comparisons as ``study.sequential`` does (the same ``Plan``, ``status`` and
+  stop rules, a t test with the seed variance and the image variance the runs' reports measured,
+  Welch-Satterthwaite degrees of freedom), adds seeds while a comparison is open, and ends with
+  Holm over the table: strong, some or none for every comparison;
+- ``--k`` simulated studies make one replication: it passes when every strong verdict of each
+  study is at least "some", with the same sign, in every other (the issue's criterion; the
+  budget effects, 30 to 40 points on every preset measured, are left out).
+
+It prints, per plan: the share of replications that pass, the strong verdicts per study, the
+share of strong verdicts that hold, and the seeds a study spends (the trials it costs).
+
+    python benchmarks/replication_sim.py --runs R/seed0 R/seed1 R/seed2 --sims 2000
+
+What it cannot say: the pool is what the runs drew (9 to 27 seeds a label budget), so a tail
+the runs never drew is not in it; the reporting images are the runs' own, whose noise is in
+every interval but is the same in every simulated study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import harness
+import numpy as np
+from scipy import stats as sps
+
+from study.report.load import load_results
+from study.report.stats import holm
+from study.report.summary import COMPARISONS, compare_runs, paired_runs, summarise
+from study.sequential import ALPHA, Plan, budget_open, status
+
+METRIC = "test_macro_f1"
+
+
+@dataclass(frozen=True)
+class Look:
+    """A comparison on the first seeds drawn: what ``study.sequential.status`` reads."""
+
+    seeds: int
+    difference: float
+    seed_sd: float
+    image_sd: float
+    p: float
+
+
+def look(diffs: np.ndarray, v_img: float) -> Look:
+    """The report's test on per-seed differences: t on seed plus image variance."""
+    n = diffs.size
+    centre = float(diffs.mean())
+    if n < 2:
+        return Look(n, centre, math.nan, math.sqrt(v_img), math.nan)
+    v_seed = float(np.var(diffs, ddof=1)) / n
+    total = v_seed + v_img
+    if total == 0.0:
+        return Look(n, centre, 0.0, 0.0, 1.0 if centre == 0.0 else 0.0)
+    df = math.inf if v_seed == 0.0 else total ** 2 * (n - 1) / v_seed ** 2
+    p = float(2.0 * sps.t.sf(abs(centre) / math.sqrt(total), df))
+    return Look(n, centre, math.sqrt(v_seed), math.sqrt(v_img), p)
+
+
+@dataclass
+class Pool:
+    """Per label budget: one row per (run, seed) with every strategy's metric value."""
+
+    subsets: list[str]
+    strategies: list[str]
+    pairs: list[tuple[str, str]]
+    values: dict[str, np.ndarray]  # subset -> (units, strategies)
+    v_img: dict[tuple[str, str, str], float]  # (subset, a, b) -> image variance of the mean
+
+
+def pool(folders: list[Path]) -> Pool:
+    """The seeds of every run, budget by budget, and each comparison's image variance (the
+    mean over runs of what its report's comparison measured)."""
+    reports = [summarise(load_results(f)) for f in folders]
+    first = reports[0]
+    pairs = [(a, b) for a, b, _ in COMPARISONS if a in first.strategies and b in first.strategies]
+    values: dict[str, list[list[float]]] = {s: [] for s in first.subsets}
+    v_img: dict[tuple[str, str, str], list[float]] = {}
+    for report in reports:
+        for subset in first.subsets:
+            cells = [report.cells[(subset, s)].finals.set_index("seed") for s in first.strategies]
+            seeds = sorted(set.intersection(*(set(c.index) for c in cells)))
+            values[subset] += [[float(c.loc[s, METRIC]) for c in cells] for s in seeds]
+            targets = report.reporting.targets if report.reporting else None
+            for a, b in pairs:
+                _, pa, pb, _ = paired_runs(report.cells[(subset, a)], report.cells[(subset, b)],
+                                          METRIC)
+                if pa is None or pb is None or targets is None:
+                    continue
+                c = compare_runs(targets, pa, pb, "macro_f1")
+                v_img.setdefault((subset, a, b), []).append(c.image_sd ** 2)
+    return Pool(first.subsets, first.strategies, pairs,
+                {s: np.array(v) for s, v in values.items()},
+                {k: float(np.mean(v)) for k, v in v_img.items()})
+
+
+def simulate(p: Pool, plan: Plan, rng: np.random.Generator, strong_alpha: float = ALPHA
+             ) -> tuple[dict[Any, tuple[str, float]], int]:
+    """One study: every comparison's verdict and sign, and the seeds it ran (per cell)."""
+    family = len(p.pairs) * len(p.subsets)
+    index = {s: i for i, s in enumerate(p.strategies)}
+    rows, seeds_run = [], 0
+    for subset in p.subsets:
+        units = p.values[subset]
+        drawn = units[rng.integers(0, len(units), plan.planned)]
+        while True:
+            looks = []
+            for a, b in p.pairs:
+                diffs = drawn[:, index[a]] - drawn[:, index[b]]
+                v = p.v_img.get((subset, a, b), 0.0)
+                looks.append(status(lambda n, d=diffs, v=v: look(d[:n], v), len(drawn), plan,
+                                    family))
+            if budget_open(looks) and len(drawn) < plan.most:
+                more = plan.next_seeds(len(drawn)) - len(drawn)
+                drawn = np.vstack([drawn, units[rng.integers(0, len(units), more)]])
+                continue
+            break
+        seeds_run += len(drawn) * len(p.strategies)
+        for (a, b), st in zip(p.pairs, looks, strict=True):
+            used = st.decided_at or len(drawn)
+            d = drawn[:used, index[a]] - drawn[:used, index[b]]
+            rows.append(((subset, a, b), st.p, float(d.mean())))
+    p_values = np.array([r[1] for r in rows], dtype=float)
+    adjusted = holm(np.nan_to_num(p_values, nan=1.0))
+    verdicts = {}
+    for (key, pv, diff), adj in zip(rows, adjusted, strict=True):
+        word = "strong" if adj < strong_alpha else "some" if pv < ALPHA else "none"
+        verdicts[key] = (word, diff)
+    return verdicts, seeds_run
+
+
+def replication(p: Pool, plan: Plan, k: int, rng: np.random.Generator) -> dict[str, float]:
+    """``k`` simulated studies: whether every strong verdict holds (at least some, same sign)
+    in every other, and what they cost."""
+    studies = [simulate(p, plan, rng) for _ in range(k)]
+    strong = held = flips = 0
+    for i, (verdicts, _) in enumerate(studies):
+        for key, (word, diff) in verdicts.items():
+            if word != "strong":
+                continue
+            strong += 1
+            others = [s[0][key] for j, s in enumerate(studies) if j != i]
+            held += all(w in ("strong", "some") and np.sign(d) == np.sign(diff)
+                        for w, d in others)
+            flips += any(w == "strong" and np.sign(d) != np.sign(diff) for w, d in others)
+    return {"strong": strong, "held": held, "flips": flips,
+            "trials": float(np.mean([s[1] for s in studies]))}
+
+
+DESIGNS = {
+    "quick preset (3-9, decide from 6, reach 0.2, t^2)": {},
+    "decide at 9 only (reach 0.2)": {"decide_from": 9},
+    "decide at 9 only (reach 0.05)": {"decide_from": 9, "reach": 0.05},
+    "decide from 6, reach 0.05": {"reach": 0.05},
+    "decide from 3 (reach 0.5: the spec's defaults)": {"decide_from": 0, "reach": 0.5},
+    "fixed 6 seeds": {"planned": 6, "most": 6},
+    "fixed 9 seeds": {"planned": 9, "most": 9},
+    "3-12, decide at 12 only (reach 0.2)": {"most": 12, "decide_from": 12},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=Path, nargs="+", required=True,
+                        help="finished, independent runs of one spec")
+    parser.add_argument("--sims", type=int, default=1000, help="replications per plan")
+    parser.add_argument("--k", type=int, default=3, help="studies per replication")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    p = pool(args.runs)
+    base = Plan(3, 9, 3, 2.0, 6, 0.2)
+    print(f"{harness.machine()}; pooled seeds per budget: "
+          + ", ".join(f"{s} {len(v)}" for s, v in p.values.items()), flush=True)
+    figures = {}
+    for name, change in DESIGNS.items():
+        plan = replace(base, **change)
+        rng = np.random.default_rng(args.seed)
+        out = [replication(p, plan, args.k, rng) for _ in range(args.sims)]
+        passed = float(np.mean([o["strong"] == o["held"] for o in out]))
+        strong = sum(o["strong"] for o in out)
+        row = {"plan": plan.__dict__, "passed": passed,
+               "strong_per_study": strong / (args.sims * args.k),
+               "held": sum(o["held"] for o in out) / max(strong, 1),
+               "flips": float(np.mean([o["flips"] > 0 for o in out])),
+               "trials_per_study": float(np.mean([o["trials"] for o in out]))}
+        figures[name] = row
+        print(f"{name:50s} passes {passed:5.1%}  strong/study {row['strong_per_study']:4.1f}  "
+              f"held {row['held']:5.1%}  flips {row['flips']:4.1%}  "
+              f"trials/study {row['trials_per_study']:5.1f}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"runs": [str(r) for r in args.runs], "sims": args.sims,
+                                         "k": args.k, "seed": args.seed,
+                                         "provenance": harness.provenance(),
+                                         "designs": figures}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

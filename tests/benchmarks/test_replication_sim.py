@@ -1,0 +1,57 @@
+"""``benchmarks/replication_sim.py``: simulated studies follow the study's seed rules and its
+verdicts (a large effect is strong and holds; no effect is rarely strong)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import replication_sim  # noqa: E402
+
+from study.sequential import Plan  # noqa: E402
+
+
+def _pool(effect: float, sd: float, rng: np.random.Generator, second_effect: float = 0.0
+          ) -> replication_sim.Pool:
+    """Two label budgets of 30 seeds: pretrain is scratch plus ``effect`` at the first,
+    ``second_effect`` at the second; seed noise ``sd``, no image noise."""
+    a = rng.normal(0.7, sd, (30, 1))
+    first = np.hstack([a, a + effect + rng.normal(0, sd, (30, 1))])
+    second = np.hstack([a, a + second_effect + rng.normal(0, sd, (30, 1))])
+    return replication_sim.Pool(["WBC_100", "WBC_1"], ["scratch", "pretrain"],
+                                [("pretrain", "scratch")], {"WBC_100": first, "WBC_1": second},
+                                {})
+
+
+def test_a_large_effect_is_strong_in_every_study_and_holds() -> None:
+    rng = np.random.default_rng(0)
+    pool = _pool(0.2, 0.02, rng, second_effect=-0.2)
+    plan = Plan(3, 9, 3, 2.0, 6, 0.2)
+    out = [replication_sim.replication(pool, plan, 3, rng) for _ in range(20)]
+    assert all(o["strong"] == o["held"] == 6 and o["flips"] == 0 for o in out)
+    verdicts, seeds = replication_sim.simulate(pool, plan, rng)
+    assert verdicts[("WBC_100", "pretrain", "scratch")][0] == "strong"
+    # Its difference is the effect (0.2), and at least 6 seeds ran at each budget.
+    assert verdicts[("WBC_100", "pretrain", "scratch")][1] > 0.15
+    assert seeds >= 12
+
+
+def test_no_effect_is_rarely_strong() -> None:
+    rng = np.random.default_rng(1)
+    pool = _pool(0.0, 0.05, rng)
+    plan = Plan(3, 9, 3, 2.0, 6, 0.2)
+    words = [replication_sim.simulate(pool, plan, rng)[0][("WBC_1", "pretrain", "scratch")][0]
+             for _ in range(200)]
+    assert words.count("strong") <= 10  # alpha 0.05 over a table of 2, sequential: about 2.5%
+
+
+def test_a_fixed_plan_runs_its_seeds_and_no_more() -> None:
+    rng = np.random.default_rng(2)
+    pool = _pool(0.0, 0.05, rng)
+    _, seeds = replication_sim.simulate(pool, Plan(4, 4), rng)
+    assert seeds == 2 * 4 * 2  # two budgets, four seeds, two strategies
