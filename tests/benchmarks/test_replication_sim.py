@@ -25,7 +25,7 @@ def _pool(effect: float, sd: float, rng: np.random.Generator, second_effect: flo
     second = np.hstack([a, a + second_effect + rng.normal(0, sd, (30, 1))])
     return replication_sim.Pool(["WBC_100", "WBC_1"], ["scratch", "pretrain"],
                                 [("pretrain", "scratch")], {"WBC_100": first, "WBC_1": second},
-                                {})
+                                {}, Plan(3, 9, 3, 2.0, 6, 0.2))
 
 
 def test_a_large_effect_is_strong_in_every_study_and_holds() -> None:
