@@ -112,7 +112,7 @@ lr_max = 0.3
 gpus_per_trial = 0.5
 
 [train]
-batch_size = 128
+batch_size = 32
 """)
     spec = load_spec(path)
     quick = preset("quick")
@@ -124,9 +124,9 @@ batch_size = 128
     assert spec.space.imbalance == quick.space.imbalance
     assert spec.resources.gpus_per_trial == 0.5
     assert spec.resources.cpus_per_trial == quick.resources.cpus_per_trial
-    assert spec.base_config() == quick.base_config().replace(batch_size=128, epochs=5,
+    assert spec.base_config() == quick.base_config().replace(batch_size=32, epochs=5,
                                                             checkpoint_every=5)
-    assert spec.base_config().optim.batch_size == 128
+    assert spec.base_config().optim.batch_size == 32
     assert spec.base_config().optim.epochs == 5
 
 
