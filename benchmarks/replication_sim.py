@@ -37,10 +37,9 @@ from typing import Any
 
 import harness
 import numpy as np
-from scipy import stats as sps
 
 from study.report.load import load_results
-from study.report.stats import holm
+from study.report.stats import holm, seed_image_test
 from study.report.summary import COMPARISONS, compare_runs, paired_runs, summarise
 from study.sequential import ALPHA, Plan, budget_open, status
 
@@ -59,18 +58,9 @@ class Look:
 
 
 def look(diffs: np.ndarray, v_img: float) -> Look:
-    """The report's test on per-seed differences: t on seed plus image variance."""
-    n = diffs.size
-    centre = float(diffs.mean())
-    if n < 2:
-        return Look(n, centre, math.nan, math.sqrt(v_img), math.nan)
-    v_seed = float(np.var(diffs, ddof=1)) / n
-    total = v_seed + v_img
-    if total == 0.0:
-        return Look(n, centre, 0.0, 0.0, 1.0 if centre == 0.0 else 0.0)
-    df = math.inf if v_seed == 0.0 else total ** 2 * (n - 1) / v_seed ** 2
-    p = float(2.0 * sps.t.sf(abs(centre) / math.sqrt(total), df))
-    return Look(n, centre, math.sqrt(v_seed), math.sqrt(v_img), p)
+    """The report's test (``study.report.stats.seed_image_test``) on per-seed differences."""
+    test = seed_image_test(diffs, v_img)
+    return Look(diffs.size, test.estimate, math.sqrt(test.v_seed), math.sqrt(v_img), test.p)
 
 
 @dataclass

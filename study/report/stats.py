@@ -82,12 +82,14 @@ __all__ = [
     "Comparison",
     "Estimate",
     "Interval",
+    "SeedImageTest",
     "bootstrap_weights",
     "cell_estimate",
     "compare",
     "hierarchical_bootstrap",
     "holm",
     "metric_values",
+    "seed_image_test",
 ]
 
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
@@ -142,6 +144,19 @@ class Comparison:
     power: float
     target: float
     note: str = ""
+
+
+@dataclass(frozen=True)
+class SeedImageTest:
+    """A mean over seeds with a known image variance: its t interval and p against 0."""
+
+    estimate: float  # mean of the per-seed values
+    v_seed: float  # variance of the mean due to seeds (NaN with one seed)
+    v_img: float  # variance of the mean due to the choice of reporting images (given)
+    df: float  # Welch-Satterthwaite (inf when v_seed is 0; NaN with one seed)
+    low: float  # NaN with one seed
+    high: float
+    p: float
 
 
 @dataclass(frozen=True)
@@ -320,31 +335,34 @@ def _replicate_metrics(y: IntArray, runs: Sequence[IntArray], metric: str, num_c
 # --- variance, interval, power ------------------------------------------------------------
 
 
-def _combine(full: FloatArray, replicate_means: FloatArray, factor: float
-             ) -> tuple[float, float, float]:
-    """(v_seed, v_img, df) from per-seed full-split values and the bootstrap of their mean."""
-    seeds = full.size
-    v_img = float(np.var(replicate_means, ddof=1)) * factor
-    if seeds < 2:
-        return math.nan, v_img, math.nan
-    v_seed = float(np.var(full, ddof=1)) / seeds
+def _image_variance(replicate_means: FloatArray, factor: float) -> float:
+    """``v_img``: the variance over bootstrap replicates of the mean over seeds, corrected."""
+    return float(np.var(replicate_means, ddof=1)) * factor
+
+
+def seed_image_test(values: ArrayLike, v_img: float, confidence: float = 0.95) -> SeedImageTest:
+    """The mean of per-seed values (a cell's metric, or paired differences, each on the full
+    reporting split) with its t interval and two-sided p against 0: seed variance
+    ``var(values, ddof=1) / S`` plus ``v_img``, the image variance of that mean, on
+    Welch-Satterthwaite degrees of freedom (the module docstring's method; :func:`compare` and
+    :func:`cell_estimate` are this with ``v_img`` bootstrapped from the predictions)."""
+    full = np.asarray(values, dtype=float).ravel()
+    if full.size == 0:
+        raise ValueError("seed_image_test needs at least one seed's value")
+    centre = float(full.mean())
+    if full.size < 2:
+        return SeedImageTest(centre, math.nan, v_img, math.nan, math.nan, math.nan, math.nan)
+    v_seed = float(np.var(full, ddof=1)) / full.size
     total = v_seed + v_img
-    df = math.inf if v_seed == 0.0 else total**2 * (seeds - 1) / v_seed**2
-    return v_seed, v_img, df
-
-
-def _t_interval(centre: float, variance: float, df: float, confidence: float
-                ) -> tuple[float, float, float]:
-    """(low, high, two-sided p against 0) of ``centre ± t_df sqrt(variance)``."""
-    if math.isnan(variance) or math.isnan(df):
-        return math.nan, math.nan, math.nan
-    if variance == 0.0:
+    df = math.inf if v_seed == 0.0 else total**2 * (full.size - 1) / v_seed**2
+    if total == 0.0:
         # No variability at all: the difference is exact (p = 1 for an exact zero).
-        return centre, centre, 1.0 if centre == 0.0 else 0.0
-    sd = math.sqrt(variance)
+        return SeedImageTest(centre, v_seed, v_img, df, centre, centre,
+                             1.0 if centre == 0.0 else 0.0)
+    sd = math.sqrt(total)
     low, high = sps.t.interval(confidence, df, loc=centre, scale=sd)
     p = float(2.0 * sps.t.sf(abs(centre) / sd, df))
-    return float(low), float(high), p
+    return SeedImageTest(centre, v_seed, v_img, df, float(low), float(high), p)
 
 
 def _seeds_needed(v_seed_run: float, v_img: float, confidence: float, power: float,
@@ -408,9 +426,9 @@ def cell_estimate(y: ArrayLike, pred: ArrayLike, metric: str, num_classes: int, 
     full = _metric_matrix(labels, runs, np.ones((1, labels.size)), metric, num_classes)[:, 0]
     (rep,) = _replicate_metrics(labels, [runs], metric, num_classes, replicates, rng, stratify)
     factor = _image_variance_factor(labels, stratify)
-    v_seed, v_img, df = _combine(full, rep.mean(axis=0), factor)
-    centre = float(full.mean())
-    low, high, _ = _t_interval(centre, v_seed + v_img, df, confidence)
+    test = seed_image_test(full, _image_variance(rep.mean(axis=0), factor), confidence)
+    centre, v_seed, v_img, df, low, high = (test.estimate, test.v_seed, test.v_img, test.df,
+                                            test.low, test.high)
     return Estimate(metric=metric, estimate=centre, low=low, high=high,
                     seed_sd=math.sqrt(v_seed), image_sd=math.sqrt(v_img), df=df,
                     seeds=runs.shape[0], images=labels.size, confidence=confidence,
@@ -451,9 +469,10 @@ def compare(y: ArrayLike, pred_a: ArrayLike, pred_b: ArrayLike, metric: str, num
     rep_a, rep_b = _replicate_metrics(labels, [runs_a, runs_b], metric, num_classes,
                                       replicates, rng, stratify)
     factor = _image_variance_factor(labels, stratify)
-    v_seed, v_img, df = _combine(diffs, (rep_a - rep_b).mean(axis=0), factor)
-    centre = float(diffs.mean())
-    low, high, p = _t_interval(centre, v_seed + v_img, df, confidence)
+    test = seed_image_test(diffs, _image_variance((rep_a - rep_b).mean(axis=0), factor),
+                           confidence)
+    centre, v_seed, v_img, df, low, high, p = (test.estimate, test.v_seed, test.v_img, test.df,
+                                               test.low, test.high, test.p)
     pi, pi_low, pi_high = _prob_improvement(rep_a, rep_b, rng, replicates, confidence)
     seeds = runs_a.shape[0]
     v_seed_run = v_seed * seeds  # var(d_s, ddof=1)

@@ -20,6 +20,7 @@ from study.report.stats import (
     hierarchical_bootstrap,
     holm,
     metric_values,
+    seed_image_test,
 )
 
 C = 4
@@ -296,6 +297,35 @@ def test_intervals_match_the_hand_formulas_they_replaced() -> None:
         (0.00775834808714379, 0.22224165191285614, 0.03740928416665705), rel=1e-12)
     assert (res.prob_improvement, res.prob_improvement_low, res.prob_improvement_high) == \
         pytest.approx((0.85075, 0.70475, 0.9618812499999997), rel=1e-12)
+
+
+def test_seed_image_test_is_what_compare_computes() -> None:
+    """The public test on per-seed values and a given image variance (what the replication
+    simulation calls) gives compare's interval and p from compare's own parts, and the hand
+    formulas: v_seed = var/S, Welch-Satterthwaite df, t on the sum."""
+    y = np.repeat(np.arange(C), 10)
+    rng = np.random.default_rng(9)
+    a = np.where(rng.random((5, 40)) < 0.8, y, (y + 1) % C)
+    b = np.where(rng.random((5, 40)) < 0.7, y, (y + 2) % C)
+    res = compare(y, a, b, "accuracy", C, replicates=400, seed=1)
+    diffs = (a == y).mean(axis=1) - (b == y).mean(axis=1)
+    test = seed_image_test(diffs, res.image_sd**2)
+    assert (test.estimate, test.low, test.high, test.p, test.df) == pytest.approx(
+        (res.difference, res.low, res.high, res.p, res.df), rel=1e-12)
+    v_seed = float(np.var(diffs, ddof=1)) / 5
+    assert test.v_seed == pytest.approx(v_seed, rel=1e-12)
+    total = v_seed + res.image_sd**2
+    assert test.df == pytest.approx(total**2 * 4 / v_seed**2, rel=1e-12)
+    assert test.p == pytest.approx(2 * sps.t.sf(abs(diffs.mean()) / math.sqrt(total), test.df))
+    # No seed variance: infinite df (a z test on the image variance); none at all: exact.
+    flat = seed_image_test([0.25, 0.25, 0.25], 0.125**2)
+    assert flat.df == math.inf and flat.p == pytest.approx(2 * sps.norm.sf(2.0), rel=1e-9)
+    assert seed_image_test([0.1, 0.1], 0.0).p == 0.0
+    assert seed_image_test([0.0, 0.0], 0.0).p == 1.0
+    one = seed_image_test([0.3], 0.01)  # one seed: a mean, no test
+    assert one.estimate == 0.3 and math.isnan(one.p) and math.isnan(one.low)
+    with pytest.raises(ValueError, match="at least one seed"):
+        seed_image_test([], 0.01)
 
 
 def test_compare_rejects_unpaired_cells() -> None:
