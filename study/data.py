@@ -37,11 +37,12 @@ class StudyError(Exception):
 
 def synthetic_tree(scale: float, image_size: int, *, seed: int = 0,
                    val_scale: float | None = None, tissue_scale: float | None = None,
-                   cache_dir: Path | str | None = None,
+                   test_scale: float | None = None, cache_dir: Path | str | None = None,
                    say: Callable[[str], None] | None = None) -> Path:
     """The synthetic tree for (scales, resolution, seed, generator version), made once per
     cache and reused; two processes asking at once make it once. ``val_scale`` and
-    ``tissue_scale`` (WBC_100/val; CAM16 and pRCC) default to ``scale``."""
+    ``tissue_scale`` (WBC_100/val; CAM16 and pRCC) default to ``scale``; ``test_scale`` adds a
+    WBC_100/test split (None: none)."""
     from wbc.synth import GENERATOR_VERSION, synthesize
 
     # A scale equal to ``scale`` is the default: one tree, one cache key.
@@ -50,7 +51,8 @@ def synthetic_tree(scale: float, image_size: int, *, seed: int = 0,
     base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     size = max(64, image_size)  # drawn at 64 px at least: small cells need the detail
     scales = f"scale{scale:g}" + (f"-val{val_scale:g}" if val_scale is not None else "") + (
-        f"-tissue{tissue_scale:g}" if tissue_scale is not None else "")
+        f"-tissue{tissue_scale:g}" if tissue_scale is not None else "") + (
+        f"-test{test_scale:g}" if test_scale is not None else "")
     root = base / "synth" / f"v{GENERATOR_VERSION}-{scales}-{size}px-seed{seed}"
     with file_lock(root.parent / f"{root.name}.lock"):
         if not (root / "synth.json").exists():
@@ -58,10 +60,10 @@ def synthetic_tree(scale: float, image_size: int, *, seed: int = 0,
                 say(f"making a synthetic tree ({scales}, {size} px, seed {seed}) in {root}; "
                     "it is cached for later runs")
             synthesize(root, scale=scale, val_scale=val_scale, tissue_scale=tissue_scale,
-                       image_size=size, seed=seed, overwrite=True)
+                       test_scale=test_scale, image_size=size, seed=seed, overwrite=True)
         elif not (root / TRUTH_DIR).is_dir():
             _add_truth(root, say, scale=scale, val_scale=val_scale, tissue_scale=tissue_scale,
-                       image_size=size, seed=seed)
+                       test_scale=test_scale, image_size=size, seed=seed)
     return root
 
 

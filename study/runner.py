@@ -176,7 +176,8 @@ def _load_tree(spec: StudySpec, results: Path, cache_dir: str | None,
         try:
             root = synthetic_tree(spec.synthetic_scale, spec.image_size,
                                   seed=spec.synthetic_seed, val_scale=spec.synthetic_val_scale,
-                                  tissue_scale=spec.synthetic_tissue_scale, cache_dir=where,
+                                  tissue_scale=spec.synthetic_tissue_scale,
+                                  test_scale=spec.synthetic_test_scale, cache_dir=where,
                                   say=say)
         except OSError as err:
             raise StudyError(f"cannot write the synthetic tree under {where or 'the cache'} "
@@ -184,6 +185,8 @@ def _load_tree(spec: StudySpec, results: Path, cache_dir: str | None,
         data = {"source": "synthetic", "scale": spec.synthetic_scale,
                 "val_scale": spec.synthetic_val_scale,
                 "tissue_scale": spec.synthetic_tissue_scale, "seed": spec.synthetic_seed,
+                **({"test_scale": spec.synthetic_test_scale}
+                   if spec.synthetic_test_scale is not None else {}),
                 "root": str(root)}  # where it was made: `wbc evaluate --data` takes it
     else:
         root = Path(spec.data)

@@ -152,10 +152,13 @@ class StudySpec:
     # The synthetic tree: its training set at synthetic_scale of the report's counts, its
     # WBC_100/val at synthetic_val_scale (a larger held-out set costs little: it is only scored)
     # and CAM16/pRCC at synthetic_tissue_scale (pretraining needs images to learn from); None:
-    # synthetic_scale.
+    # synthetic_scale. synthetic_test_scale adds a WBC_100/test split at that scale of the
+    # report's val counts, the reporting images (epochs are then picked on all of val); None:
+    # none, the reporting images are a fixed half of val.
     synthetic_scale: float = 0.15
     synthetic_val_scale: float | None = 0.4
     synthetic_tissue_scale: float | None = 1.0
+    synthetic_test_scale: float | None = None
     synthetic_seed: int = 0
     image_size: int = 32  # working resolution
     subsets: tuple[str, ...] = ("WBC_100", "WBC_50", "WBC_10", "WBC_1")
@@ -269,7 +272,8 @@ class StudySpec:
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{name} settings: {err}") from err
         self.space.check_against(self.base_config())
-        for scale in ("synthetic_val_scale", "synthetic_tissue_scale"):  # None: the scale
+        for scale in ("synthetic_val_scale", "synthetic_tissue_scale",
+                      "synthetic_test_scale"):  # None: the scale (test: no test split)
             if getattr(self, scale) is not None:
                 check_fields(self, **{scale: (1e-6, 10.0)})
         if self.eval_data and self.keep_models == "none":

@@ -60,7 +60,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     try:
         summary = synthesize(args.out, scale=args.scale, image_size=args.image_size,
                              seed=args.seed, val_scale=args.val_scale,
-                             tissue_scale=args.tissue_scale, stain_shift=args.stain_shift,
+                             tissue_scale=args.tissue_scale, test_scale=args.test_scale,
+                             stain_shift=args.stain_shift,
                              workers=args.workers, overwrite=args.overwrite,
                              truth=not args.no_truth, progress=None if args.quiet else _say)
     except ValueError as err:
@@ -430,6 +431,10 @@ def _add_data_commands(sub: Any, common: argparse.ArgumentParser,
     p.add_argument("--tissue-scale", type=_positive_float, default=None,
                    help="fraction for CAM16 and pRCC alone (default: --scale); above 1.0 draws "
                         "more than the report's Table 2")
+    p.add_argument("--test-scale", type=_positive_float, default=None,
+                   help="add a WBC_100/test split (the report has none) at this fraction of "
+                        "the report's val counts: a study reports on it and picks epochs on "
+                        "all of val (default: no test split)")
     p.add_argument("--image-size", type=_image_size, default=128, help="side in pixels")
     p.add_argument("--seed", type=int, default=0, help="same seed, same files")
     p.add_argument("--stain-shift", type=float, default=0.0, metavar="S",

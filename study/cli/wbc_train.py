@@ -169,7 +169,8 @@ def _synthetic(args: argparse.Namespace, image_size: int) -> Path:
     scale = args.synthetic_scale if args.synthetic_scale is not None else quick.synthetic_scale
     return synthetic_tree(scale, image_size, seed=quick.synthetic_seed,
                           val_scale=quick.synthetic_val_scale,
-                          tissue_scale=quick.synthetic_tissue_scale, cache_dir=args.cache_dir,
+                          tissue_scale=quick.synthetic_tissue_scale,
+                          test_scale=quick.synthetic_test_scale, cache_dir=args.cache_dir,
                           say=None if args.quiet else say)
 
 

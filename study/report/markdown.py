@@ -140,7 +140,8 @@ def _overview(report: Report) -> list[str]:
     spec = study.get("spec", {})
     data = study.get("data", {})
     scales = ", ".join(f"{label} {data[key]}" for key, label in (
-        ("scale", "scale"), ("val_scale", "val scale"), ("tissue_scale", "tissue scale"))
+        ("scale", "scale"), ("val_scale", "val scale"), ("tissue_scale", "tissue scale"),
+        ("test_scale", "test scale"))
         if data.get(key) is not None)
     source = (f"a synthetic tree ({scales}, seed {data.get('seed')})"
               if data.get("source") == "synthetic" else f"the tree {data.get('root')}"

@@ -284,6 +284,47 @@ def test_cli_synth_takes_val_and_tissue_scales() -> None:
     assert (args.val_scale, args.tissue_scale) == (None, None)
 
 
+def test_test_scale_adds_a_test_split_in_val_proportions() -> None:
+    base = planned_counts(0.15, val_scale=0.2)
+    withtest = planned_counts(0.15, val_scale=0.2, test_scale=0.8)
+    assert "test" not in base["WBC_100"]
+    assert {k: v for k, v in withtest.items()} | {"WBC_100": base["WBC_100"]} == base
+    assert {s: withtest["WBC_100"][s] for s in ("train", "val")} == base["WBC_100"]
+    # The report's val counts at 0.8: four times the val split at 0.2, the rare classes too.
+    assert withtest["WBC_100"]["test"] == planned_counts(0.8)["WBC_100"]["val"]
+    test = withtest["WBC_100"]["test"]
+    assert test["Basophil"][0] >= 4 * base["WBC_100"]["val"]["Basophil"][0] - 2
+    assert all(masks == 0 for _, masks in test.values())
+    with pytest.raises(ValueError, match="test_scale"):
+        planned_counts(0.1, test_scale=0.0)
+
+
+def test_tree_with_a_test_split_reports_on_it(tmp_path: Path) -> None:
+    from wbc.training.inputs import evaluation_splits
+
+    plain = synthesize(tmp_path / "plain", scale=0.003, image_size=32, seed=4, workers=1)
+    tested = synthesize(tmp_path / "tested", scale=0.003, image_size=32, seed=4, workers=1,
+                        test_scale=0.02)
+    expected = planned_counts(0.003, test_scale=0.02)
+    assert _on_disk(tested.out) == _nonzero({d: {s: dict(pc) for s, pc in sp.items()}
+                                             for d, sp in expected.items()})
+    assert tested.test_scale == 0.02 and plain.test_scale is None
+    assert json.loads((tested.out / "synth.json").read_text())["test_scale"] == 0.02
+    # The other splits are the same files; the test split's are its own.
+    a, b = _files(plain.out), _files(tested.out)
+    assert all(b[k] == v for k, v in a.items() if k != "synth.json")
+    test_files = [k for k in b if k.startswith("WBC_100/test")]
+    assert test_files and not set(b[k] for k in test_files) & set(a.values())
+    # A tree with a test split reports on it and picks epochs on all of val.
+    wbc = scan_tree(tested.out).wbc
+    selection, reporting = evaluation_splits(wbc.val, wbc.test)
+    assert (selection.name, reporting.name) == ("WBC_100/val", "WBC_100/test")
+    assert len(reporting.samples) == sum(n for n, _ in expected["WBC_100"]["test"].values())
+    args = build_parser().parse_args(["synth", "out", "--test-scale", "0.8"])
+    assert args.test_scale == 0.8
+    assert build_parser().parse_args(["synth", "out"]).test_scale is None
+
+
 # ---------------------------------------------------------------------------------------------
 # CAM16: the class is in the nuclei, not in the colour statistics
 

@@ -52,6 +52,7 @@ def planned_counts(
     *,
     val_scale: float | None = None,
     tissue_scale: float | None = None,
+    test_scale: float | None = None,
 ) -> dict[str, dict[str, dict[str, tuple[int, int]]]]:
     """The (data, mask) counts ``synthesize(scale=scale, ...)`` writes, without drawing anything.
 
@@ -63,12 +64,19 @@ def planned_counts(
     ``val_scale`` scales WBC_100/val and ``tissue_scale`` CAM16 and pRCC (masks included), by the
     same rule; None means ``scale``. Only ``scale`` decides WBC_100/train and so WBC_50/10/1: a
     large held-out set or a large CAM16 can go with a small training set.
+
+    ``test_scale`` adds a WBC_100/test split the report does not have, its classes in val's
+    proportions (the report's val counts at ``test_scale``); None: no test split. A tree with
+    one reports on it and picks epochs on all of val (``wbc.training.inputs``), so a large test
+    split buys reporting images without making every epoch's scoring dearer.
     """
     _check_scale("scale", scale)
     val_scale = scale if val_scale is None else val_scale
     tissue_scale = scale if tissue_scale is None else tissue_scale
     _check_scale("val_scale", val_scale)
     _check_scale("tissue_scale", tissue_scale)
+    if test_scale is not None:
+        _check_scale("test_scale", test_scale)
     counts: dict[str, dict[str, dict[str, tuple[int, int]]]] = {}
     train: dict[str, tuple[int, int]] = {}
     val: dict[str, tuple[int, int]] = {}
@@ -78,6 +86,9 @@ def planned_counts(
         train[cls] = (images, _scaled_masks(n_mask, images, scale))
         val[cls] = (_scaled(n_val, val_scale, minimum=1), 0)
     counts["WBC_100"] = {"train": train, "val": val}
+    if test_scale is not None:
+        counts["WBC_100"]["test"] = {cls: (_scaled(REPORT_TABLE1[cls][2], test_scale,
+                                                   minimum=1), 0) for cls in WBC_CLASSES}
     counts.update(_subset_counts(train))
     counts["CAM16"] = _cam16_counts(tissue_scale)
     prcc = REPORT_TABLE2["pRCC"]

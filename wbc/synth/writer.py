@@ -69,6 +69,7 @@ class SynthSummary:
     image_size: int
     val_scale: float  # WBC_100/val's scale, ``scale`` unless given
     tissue_scale: float  # CAM16's and pRCC's scale, ``scale`` unless given
+    test_scale: float | None = None  # WBC_100/test's scale; None: no test split
     stain_shift: float = 0.0  # another lab's stain and microscope; 0 is the usual look
     truth: int = 0  # true masks written to ``truth/`` (every WBC_100 and CAM16 image)
 
@@ -274,6 +275,7 @@ def synthesize(
     seed: int = 0,
     val_scale: float | None = None,
     tissue_scale: float | None = None,
+    test_scale: float | None = None,
     stain_shift: float = 0.0,
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
@@ -290,7 +292,9 @@ def synthesize(
 
     ``val_scale`` (WBC_100/val) and ``tissue_scale`` (CAM16, pRCC) default to ``scale``; they
     change how many images those splits hold, never the bytes of an image nor WBC_100/train and
-    its subsets. ``synth.json`` records them when given.
+    its subsets. ``synth.json`` records them when given. ``test_scale`` adds a WBC_100/test
+    split (:func:`planned_counts`; None, the default: none), recorded likewise; the other
+    splits' files are the same with or without it.
 
     ``stain_shift`` (S) draws the tree as another lab's stain and microscope would show it, for
     cross-domain evaluation: every image, smears and tissue alike, gets the same fixed change of
@@ -313,7 +317,8 @@ def synthesize(
         raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    counts = planned_counts(scale, val_scale=val_scale, tissue_scale=tissue_scale)
+    counts = planned_counts(scale, val_scale=val_scale, tissue_scale=tissue_scale,
+                            test_scale=test_scale)
     out = Path(out)
     _prepare_out(out, overwrite)
     start = time.perf_counter()
@@ -335,7 +340,8 @@ def synthesize(
     # Recorded only when given, so that a tree made without them keeps its synth.json bytes;
     # absent means ``scale``.
     provenance.update({k: v for k, v in (("val_scale", val_scale),
-                                         ("tissue_scale", tissue_scale)) if v is not None})
+                                         ("tissue_scale", tissue_scale),
+                                         ("test_scale", test_scale)) if v is not None})
     if stain_shift:
         provenance["stain_shift"] = stain_shift
     provenance["image_size"] = image_size
@@ -355,7 +361,7 @@ def synthesize(
         masks=sum(j.mask is not None for j in jobs), linked=linked, seconds=seconds,
         seed=seed, scale=scale, image_size=image_size,
         val_scale=scale if val_scale is None else val_scale,
-        tissue_scale=scale if tissue_scale is None else tissue_scale,
+        tissue_scale=scale if tissue_scale is None else tissue_scale, test_scale=test_scale,
         stain_shift=stain_shift, truth=sum(j.truth is not None for j in jobs),
     )
     true = f" (and {summary.truth} true masks in {TRUTH_DIR}/)" if truth else ""
