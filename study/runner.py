@@ -182,12 +182,13 @@ def _load_tree(spec: StudySpec, results: Path, cache_dir: str | None,
         except OSError as err:
             raise StudyError(f"cannot write the synthetic tree under {where or 'the cache'} "
                              f"({err}); give --cache-dir a writable folder") from err
-        data: dict[str, Any] = {"source": "synthetic", "scale": spec.synthetic_scale,
-                "val_scale": spec.synthetic_val_scale,
-                "tissue_scale": spec.synthetic_tissue_scale, "seed": spec.synthetic_seed,
-                **({"test_scale": spec.synthetic_test_scale}
-                   if spec.synthetic_test_scale is not None else {}),
-                "root": str(root)}  # where it was made: `wbc evaluate --data` takes it
+        data: dict[str, Any] = {
+            "source": "synthetic", "scale": spec.synthetic_scale,
+            "val_scale": spec.synthetic_val_scale, "tissue_scale": spec.synthetic_tissue_scale,
+            "seed": spec.synthetic_seed,
+            **({"test_scale": spec.synthetic_test_scale}
+               if spec.synthetic_test_scale is not None else {}),
+            "root": str(root)}  # where it was made: `wbc evaluate --data` takes it
     else:
         root = Path(spec.data)
         if not root.is_dir():
