@@ -11,17 +11,21 @@ values of every strategy it trained (so comparisons stay paired), and then simul
   stop rules, a t test with the seed variance and the image variance the runs' reports measured,
   Welch-Satterthwaite degrees of freedom), adds seeds while a comparison is open, and ends with
   Holm over the table: strong, some or none for every comparison;
+- and its label-budget table as the report makes it: per strategy, the largest budget minus the
+  smallest on the first planned seeds, one look, Holm over the strategies (a budget's seeds are
+  drawn independently of another's, so the pairing by seed number that the report uses across
+  budgets is not kept: the runs share nothing across budgets but a seed's number);
 - ``--k`` simulated studies make one replication: it passes when every strong verdict of each
-  study is at least "some", with the same sign, in every other (the issue's criterion; the
-  budget effects, 30 to 40 points on every preset measured, are left out).
+  study, the budget table's included, is at least "some", with the same sign, in every other
+  (the issue's criterion, as ``replication.py`` counts it).
 
 It prints, per plan: the share of replications that pass, the strong verdicts per study, the
 share of strong verdicts that hold, and the seeds a study spends (the trials it costs).
 
     python benchmarks/replication_sim.py --runs R/seed0 R/seed1 R/seed2 --sims 2000
 
-What it cannot say: the pool is what the runs drew (9 to 27 seeds a label budget), so a tail
-the runs never drew is not in it; the reporting images are the runs' own, whose noise is in
+What it cannot say: the pool is what the runs drew (9 to 27 seeds a label budget; a seed two
+runs share is counted once), so a tail the runs never drew is not in it; the reporting images are the runs' own, whose noise is in
 every interval but is the same in every simulated study.
 """
 
@@ -31,7 +35,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +44,13 @@ import numpy as np
 
 from study.report.load import load_results
 from study.report.stats import holm, seed_image_test
-from study.report.summary import COMPARISONS, compare_runs, paired_runs, summarise
+from study.report.summary import (
+    COMPARISONS,
+    budget_effects,
+    compare_runs,
+    paired_runs,
+    summarise,
+)
 from study.sequential import ALPHA, Plan, budget_open, status
 
 METRIC = "test_macro_f1"
@@ -73,20 +83,27 @@ class Pool:
     values: dict[str, np.ndarray]  # subset -> (units, strategies)
     v_img: dict[tuple[str, str, str], float]  # (subset, a, b) -> image variance of the mean
     plan: Plan  # the runs' own seed plan (the first run's)
+    # strategy -> image variance of its label-budget effect (largest minus smallest budget);
+    # empty: the budget table is left out
+    v_budget: dict[str, float] = field(default_factory=dict)
 
 
 def pool(folders: list[Path]) -> Pool:
     """The seeds of every run, budget by budget, and each comparison's image variance (the
-    mean over runs of what its report's comparison measured)."""
+    mean over runs of what its report's comparison measured). A seed two runs share (the same
+    seed of the same spec: the same run) is counted once."""
     reports = [summarise(load_results(f)) for f in folders]
     first = reports[0]
     pairs = [(a, b) for a, b, _ in COMPARISONS if a in first.strategies and b in first.strategies]
     values: dict[str, list[list[float]]] = {s: [] for s in first.subsets}
+    seen: dict[str, set[int]] = {s: set() for s in first.subsets}
     v_img: dict[tuple[str, str, str], list[float]] = {}
+    v_budget: dict[str, list[float]] = {}
     for report in reports:
         for subset in first.subsets:
             cells = [report.cells[(subset, s)].finals.set_index("seed") for s in first.strategies]
-            seeds = sorted(set.intersection(*(set(c.index) for c in cells)))
+            seeds = sorted(set.intersection(*(set(c.index) for c in cells)) - seen[subset])
+            seen[subset] |= set(seeds)
             values[subset] += [[float(c.loc[s, METRIC]) for c in cells] for s in seeds]
             targets = report.reporting.targets if report.reporting else None
             for a, b in pairs:
@@ -96,9 +113,38 @@ def pool(folders: list[Path]) -> Pool:
                     continue
                 c = compare_runs(targets, pa, pb, "macro_f1")
                 v_img.setdefault((subset, a, b), []).append(c.image_sd ** 2)
+        effects = budget_effects(report)
+        for row in effects.itertuples() if len(effects) else ():
+            if row.images_counted:
+                v_budget.setdefault(str(row.strategy), []).append(float(row.image_sd) ** 2)
     return Pool(first.subsets, first.strategies, pairs,
                 {s: np.array(v) for s, v in values.items()},
-                {k: float(np.mean(v)) for k, v in v_img.items()}, first.plan)
+                {k: float(np.mean(v)) for k, v in v_img.items()}, first.plan,
+                {k: float(np.mean(v)) for k, v in v_budget.items()})
+
+
+def _budget_verdicts(p: Pool, drawn: dict[str, np.ndarray], planned: int
+                     ) -> dict[Any, tuple[str, float]]:
+    """The label-budget table as the report makes it: per strategy, the largest budget minus
+    the smallest on the first ``planned`` seeds, one look, Holm over the strategies."""
+    if not p.v_budget or len(p.subsets) < 2:
+        return {}
+    high, low = drawn[p.subsets[0]], drawn[p.subsets[-1]]
+    rows = []
+    for i, strategy in enumerate(p.strategies):
+        if strategy not in p.v_budget:
+            continue
+        d = high[:planned, i] - low[:planned, i]
+        rows.append((("budget", strategy), look(d, p.v_budget[strategy]).p, float(d.mean())))
+    return _words(rows)
+
+
+def _words(rows: list[tuple[Any, float, float]]) -> dict[Any, tuple[str, float]]:
+    """Holm over a table's rows: strong, some or none, with each row's difference."""
+    p_values = np.array([r[1] for r in rows], dtype=float)
+    adjusted = holm(np.nan_to_num(p_values, nan=1.0))
+    return {key: ("strong" if adj < ALPHA else "some" if pv < ALPHA else "none", diff)
+            for (key, pv, diff), adj in zip(rows, adjusted, strict=True)}
 
 
 def simulate(p: Pool, plan: Plan, rng: np.random.Generator
@@ -106,7 +152,7 @@ def simulate(p: Pool, plan: Plan, rng: np.random.Generator
     """One study: every comparison's verdict and sign, and the seeds it ran (per cell)."""
     family = len(p.pairs) * len(p.subsets)
     index = {s: i for i, s in enumerate(p.strategies)}
-    rows, seeds_run = [], 0
+    rows, seeds_run, by_subset = [], 0, {}
     for subset in p.subsets:
         units = p.values[subset]
         drawn = units[rng.integers(0, len(units), plan.planned)]
@@ -123,17 +169,12 @@ def simulate(p: Pool, plan: Plan, rng: np.random.Generator
                 continue
             break
         seeds_run += len(drawn) * len(p.strategies)
+        by_subset[subset] = drawn
         for (a, b), st in zip(p.pairs, looks, strict=True):
             used = st.decided_at or len(drawn)
             d = drawn[:used, index[a]] - drawn[:used, index[b]]
             rows.append(((subset, a, b), st.p, float(d.mean())))
-    p_values = np.array([r[1] for r in rows], dtype=float)
-    adjusted = holm(np.nan_to_num(p_values, nan=1.0))
-    verdicts = {}
-    for (key, pv, diff), adj in zip(rows, adjusted, strict=True):
-        word = "strong" if adj < ALPHA else "some" if pv < ALPHA else "none"
-        verdicts[key] = (word, diff)
-    return verdicts, seeds_run
+    return {**_words(rows), **_budget_verdicts(p, by_subset, plan.planned)}, seeds_run
 
 
 def replication(p: Pool, plan: Plan, k: int, rng: np.random.Generator) -> dict[str, float]:
@@ -163,6 +204,7 @@ DESIGNS = {
     "3-9, decide at 9 only (reach 0.05)": {**_SEQ, "decide_from": 9, "reach": 0.05},
     "3-9, decide from 6, reach 0.05": {**_SEQ, "reach": 0.05},
     "3-9, decide from 3 (reach 0.5)": {**_SEQ, "decide_from": 0, "reach": 0.5},
+    "6-9, decide from 6, reach 0.2 (t^2)": {**_SEQ, "planned": 6},
     "fixed 6 seeds": {"planned": 6, "most": 6},
     "fixed 9 seeds": {"planned": 9, "most": 9},
     "3-12, decide at 12 only (reach 0.2)": {**_SEQ, "most": 12, "decide_from": 12},

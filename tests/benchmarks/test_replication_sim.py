@@ -56,3 +56,31 @@ def test_a_fixed_plan_runs_its_seeds_and_no_more() -> None:
     pool = _pool(0.0, 0.05, rng)
     _, seeds = replication_sim.simulate(pool, Plan(4, 4), rng)
     assert seeds == 2 * 4 * 2  # two budgets, four seeds, two strategies
+
+
+def test_the_budget_table_is_judged_on_the_planned_seeds() -> None:
+    """A budget effect shows in the budget table (strong when large), tested on the first
+    planned seeds as the report does: a noisy smallest budget leaves it undecided at 3 seeds
+    more often than at 6."""
+    rng = np.random.default_rng(3)
+    pool = _pool(0.0, 0.02, rng)
+    pool.values["WBC_1"] = pool.values["WBC_1"] - 0.3  # WBC_100 is 30 points better
+    pool.v_budget.update(scratch=0.0001, pretrain=0.0001)
+    verdicts, _ = replication_sim.simulate(pool, Plan(3, 9, 3, 2.0, 6, 0.2), rng)
+    assert verdicts[("budget", "scratch")][0] == "strong"
+    assert verdicts[("budget", "scratch")][1] > 0.25
+    out = replication_sim.replication(pool, Plan(3, 9, 3, 2.0, 6, 0.2), 3, rng)
+    assert out["strong"] == out["held"] >= 6  # two strategies' budget effects, three studies
+    # A 10-point effect with 8 points of seed noise at the smallest budget: 6 planned seeds
+    # call it strong more often than 3 (2 degrees of freedom).
+    noisy = _pool(0.0, 0.02, rng)
+    noisy.values["WBC_1"] = rng.normal(0.6, 0.08, (30, 2))
+    noisy.v_budget.update(scratch=0.0004, pretrain=0.0004)
+    strong = {planned: sum(replication_sim.simulate(noisy, Plan(planned, 9, 3, 2.0, 6, 0.2),
+                                                    rng)[0][("budget", "scratch")][0] == "strong"
+                           for _ in range(200))
+              for planned in (3, 6)}
+    assert strong[6] > strong[3] + 20
+    # Without the runs' budget variances the table is left out.
+    assert not any(k[0] == "budget" for k in replication_sim.simulate(
+        _pool(0.0, 0.02, rng), Plan(3, 3), rng)[0])
