@@ -131,9 +131,17 @@ class OptimConfig:
     # the tree: a cap keeps an epoch's cost fixed, each epoch a fresh random part of the set.
     max_epoch_images: int = setting(0, "an epoch ends after this many images, a fresh random "
                                     "part of the training set each epoch (0: no cap)")
+    # An epoch of min_epoch_images over a small budget is few steps (WBC_50 and WBC_10 of the
+    # quick tree: 8 at batches of 64, 24 in a 3-epoch run), and whether a pretrained seed learns
+    # the rare basophils in them was a coin-flip; a smaller batch gives the same images more
+    # steps (docs/study-run.md). The learning rate is not rescaled for it.
+    min_epoch_steps: int = setting(0, "an epoch takes at least this many optimiser steps: where "
+                                   "batch_size would give fewer, the batch shrinks (0: always "
+                                   "batch_size)")
 
     def __post_init__(self) -> None:
         check_fields(self, min_epoch_images=(0, 1 << 30), max_epoch_images=(0, 1 << 30),
+                     min_epoch_steps=(0, 1 << 20),
                      lr=(1e-8, 10.0),
                      weight_decay=(0.0, 1.0), momentum=(0.0, 1.0), warmup_epochs=(0.0, 1e6),
                      label_smoothing=(0.0, 0.5), backbone_lr_scale=(0.0, 1.0),

@@ -273,3 +273,32 @@ def test_max_epoch_images_caps_an_epoch_with_a_fresh_part_each_epoch() -> None:
     assert _epoch_order(labels, config=TrainConfig(), epoch=1, rank=0, workers=1).numel() == 100
     with pytest.raises(ValueError, match="max_epoch_images"):
         TrainConfig().replace(max_epoch_images=-1)
+
+
+def test_min_epoch_steps_shrinks_the_batch_of_a_small_epoch_only() -> None:
+    from wbc.training.loop import epoch_batch, steps_per_epoch, train_one_epoch
+
+    config = TrainConfig().replace(batch_size=64, min_epoch_images=512, min_epoch_steps=20)
+    # 13 images (WBC_1 of the quick tree) make a 512-image epoch: 8 steps of 64, so 20 of 26.
+    assert epoch_batch(13, config.optim, 1) == 26
+    assert steps_per_epoch(13, config.optim, 1) == 20
+    # 1,267 images (its WBC_100) already give 20 steps of 64: the batch stays.
+    assert epoch_batch(1267, config.optim, 1) == 64
+    assert steps_per_epoch(1267, config.optim, 1) == 20
+    # Per rank: 512 images on 2 ranks are 256 each, 20 steps of 13.
+    assert epoch_batch(13, config.optim, 2) == 13
+    # Never a batch of one, which BatchNorm cannot train on; 0 keeps batch_size.
+    assert epoch_batch(3, TrainConfig().replace(min_epoch_steps=100).optim, 1) == 2
+    assert epoch_batch(13, TrainConfig().replace(min_epoch_images=512).optim, 1) == 64
+    with pytest.raises(ValueError, match="min_epoch_steps"):
+        TrainConfig().replace(min_epoch_steps=-1)
+    # The loop takes the steps the schedule was planned on.
+    small = config.replace(image_size=32, min_epoch_images=64, batch_size=16, min_epoch_steps=8)
+    model = build_resnet18(5)
+    images = torch.randint(0, 256, (10, 32, 32, 3), dtype=torch.uint8)
+    labels = torch.arange(10) % 5
+    schedule = Schedule.for_run(small.optim, steps_per_epoch=steps_per_epoch(10, small.optim, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    row = train_one_epoch(model, optimizer, images, labels, config=small, epoch=1, step=0,
+                          schedule=schedule, loss_weights=None)
+    assert row["steps"] == steps_per_epoch(10, small.optim, 1) == 8  # 70 images, batches of 9

@@ -55,6 +55,7 @@ __all__ = [
     "FitResult",
     "TrainingState",
     "best_weights",
+    "epoch_batch",
     "epoch_images",
     "evaluate",
     "fit",
@@ -134,9 +135,18 @@ def epoch_images(n: int, optim: OptimConfig) -> int:
     return min(total, optim.max_epoch_images) if optim.max_epoch_images else total
 
 
+def epoch_batch(n: int, optim: OptimConfig, workers: int) -> int:
+    """Each rank's batch in an epoch over ``n`` images: ``batch_size``, or less where that
+    would give fewer than ``min_epoch_steps`` steps (never below 2, as BatchNorm needs)."""
+    per_rank = math.ceil(epoch_images(n, optim) / workers)
+    if optim.min_epoch_steps and per_rank < optim.batch_size * optim.min_epoch_steps:
+        return max(2, min(optim.batch_size, math.ceil(per_rank / optim.min_epoch_steps)))
+    return optim.batch_size
+
+
 def steps_per_epoch(n: int, optim: OptimConfig, workers: int) -> int:
     """Optimiser steps of one epoch over ``n`` images on ``workers`` ranks."""
-    return math.ceil(math.ceil(epoch_images(n, optim) / workers) / optim.batch_size)
+    return math.ceil(math.ceil(epoch_images(n, optim) / workers) / epoch_batch(n, optim, workers))
 
 
 def _epoch_order(labels: Tensor, *, config: TrainConfig, epoch: int, rank: int, workers: int
@@ -180,7 +190,7 @@ def train_one_epoch(
     device = images.device
     model.train()
     order = _epoch_order(labels, config=config, epoch=epoch, rank=rank, workers=workers)
-    batch = config.optim.batch_size
+    batch = epoch_batch(labels.numel(), config.optim, workers)
     # On the data's device: random numbers drawn on the host would be copied to a GPU every
     # step, and a copy from pageable memory waits for the GPU's queue to drain.
     generator = torch.Generator(device=device).manual_seed(
