@@ -208,6 +208,8 @@ DESIGNS = {
     "fixed 6 seeds": {"planned": 6, "most": 6},
     "fixed 9 seeds": {"planned": 9, "most": 9},
     "3-12, decide at 12 only (reach 0.2)": {**_SEQ, "most": 12, "decide_from": 12},
+    "6-12, decide from 6, reach 0.2 (t^2)": {**_SEQ, "planned": 6, "most": 12},
+    "fixed 12 seeds": {"planned": 12, "most": 12},
 }
 
 

@@ -101,8 +101,8 @@ def test_job_submit_runs_wbc_train(ray_head: HeadNode, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_job_submit_runs_the_quick_study_and_it_replicates(ray_head: HeadNode, tmp_path: Path
                                                            ) -> None:
-    """The README's command through the head, from a fresh cache: the quick preset (12 cells, 3
-    seeds each, 3 more at each look where undecided, up to 9) with seed 1, in about the time the
+    """The README's command through the head, from a fresh cache: the quick preset (12 cells, 6
+    seeds each, 3 more where undecided, up to 9) with seed 1, in about the time the
     README gives; its verdicts must not contradict those of the committed reference run (seed
     0): no difference significant in both with opposite signs."""
     results, cache = tmp_path / "results" / "quick-seed1", tmp_path / "cache"
@@ -118,9 +118,9 @@ def test_job_submit_runs_the_quick_study_and_it_replicates(ray_head: HeadNode, t
     assert ray_head.get_json(f"/api/jobs/{job_id}")["status"] == "SUCCEEDED"
     record = json.loads((results / "study.json").read_text())
     assert record["status"] == "complete"
-    # docs/study-run.md measures 716 s alone on a 2-core Xeon for seed 1 (90 trials: every
-    # label budget but WBC_100 to 9 seeds); 1,200 s catches a gross slowdown (a hang, a lost
-    # slot) without making a slower CI machine's CPU a test failure.
+    # docs/study-run.md measures 422 s alone on a 2-core AMD EPYC for seed 1 (108 trials: every
+    # label budget to 9 seeds), and a CPU without bf16 is about twice as slow; 1,200 s catches
+    # a gross slowdown (a hang, a lost slot) without making a slower CI machine a test failure.
     assert record["sessions"][-1]["wall_seconds"] < 1200
     import pandas as pd
 
@@ -128,12 +128,12 @@ def test_job_submit_runs_the_quick_study_and_it_replicates(ray_head: HeadNode, t
     assert trials["cell"].nunique() == 12
     assert set(record["pretrain"]) == {"cam16"}
     assert not trials["trial_id"].duplicated().any()
-    # 3 seeds a cell, 3 more in every cell of a label budget at each look that left it open.
+    # 6 seeds a cell, 3 more in every cell of a label budget that the look left open.
     seeds = trials[trials["phase"] == "final"].groupby(["subset", "cell"]).size()
-    assert set(seeds) <= {3, 6, 9} and (seeds.groupby(level="subset").nunique() == 1).all()
+    assert set(seeds) <= {6, 9} and (seeds.groupby(level="subset").nunique() == 1).all()
     # A summary line per finished cell reached the job's log, again at each later look.
     assert sum(" -> test accuracy " in line for line in submit.stdout.splitlines()
-               + submit.stderr.splitlines()) == 12 + int((seeds >= 6).sum() + (seeds == 9).sum())
+               + submit.stderr.splitlines()) == 12 + int((seeds == 9).sum())
     _no_contradiction(results, REPO_ROOT / "results" / "quick")
 
 

@@ -227,7 +227,7 @@ def test_overrides_numbers_and_booleans() -> None:
     assert spec.pretrain_lr == 1.0 and type(spec.pretrain_lr) is float
     assert spec.redraw_subsets is True and spec.exclude_bad is True
     assert spec.base_config().data.exclude_bad is True
-    assert quick.final_seeds == 3 and quick.redraw_subsets is False  # the preset is unchanged
+    assert quick.final_seeds == 6 and quick.redraw_subsets is False  # the preset is unchanged
 
 
 def test_overrides_strings() -> None:
@@ -437,7 +437,8 @@ def test_seed_plans_that_cannot_run_are_refused_by_name(fields: dict, message: s
 def test_the_quick_preset_runs_a_fixed_configuration_with_sequential_seeds() -> None:
     quick = preset("quick")
     assert quick.search_trials == 0 and quick.cell_search_trials == 0
-    assert (quick.final_seeds, quick.max_final_seeds, quick.seeds_per_look) == (3, 9, 3)
+    assert (quick.final_seeds, quick.max_final_seeds, quick.seeds_per_look) == (6, 9, 3)
+    assert quick.train.to_flat()["min_epoch_steps"] == 20
     assert quick.train.to_flat()["lr"] == 1e-3
 
 
