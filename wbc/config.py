@@ -132,9 +132,8 @@ class OptimConfig:
     max_epoch_images: int = setting(0, "an epoch ends after this many images, a fresh random "
                                     "part of the training set each epoch (0: no cap)")
     # An epoch of min_epoch_images over a small budget is few steps (WBC_50 and WBC_10 of the
-    # quick tree: 8 at batches of 64, 24 in a 3-epoch run), and whether a pretrained seed learns
-    # the rare basophils in them was a coin-flip; a smaller batch gives the same images more
-    # steps (docs/study-run.md). The learning rate is not rescaled for it.
+    # quick tree: 8 at batches of 64, 24 in a 3-epoch run); a smaller batch gives the same
+    # images more steps (docs/study.md). The learning rate is not rescaled for it.
     min_epoch_steps: int = setting(0, "an epoch takes at least this many optimiser steps: where "
                                    "batch_size would give fewer, the batch shrinks (0: always "
                                    "batch_size)")
