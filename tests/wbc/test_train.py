@@ -279,7 +279,7 @@ def test_min_epoch_steps_shrinks_the_batch_of_a_small_epoch_only() -> None:
     from wbc.training.loop import epoch_batch, steps_per_epoch, train_one_epoch
 
     config = TrainConfig().replace(batch_size=64, min_epoch_images=512, min_epoch_steps=20)
-    # 13 images (WBC_1 of the quick tree) make a 512-image epoch: 8 steps of 64, so 20 of 26.
+    # 13 images (WBC_1 of the quick tree) make a 520-image epoch: 9 steps of 64, so 20 of 26.
     assert epoch_batch(13, config.optim, 1) == 26
     assert steps_per_epoch(13, config.optim, 1) == 20
     # 1,267 images (its WBC_100) already give 20 steps of 64: the batch stays.
