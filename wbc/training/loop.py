@@ -137,11 +137,12 @@ def epoch_images(n: int, optim: OptimConfig) -> int:
 
 def epoch_batch(n: int, optim: OptimConfig, workers: int) -> int:
     """Each rank's batch in an epoch over ``n`` images: ``batch_size``, or less where that
-    would give fewer than ``min_epoch_steps`` steps (never below 2, as BatchNorm needs)."""
+    would give fewer than ``min_epoch_steps`` steps (not below 2, which BatchNorm needs, unless
+    ``batch_size`` is)."""
+    if not optim.min_epoch_steps:
+        return optim.batch_size
     per_rank = math.ceil(epoch_images(n, optim) / workers)
-    if optim.min_epoch_steps and per_rank < optim.batch_size * optim.min_epoch_steps:
-        return max(2, min(optim.batch_size, math.ceil(per_rank / optim.min_epoch_steps)))
-    return optim.batch_size
+    return min(optim.batch_size, max(2, math.ceil(per_rank / optim.min_epoch_steps)))
 
 
 def steps_per_epoch(n: int, optim: OptimConfig, workers: int) -> int:
