@@ -103,6 +103,7 @@ class Status:
     p: float  # sequential p-value: min over looks of p / (that look's share of alpha)
     decided_at: int | None  # seeds at the first look that decided it
     reason: str  # decided, open, out of reach, budget spent, planned seeds
+    seeds_at: tuple[int, ...] = ()  # the seeds each look taken used (one per look)
 
     def why(self) -> str:
         """The stop reason in words, for the report."""
@@ -138,14 +139,14 @@ def status(compare_at: Callable[[int], Any], seeds: int, plan: Plan, family: int
     ``family`` is the number of comparisons its table corrects for."""
     weights, looks = plan.weights(), plan.looks()
     p_seq, decided_at, last = math.inf, None, None
-    taken = 0
+    used_at: list[int] = []
     for k, n in enumerate(looks):
         if k and looks[k - 1] >= seeds:
             break
         # The last look takes every seed there is (a plan of one look: all of them).
         used = seeds if k == len(looks) - 1 else min(n, seeds)
         last = compare_at(used)
-        taken += 1
+        used_at.append(used)
         if math.isfinite(last.p) and weights[k] > 0:
             p_seq = min(p_seq, last.p / weights[k])
         if p_seq * family < ALPHA:
@@ -162,7 +163,7 @@ def status(compare_at: Callable[[int], Any], seeds: int, plan: Plan, family: int
         reason = OUT_OF_REACH
     else:
         reason = OPEN
-    return Status(seeds, taken, p, decided_at, reason)
+    return Status(seeds, len(used_at), p, decided_at, reason, tuple(used_at))
 
 
 def budget_open(statuses: Sequence[Status]) -> bool:

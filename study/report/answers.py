@@ -1,7 +1,8 @@
 """The report's opening: one plain sentence per question the study was run to answer.
 
 Every word of judgement is derived from the numbers in the comparison tables
-(``study.report.summary``): "strong evidence" when the 95% interval excludes zero after Holm's
+(``study.report.summary``): "strong evidence" when the 95% interval (with sequential seeds, the
+repeated one that matches the sequential p) excludes zero after Holm's
 correction over the whole table, "some evidence" when it does only before the correction, and
 "no clear difference" otherwise, said together with the smallest difference the study could have
 detected. A question the study did not run (no SSL strategy, no pasting strategy) is answered

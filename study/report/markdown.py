@@ -243,7 +243,8 @@ def _table_section(report: Report) -> list[str]:
 
 def _comparison_lines(table: pd.DataFrame, key: str, *, stopped: bool = False) -> list[str]:
     """The table; ``stopped`` adds why each comparison stopped (sequential seeds)."""
-    lines = [f"| {key} | comparison | seeds | difference [95% CI] | P(improvement) | p | "
+    ci = "repeated 95% CI" if stopped else "95% CI"
+    lines = [f"| {key} | comparison | seeds | difference [{ci}] | P(improvement) | p | "
              "p (Holm) | evidence | detectable | seeds for 0.5 pt |" + (" stopped |" * stopped),
              "|---|---|---|---|---|---|---|---|---|---|" + "---|" * stopped]
     for row in table.itertuples():
@@ -280,15 +281,21 @@ def _sequential_lines(report: Report) -> list[str]:
             f"looks{' that may decide' if first else ''}, each divided by that look's share of "
             "alpha (alpha spending "
             f"alpha t^{plan.rho:g}, t = seeds / {plan.most}), so looking several times does "
-            "not inflate the error rate. The label-budget table uses the planned seeds only, "
-            "one look: the seeds added later were bought for the strategy comparisons.", ""]
+            "not inflate the error rate. Its interval is the repeated confidence interval that "
+            "matches that p (Jennison and Turnbull 1989): each look's interval at that look's "
+            "share of alpha, intersected over its looks, wider than one look's 95% interval; "
+            "it excludes 0 exactly when p is below 0.05. The label-budget table uses the "
+            "planned seeds only, one look (a plain 95% interval): the seeds added later were "
+            "bought for the strategy comparisons.", ""]
 
 
 def _comparisons_section(report: Report, table: pd.DataFrame) -> list[str]:
     seeds = report.results.study.get("spec", {}).get("final_seeds")
     lines = ["## Paired comparisons", "",
              "Macro-F1 differences in points (first strategy minus second) on the seeds both "
-             "ran and the same reporting images, with the 95% interval, P(improvement), p and "
+             "ran and the same reporting images, with the 95% interval"
+             + (" (repeated over the looks, below)" if report.plan.sequential else "")
+             + ", P(improvement), p and "
              f"Holm's p over the table ({len(table)} rows). *strong*: the interval excludes 0 "
              "after Holm; *some*: only before; *none*: it does not. With "
              + (f"{seeds} to {report.plan.most} final seeds" if report.plan.sequential

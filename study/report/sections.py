@@ -361,7 +361,10 @@ def method_section(report: Report) -> list[str]:
     return ["## Method", "",
             f"Each run picked its best epoch, and each cell its configuration, {chosen}. Every "
             "figure comes from the reporting split, which took no part in any choice.", "",
-            "Intervals are 95% and cover two sources of variance: the training seeds and the "
+            "Intervals are 95%"
+            + (" (a strategy comparison's over all its looks together: see Paired "
+               "comparisons)" if report.plan.sequential else "")
+            + " and cover two sources of variance: the training seeds and the "
             "sampling of the reporting images (Bouthillier et al. 2021, *Accounting for "
             "variance in machine learning benchmarks*). The image part is a "
             "paired, class-stratified bootstrap over the reporting images (2,000 replicates, "

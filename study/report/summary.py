@@ -10,6 +10,7 @@ a Student-t interval over seeds alone, and says so.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import pandas as pd
 from study.report.load import Results
 from study.report.stats import Comparison, cell_estimate, compare, holm
 from study.results import failed_trials
-from study.sequential import ALPHA, Plan, status
+from study.sequential import ALPHA, Plan, Status, status
 from study.space import SEARCHABLE, searched_names
 from study.spec import SearchSpace, cell_search_trials
 from wbc.datasets.layout import WBC_CLASSES, subset_percent
@@ -30,7 +31,7 @@ from wbc.strategies import strategy_names
 
 __all__ = ["COMPARISONS", "METRICS", "REPORT_ACCURACY", "Cell", "Estimate", "Report",
            "Reporting", "budget_effects", "cell_estimate_of", "compare_runs", "importances",
-           "paired", "paired_runs", "summarise"]
+           "paired", "paired_runs", "repeated_interval", "summarise"]
 
 # The seed report's Table 1: test accuracy (%) of its three experiments (one run each, scored
 # on the validation set that also picked the epoch).
@@ -291,20 +292,61 @@ class _SeedsOnly:
     low: float
     high: float
     p: float
-    seed_sd: float = math.nan
+    seed_sd: float = math.nan  # NaN: the sequential plan does not project from these
     image_sd: float = math.nan
+    sd: float = math.nan  # the standard error of the difference (seeds only)
+    df: float = math.nan
 
 
 def _seeds_only(diff: np.ndarray) -> _SeedsOnly:
     from scipy import stats
 
     mean, low, high = mean_interval(diff)
-    p = math.nan
+    p, sd = math.nan, math.nan
     if len(diff) >= 2 and np.std(diff) > 0:
         p = float(stats.ttest_1samp(diff, 0.0).pvalue)
+        sd = float(stats.sem(diff))
     elif len(diff) >= 2:
-        p = 0.0 if abs(mean) > 0 else 1.0
-    return _SeedsOnly(len(diff), mean, low, high, p)
+        p, sd = (0.0 if abs(mean) > 0 else 1.0), 0.0
+    return _SeedsOnly(len(diff), mean, low, high, p, sd=sd, df=len(diff) - 1.0)
+
+
+def _at_level(c: Comparison | _SeedsOnly, alpha: float) -> tuple[float, float]:
+    """A look's t interval for the difference at confidence ``1 - alpha`` (its p and its 95%
+    interval come from the same t statistic, so this one excludes 0 exactly when p < alpha)."""
+    from scipy import stats
+
+    sd = c.sd if isinstance(c, _SeedsOnly) else math.hypot(c.seed_sd, c.image_sd)
+    if not math.isfinite(sd) or not c.df > 0:
+        return -math.inf, math.inf  # one seed: no interval
+    if sd == 0.0:
+        return c.difference, c.difference
+    half = float(stats.t.isf(alpha / 2.0, c.df)) * sd
+    return c.difference - half, c.difference + half
+
+
+def repeated_interval(st: Status, at: Callable[[int], Any], plan: Plan
+                       ) -> tuple[float, float] | None:
+    """The interval that matches a comparison's sequential p (a repeated confidence interval,
+    Jennison and Turnbull 1989): each look's interval at that look's share of alpha,
+    ``1 - alpha * w_k``, intersected over the looks it took that may decide. It excludes 0
+    exactly when one look's p is below its share of alpha, that is when the sequential p is
+    below alpha, and covers the difference with at least 95% whatever the stopping rule did
+    (the union bound of ``study.sequential``). None when no look it took may decide."""
+    looks = []  # (interval, p over its share of alpha) of each look that may decide
+    for n, w in zip(st.seeds_at, plan.weights(), strict=False):
+        if w > 0:
+            c = at(n)
+            looks.append((_at_level(c, ALPHA * w), c.p / w if math.isfinite(c.p) else math.inf))
+    if not looks:
+        return None
+    low = max(bounds[0] for bounds, _ in looks)
+    high = min(bounds[1] for bounds, _ in looks)
+    if low > high:
+        # Two looks' intervals do not meet (one of them excludes 0, so p is below alpha):
+        # the deciding look's.
+        return min(looks, key=lambda look: look[1])[0]
+    return low, high
 
 
 def _figures(c: Comparison) -> dict[str, Any]:
@@ -330,6 +372,7 @@ def _comparison_row(report: Report, a: Cell, b: Cell, metric: str, *, most: int 
     if pa is not None and pb is not None and targets is not None and pa.shape[1] == targets.size:
         c = compare_runs(targets, pa, pb, name)
 
+        @functools.cache
         def at(n: int) -> Any:
             return c if n == len(seeds) else compare_runs(targets, pa[:n], pb[:n], name)
 
@@ -339,7 +382,8 @@ def _comparison_row(report: Report, a: Cell, b: Cell, metric: str, *, most: int 
             "high": only.high, "p": only.p,
             "prob_improvement": float(np.mean((diff > 0) + 0.5 * (diff == 0))),
             "min_detectable": math.nan, "seeds_needed": None, "seed_sd": math.nan,
-            "image_sd": math.nan, "images_counted": False}, lambda n: _seeds_only(diff[:n])
+            "image_sd": math.nan, "images_counted": False}, \
+        functools.cache(lambda n: _seeds_only(diff[:n]))
 
 
 def _evidence(table: pd.DataFrame, looks: list[Callable[[int], Any]], plan: Plan
@@ -358,6 +402,11 @@ def _evidence(table: pd.DataFrame, looks: list[Callable[[int], Any]], plan: Plan
             # ran after were bought for other comparisons).
             for name, value in _figures(at(st.decided_at)).items():
                 table.at[table.index[i], name] = value
+    if plan.sequential:
+        for i, (st, at) in enumerate(zip(statuses, looks, strict=True)):
+            bounds = repeated_interval(st, at, plan)
+            if bounds is not None:
+                table.at[table.index[i], "low"], table.at[table.index[i], "high"] = bounds
     table["p"] = [st.p for st in statuses]
     table["looks"] = [st.looks for st in statuses]
     table["stopped"] = [st.why() for st in statuses]

@@ -293,6 +293,13 @@ def test_a_sequential_study_says_per_comparison_its_seeds_and_why_it_stopped(
     rows = {line.split(" | ")[0].strip("| "): line for line in paired_section.splitlines()
             if line.startswith("| WBC")}
     assert rows["WBC_100"].endswith("| decided at 3 seeds |")  # its figures: that look's
+    # Each interval is the repeated one that matches its sequential p: it excludes 0 exactly
+    # where the evidence is at least "some".
+    assert "| difference [repeated 95% CI] |" in paired_section
+    for line in rows.values():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        low, high = (float(x) for x in cells[3].split("[")[1].rstrip("]").split(","))
+        assert (low > 0 or high < 0) == (cells[7] != "none"), line
     assert "| 3 |" in rows["WBC_100"]
     assert rows["WBC_1"].endswith("| out of reach of the seed budget |")
     assert "## Best configuration per cell" not in text and "## The configuration" in text
