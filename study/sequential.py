@@ -98,12 +98,16 @@ class Status:
     """Where one comparison stands after the seeds it has."""
 
     seeds: int  # the seeds both cells ran
-    looks: int  # looks taken (each at the seeds the plan names, the last at ``seeds``), up to
-    # the one that decided it
+    seeds_at: tuple[int, ...]  # the seeds of each look taken (the plan's, the last at
+    # ``seeds``), up to the one that decided it
     p: float  # sequential p-value: min over looks of p / (that look's share of alpha)
     decided_at: int | None  # seeds at the first look that decided it
     reason: str  # decided, open, out of reach, budget spent, planned seeds
-    seeds_at: tuple[int, ...] = ()  # the seeds each look taken used (one per look)
+
+    @property
+    def looks(self) -> int:
+        """Looks taken."""
+        return len(self.seeds_at)
 
     def why(self) -> str:
         """The stop reason in words, for the report."""
@@ -163,7 +167,7 @@ def status(compare_at: Callable[[int], Any], seeds: int, plan: Plan, family: int
         reason = OUT_OF_REACH
     else:
         reason = OPEN
-    return Status(seeds, len(used_at), p, decided_at, reason, tuple(used_at))
+    return Status(seeds, tuple(used_at), p, decided_at, reason)
 
 
 def budget_open(statuses: Sequence[Status]) -> bool:

@@ -369,7 +369,7 @@ def test_an_undecided_budget_gets_more_seeds_and_a_decided_one_does_not(
     def fake_status(compare_at: Any, seeds: int, plan: Any, family: int) -> Status:
         # The real comparison of the runs: WBC_10 differs (decided), WBC_1 does not (open).
         difference = compare_at(seeds).difference
-        return Status(seeds, 1, 0.5, None, DECIDED if difference else OPEN)
+        return Status(seeds, (seeds,), 0.5, None, DECIDED if difference else OPEN)
 
     monkeypatch.setattr(search, "status", fake_status)
     searcher = _searcher(FIXED)
@@ -392,7 +392,7 @@ def test_more_seeds_of_a_searched_cell_rerun_resampled_choices(
     from study.sequential import OPEN, Status
 
     monkeypatch.setattr(search, "status", lambda at, seeds, plan, family: Status(
-        seeds, 1, 0.5, None, OPEN))
+        seeds, (seeds,), 0.5, None, OPEN))
     spec = dataclasses.replace(FIXED, subsets=("WBC_1",), search_trials=2,
                                final_config="resampled")
     searcher = _searcher(spec)
